@@ -1,0 +1,171 @@
+"""`VitalModel`: backbone (+ LoRA), tokenizer, image processor, optional scaffolding — one object."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+from transformers import PreTrainedTokenizerBase, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from vital_core.config import VitalConfig
+from vital_core.heads import Scaffold, build_scaffold
+from vital_core.latent import LatentOutput, latent_forward
+from vital_core.lora import attach_lora, merge_lora, unwrap
+from vital_core.preprocess import ANSWER_STOP, PromptBatch, encode_prompts, load_image_processor, make_image_processor
+from vital_core.timing import null_timer
+from vital_core.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Answer:
+    """One answered prompt."""
+
+    text: str
+    tokens: list[int]
+    k: int
+    latents: torch.Tensor  # (k+1, H): h_0..h_k
+
+
+class VitalModel(nn.Module):
+    """The deployable VITAL model; `scaffold` is attached only for training and /explain."""
+
+    def __init__(
+        self,
+        config: VitalConfig,
+        backbone: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        processor: Qwen2VLImageProcessorPil,
+        scaffold: Scaffold | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.scaffold = scaffold
+
+    @property
+    def core(self) -> Qwen3VLForConditionalGeneration:
+        """The Qwen3-VL module (LoRA injected in place when attached)."""
+        return unwrap(self.backbone)
+
+    @property
+    def device(self) -> torch.device:
+        return self.core.lm_head.weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.core.config.text_config.hidden_size
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Tokens that end an answer: <|im_end|> and the tokenizer's EOS."""
+        ids = {self.tokenizer.convert_tokens_to_ids(ANSWER_STOP), self.tokenizer.eos_token_id}
+        return sorted(i for i in ids if i is not None)
+
+    def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> PromptBatch:
+        """Preprocess images + questions into a left-padded batch on the model's device."""
+        return encode_prompts(list(images), list(questions), self.tokenizer, self.processor).to(self.device)
+
+    def forward(
+        self,
+        batch: PromptBatch,
+        k: int | Sequence[int] | torch.Tensor,
+        answer_ids: torch.Tensor | None = None,
+        answer_mask: torch.Tensor | None = None,
+        max_new_tokens: int | None = None,
+        timer: Callable = null_timer,
+    ) -> LatentOutput:
+        """The latent loop (see `vital_core.latent.latent_forward`)."""
+        return latent_forward(
+            self.core,
+            batch,
+            k,
+            answer_ids=answer_ids,
+            answer_mask=answer_mask,
+            max_new_tokens=max_new_tokens or self.config.latent.max_new_tokens,
+            stop_ids=self.stop_ids,
+            pad_id=self.tokenizer.pad_token_id or 0,
+            timer=timer,
+        )
+
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        k: int | Sequence[int] | None = None,
+        max_new_tokens: int | None = None,
+        timer: Callable = null_timer,
+    ) -> list[Answer]:
+        """Answer a batch of questions (inference mode, greedy)."""
+        k = self.config.latent.k_default if k is None else k
+        with torch.inference_mode():
+            with timer("preprocess"):
+                batch = self.encode(images, questions)
+            out = self(batch, k, max_new_tokens=max_new_tokens, timer=timer)
+        return [
+            Answer(
+                text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
+                tokens=toks,
+                k=int(kb),
+                latents=out.latents[i, : int(kb) + 1].float().cpu(),
+            )
+            for i, (toks, kb) in enumerate(zip(out.tokens, out.k.tolist()))
+        ]
+
+    def add_lora(self) -> None:
+        """Attach fresh LoRA adapters (config.lora) to the language model."""
+        self.backbone = attach_lora(self.core, self.config.lora)
+
+    def merge_lora(self) -> None:
+        """Fold LoRA into the backbone weights (what serving runs)."""
+        self.backbone = merge_lora(self.backbone)
+
+    def add_scaffold(self) -> None:
+        """Attach fresh scaffolding heads (training from scratch)."""
+        self.scaffold = build_scaffold(self.config, self.hidden_size).to(self.device)
+
+
+def load_backbone(
+    config: VitalConfig, device: str | torch.device = "cpu"
+) -> tuple[Qwen3VLForConditionalGeneration, PreTrainedTokenizerBase, Qwen2VLImageProcessorPil]:
+    """Backbone, tokenizer and processor: from `backbone.path` (local only) or built from `backbone.arch`."""
+    bc = config.backbone
+    dtype = DTYPES[bc.dtype]
+    if bc.path:
+        core = Qwen3VLForConditionalGeneration.from_pretrained(
+            bc.path, local_files_only=True, dtype=dtype, attn_implementation=bc.attn_implementation
+        )
+        return core.to(device).eval(), load_tokenizer(bc.path), load_image_processor(bc.path, bc.image_max_pixels)
+    torch.manual_seed(config.seed)
+    tokenizer = train_bpe_tokenizer(vocab_size=bc.tokenizer_vocab_size)
+    hf_cfg = Qwen3VLConfig(**bc.arch)
+    core = Qwen3VLForConditionalGeneration._from_config(hf_cfg, attn_implementation=bc.attn_implementation)
+    core = core.to(device=device, dtype=dtype).eval()
+    v = hf_cfg.vision_config
+    processor = make_image_processor(
+        bc.image_min_pixels, bc.image_max_pixels, v.patch_size, v.spatial_merge_size, v.temporal_patch_size
+    )
+    return core, tokenizer, processor
+
+
+def build_model(
+    config: VitalConfig, *, lora: bool = False, scaffold: bool = False, device: str | torch.device = "cpu"
+) -> VitalModel:
+    """A fresh model from a config: backbone (+ LoRA) (+ scaffolding)."""
+    core, tokenizer, processor = load_backbone(config, device)
+    for p in core.parameters():
+        p.requires_grad_(False)
+    model = VitalModel(config, core, tokenizer, processor)
+    if lora:
+        model.add_lora()
+    if scaffold:
+        torch.manual_seed(config.seed + 1)
+        model.add_scaffold()
+    return model
