@@ -16,7 +16,14 @@ from typing import Any
 
 import yaml
 
-QUESTION_TYPES: tuple[str, ...] = ("yesno", "identify", "location_choice", "location", "describe", "reasoning")
+QUESTION_TYPES: tuple[str, ...] = (
+    "yesno",
+    "identify",
+    "location_choice",
+    "location",
+    "describe",
+    "reasoning",
+)
 
 
 class ConfigError(ValueError):

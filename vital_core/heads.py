@@ -83,7 +83,9 @@ class Scaffold(nn.Module):
         return (pred - tgt).abs().mean(-1).mean()
 
     @torch.inference_mode()
-    def decode(self, latents: torch.Tensor, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 48) -> list[str]:
+    def decode(
+        self, latents: torch.Tensor, tokenizer: PreTrainedTokenizerBase, max_tokens: int = 48
+    ) -> list[str]:
         """Greedy-decode one sentence per latent vector. latents: (N, H)."""
         dec = self.decoder
         stop = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
@@ -106,7 +108,9 @@ class Scaffold(nn.Module):
         return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
 
-def build_scaffold(config: VitalConfig, hidden_size: int, decoder: Qwen3ForCausalLM | None = None) -> Scaffold:
+def build_scaffold(
+    config: VitalConfig, hidden_size: int, decoder: Qwen3ForCausalLM | None = None
+) -> Scaffold:
     """Fresh scaffolding for a backbone of width `hidden_size` (decoder from path or config)."""
     if decoder is None:
         decoder = load_decoder(config)

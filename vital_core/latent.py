@@ -128,7 +128,9 @@ def latent_forward(
     seen = plen + kmax
 
     if answer_ids is not None:
-        return _teacher_forced(core, text, cache, mask, seen, h_k, start, lat, ks, answer_ids, answer_mask, timer)
+        return _teacher_forced(
+            core, text, cache, mask, seen, h_k, start, lat, ks, answer_ids, answer_mask, timer
+        )
     tokens = _greedy(core, text, cache, mask, seen, h_k, start, max_new_tokens, stop_ids, pad_id, timer)
     return LatentOutput(latents=lat, k=ks, tokens=tokens)
 
@@ -142,7 +144,11 @@ def _teacher_forced(core, text, cache, mask, seen, h_k, start, lat, ks, answer_i
         logits = [core.lm_head(h_k)]  # (B, 1, V)
         if t > 1:
             mask[:, seen : seen + t - 1] = answer_mask[:, :-1]
-            p = (start[:, None] + torch.arange(t - 1, device=start.device)[None]).unsqueeze(0).expand(3, -1, -1)
+            p = (
+                (start[:, None] + torch.arange(t - 1, device=start.device)[None])
+                .unsqueeze(0)
+                .expand(3, -1, -1)
+            )
             hid = text(
                 inputs_embeds=text.embed_tokens(answer_ids[:, :-1]),  # (B, T-1, H)
                 attention_mask=mask[:, : seen + t - 1],

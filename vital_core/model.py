@@ -15,7 +15,13 @@ from vital_core.config import VitalConfig
 from vital_core.heads import Scaffold, build_scaffold
 from vital_core.latent import LatentOutput, latent_forward
 from vital_core.lora import attach_lora, merge_lora, unwrap
-from vital_core.preprocess import ANSWER_STOP, PromptBatch, encode_prompts, load_image_processor, make_image_processor
+from vital_core.preprocess import (
+    ANSWER_STOP,
+    PromptBatch,
+    encode_prompts,
+    load_image_processor,
+    make_image_processor,
+)
 from vital_core.timing import null_timer
 from vital_core.tokenizer import load_tokenizer, train_bpe_tokenizer
 
@@ -142,7 +148,11 @@ def load_backbone(
         core = Qwen3VLForConditionalGeneration.from_pretrained(
             bc.path, local_files_only=True, dtype=dtype, attn_implementation=bc.attn_implementation
         )
-        return core.to(device).eval(), load_tokenizer(bc.path), load_image_processor(bc.path, bc.image_max_pixels)
+        return (
+            core.to(device).eval(),
+            load_tokenizer(bc.path),
+            load_image_processor(bc.path, bc.image_max_pixels),
+        )
     torch.manual_seed(config.seed)
     tokenizer = train_bpe_tokenizer(vocab_size=bc.tokenizer_vocab_size)
     hf_cfg = Qwen3VLConfig(**bc.arch)

@@ -99,7 +99,9 @@ def encode_prompts(
 ) -> PromptBatch:
     """Preprocess a batch of images and questions into one left-padded PromptBatch."""
     if len(images) != len(questions) or not images:
-        raise ValueError(f"need one question per image, got {len(images)} images and {len(questions)} questions")
+        raise ValueError(
+            f"need one question per image, got {len(images)} images and {len(questions)} questions"
+        )
     vis = processor([im.convert("RGB") for im in images], return_tensors="pt")
     grid = vis["image_grid_thw"]  # (B, 3)
     n_tokens = (grid.prod(-1) // processor.merge_size**2).tolist()

@@ -161,7 +161,9 @@ def tiny() -> VitalConfig:
         lora=LoraConfig(r=8, alpha=16, dropout=0.05),
         latent=LatentConfig(k_default=4, k_max=4, max_new_tokens=24),
         decoder=DecoderConfig(path=None, arch=_copy(TINY_DECODER_ARCH), max_sentence_tokens=48),
-        encoder=EncoderConfig(path=None, arch=_copy(TINY_ENCODER_ARCH), image_size=128, patch_size=8, hidden_size=64),
+        encoder=EncoderConfig(
+            path=None, arch=_copy(TINY_ENCODER_ARCH), image_size=128, patch_size=8, hidden_size=64
+        ),
         heads=HeadsConfig(),
     )
 

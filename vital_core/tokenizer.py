@@ -73,7 +73,9 @@ def corpus() -> Iterator[str]:
             )  # fmt: skip
 
 
-def train_bpe_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+    texts: Iterable[str] | None = None, vocab_size: int = 2048
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE carrying Qwen's special tokens at ids 0..6 (TINY_SPECIAL_TOKENS order)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny models built from config (no network, no weights on disk)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from vital_core.presets import tiny
+
+    cfg = tiny()
+    cfg.lora.dropout = 0.0  # deterministic train-mode forward; dropout has its own test
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    """A tiny VITAL model with LoRA (non-zero, so it matters) and scaffolding."""
+    from vital_core.model import build_model
+
+    model = build_model(tiny_config, lora=True, scaffold=True)
+    randomize_lora(model)
+    return model.eval()
+
+
+def randomize_lora(model, scale: float = 0.05, seed: int = 1) -> None:
+    """peft starts LoRA B at zero (a no-op); give it values so merge/adapter tests mean something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.backbone.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def make_image(seed: int, size: tuple[int, int] = (128, 128)) -> Image.Image:
+    """A deterministic noisy RGB image with a bright blob."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    arr = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+    cy, cx, r = rng.integers(h // 4, 3 * h // 4), rng.integers(w // 4, 3 * w // 4), max(4, min(h, w) // 6)
+    yy, xx = np.ogrid[:h, :w]
+    arr[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 220
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="session")
+def images():
+    return [make_image(0), make_image(1, (96, 128)), make_image(2, (128, 64)), make_image(3)]
+
+
+@pytest.fixture(scope="session")
+def questions():
+    return [
+        "Is there a tumor in this CT image?",
+        "Where is the liver located in the image, and how large does it look?",
+        "Describe it.",
+        "Analyze the visual findings of the nodule in the upper left region of this MRI scan.",
+    ]

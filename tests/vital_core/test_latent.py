@@ -1,0 +1,189 @@
+"""The latent loop: cache correctness, batching, train/serve parity, gradients, no leaked state."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from vital_core.latent import latent_forward
+from vital_core.preprocess import encode_answers
+
+ATOL = 2e-4
+
+
+def _nocache_latents(model, batch, k: int, latents: torch.Tensor) -> torch.Tensor:
+    """Recompute h_0..h_K without a cache: one full pass over prefix + spliced latents h_0..h_{K-1}."""
+    vl = model.core.model
+    text = vl.language_model
+    ids, attn = batch.input_ids, batch.attention_mask
+    bsz, plen = ids.shape
+    pos, _ = vl.get_rope_index(ids, batch.mm_token_type_ids, batch.image_grid_thw, attention_mask=attn)
+    nxt = pos.amax(dim=(0, 2)) + 1
+    extra = (nxt[:, None] + torch.arange(k)[None]).unsqueeze(0).expand(3, -1, -1)  # (3, B, K)
+    embeds = torch.cat([text.embed_tokens(ids), latents[:, :k]], dim=1)  # (B, L+K, H)
+    out = vl(
+        input_ids=None,
+        inputs_embeds=embeds,
+        attention_mask=torch.cat([attn, torch.ones(bsz, k, dtype=attn.dtype)], dim=1),
+        position_ids=torch.cat([pos, extra], dim=2),
+        pixel_values=batch.pixel_values,
+        image_grid_thw=batch.image_grid_thw,
+        use_cache=False,
+    )
+    return out.last_hidden_state[:, plen - 1 :]  # (B, K+1, H) = h_0..h_K
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 4])
+def test_cached_loop_equals_nocache_recomputation(tiny_model, images, questions, k):
+    batch = tiny_model.encode(images, questions)
+    assert len(set(batch.attention_mask.sum(1).tolist())) > 1, "prompts must differ in length (left padding)"
+    with torch.inference_mode():
+        out = tiny_model(batch, k, max_new_tokens=2)
+        ref = _nocache_latents(tiny_model, batch, k, out.latents)
+    assert out.latents.shape == (len(images), k + 1, tiny_model.hidden_size)
+    torch.testing.assert_close(out.latents, ref, atol=ATOL, rtol=1e-4)
+
+
+def test_batched_equals_one_by_one(tiny_model, images, questions):
+    ks = [0, 2, 4, 3]
+    with torch.inference_mode():
+        batched = tiny_model(tiny_model.encode(images, questions), ks, max_new_tokens=6)
+        for i, k in enumerate(ks):
+            alone = tiny_model(
+                tiny_model.encode(images[i : i + 1], questions[i : i + 1]), k, max_new_tokens=6
+            )
+            torch.testing.assert_close(batched.latents[i, : k + 1], alone.latents[0], atol=ATOL, rtol=1e-4)
+            assert batched.tokens[i] == alone.tokens[0]
+
+
+def test_teacher_forced_batched_equals_one_by_one(tiny_model, images, questions):
+    ks = [1, 4, 0, 2]
+    answers = ["Yes.", "The liver is in the upper left of the image.", "A round bright lesion.", "No."]
+    aid, am = encode_answers(answers, tiny_model.tokenizer)
+    with torch.inference_mode():
+        batched = tiny_model(tiny_model.encode(images, questions), ks, answer_ids=aid, answer_mask=am)
+        for i, k in enumerate(ks):
+            a1, m1 = encode_answers(answers[i : i + 1], tiny_model.tokenizer)
+            alone = tiny_model(
+                tiny_model.encode(images[i : i + 1], questions[i : i + 1]), k, answer_ids=a1, answer_mask=m1
+            )
+            n = int(m1.sum())
+            torch.testing.assert_close(batched.logits[i, :n], alone.logits[0, :n], atol=ATOL, rtol=1e-4)
+
+
+def test_teacher_forcing_scores_the_greedy_answer(tiny_model, images, questions):
+    """Teacher-forcing the model's own greedy answer reproduces its argmax at every position."""
+    with torch.inference_mode():
+        batch = tiny_model.encode(images[:1], questions[:1])
+        greedy = tiny_model(batch, 3, max_new_tokens=5)
+        toks = torch.tensor([greedy.tokens[0]])
+        tf = tiny_model(batch, 3, answer_ids=toks, answer_mask=torch.ones_like(toks))
+    assert tf.logits[0].argmax(-1).tolist() == greedy.tokens[0]
+
+
+def test_train_mode_latents_equal_inference_path(tiny_model, images, questions):
+    aid, am = encode_answers(["Yes."] * 4, tiny_model.tokenizer)
+    batch = tiny_model.encode(images, questions)
+    with torch.inference_mode():
+        served = tiny_model(batch, [4, 3, 2, 1], max_new_tokens=2)
+    tiny_model.train()
+    try:
+        trained = tiny_model(batch, [4, 3, 2, 1], answer_ids=aid, answer_mask=am)
+    finally:
+        tiny_model.eval()
+    assert trained.latents.requires_grad
+    torch.testing.assert_close(trained.latents.detach(), served.latents, atol=ATOL, rtol=1e-4)
+    assert trained.logits[:, 0].argmax(-1).tolist() == [t[0] for t in served.tokens]
+
+
+def test_gradients_reach_lora_through_every_latent_step(tiny_model, images, questions):
+    """Capture one LoRA module's output at every call; each must receive gradient from the answer loss."""
+    lora_a = next(
+        m
+        for n, m in tiny_model.backbone.named_modules()
+        if n.endswith("layers.0.self_attn.v_proj.lora_A.default")
+    )
+    outputs: list[torch.Tensor] = []
+
+    def hook(_mod, _inp, out):
+        out.retain_grad()
+        outputs.append(out)
+
+    handle = lora_a.register_forward_hook(hook)
+    k = 4
+    aid, am = encode_answers(["The liver is in the upper left."], tiny_model.tokenizer)
+    try:
+        out = tiny_model(tiny_model.encode(images[:1], questions[:1]), k, answer_ids=aid, answer_mask=am)
+        out.loss.backward()
+    finally:
+        handle.remove()
+    # calls: prefill, K latent steps, one teacher-forced answer pass
+    assert len(outputs) == k + 2
+    for step, o in enumerate(outputs[: k + 1]):
+        assert o.grad is not None and o.grad.abs().sum() > 0, f"no gradient through call {step}"
+    grads = [p.grad for n, p in tiny_model.backbone.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+    assert all(p.grad is None for n, p in tiny_model.backbone.named_parameters() if "lora_" not in n)
+    tiny_model.zero_grad(set_to_none=True)
+
+
+def test_interleaved_requests_do_not_leak_state(tiny_model, images, questions):
+    vl = tiny_model.core.model
+    with torch.inference_mode():
+        alone_a = tiny_model(tiny_model.encode(images[:1], questions[:1]), 4, max_new_tokens=5)
+        alone_b = tiny_model(tiny_model.encode(images[1:2], questions[1:2]), 2, max_new_tokens=5)
+        # poison the module state HF would read: a stale rope_deltas from some other request
+        vl.rope_deltas = torch.tensor([[123]])
+        try:
+            results: dict[str, list] = {"a": [], "b": []}
+
+            def run(name, idx, k):
+                for _ in range(3):
+                    with torch.inference_mode():
+                        out = tiny_model(
+                            tiny_model.encode(images[idx : idx + 1], questions[idx : idx + 1]),
+                            k,
+                            max_new_tokens=5,
+                        )
+                    results[name].append(out)
+
+            threads = [
+                threading.Thread(target=run, args=("a", 0, 4)),
+                threading.Thread(target=run, args=("b", 1, 2)),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            assert vl.rope_deltas.tolist() == [[123]], "the loop must not write module state"
+            vl.rope_deltas = None
+    for out in results["a"]:
+        torch.testing.assert_close(out.latents, alone_a.latents, atol=ATOL, rtol=1e-4)
+        assert out.tokens == alone_a.tokens
+    for out in results["b"]:
+        torch.testing.assert_close(out.latents, alone_b.latents, atol=ATOL, rtol=1e-4)
+        assert out.tokens == alone_b.tokens
+
+
+def test_greedy_stops_at_eos_and_respects_max_new_tokens(tiny_model, images, questions):
+    batch = tiny_model.encode(images[:2], questions[:2])
+    with torch.inference_mode():
+        capped = latent_forward(tiny_model.core, batch, 1, max_new_tokens=3, stop_ids=[])
+        assert all(len(t) == 3 for t in capped.tokens)
+        # make the first greedy token of row 0 the stop token: decoding must end there (empty answer)
+        first = capped.tokens[0][0]
+        stopped = latent_forward(tiny_model.core, batch, 1, max_new_tokens=3, stop_ids=[first])
+    assert stopped.tokens[0] == []
+    assert stopped.tokens[1] == capped.tokens[1][: len(stopped.tokens[1])]
+
+
+def test_invalid_k_is_rejected(tiny_model, images, questions):
+    batch = tiny_model.encode(images[:2], questions[:2])
+    with pytest.raises(ValueError, match="k must be"):
+        tiny_model(batch, [1, 2, 3])
+    with pytest.raises(ValueError, match="k must be"):
+        tiny_model(batch, -1)

@@ -1,0 +1,226 @@
+"""`vital bench-core`: time per stage of the latent loop — preprocessing, vision, prefill, each latent
+step, each decoded token — for K = 0..4, and set each step beside the memory-bandwidth bound.
+
+A benchmark, not a test: it prints and saves measured figures (JSON + markdown) naming the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vital_core.cli import CLIError
+from vital_core.latent import latent_forward
+
+# Peak HBM bandwidth (bytes/s) by GPU name fragment, from vendor datasheets.
+GPU_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100": 2.0e12, "L40": 0.864e12}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `vital bench-core`."""
+    p = sub.add_parser(
+        "bench-core",
+        help="time each stage of the latent loop for K = 0..4",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", default="tiny", help="tiny (default) or qwen3-vl-8b (random weights)")
+    p.add_argument("--bundle", help="time a bundle instead of a preset")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the config's)")
+    p.add_argument(
+        "--image-size", type=int, default=None, help="square input side (default 128 tiny, 448 8B)"
+    )
+    p.add_argument("--answer-tokens", type=int, default=16, help="decoded tokens per answer (forced, no EOS)")
+    p.add_argument("--k", default="0,1,2,3,4", help="comma-separated K values")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--out", default="bench/results", help="directory for JSON + markdown results")
+    p.set_defaults(func=run)
+
+
+def machine() -> dict:
+    """What this ran on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__, "gpu": None}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def cpu_copy_bandwidth(nbytes: int = 256 << 20) -> float:
+    """Measured bytes/s of a large tensor copy (read + write) on this CPU."""
+    a = torch.empty(nbytes // 4, dtype=torch.float32)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        b.copy_(a)
+    return 2 * nbytes * 5 / (time.perf_counter() - t0)
+
+
+def weight_bytes(model) -> dict[str, int]:
+    """Bytes a single-position step must read: the LM layers (+ final norm), and the LM head."""
+    text = model.core.model.language_model
+    layers = sum(
+        p.numel() * p.element_size() for n, p in text.named_parameters() if not n.startswith("embed")
+    )
+    head = sum(p.numel() * p.element_size() for p in model.core.lm_head.parameters())
+    return {"latent_step": layers, "decode_token": layers + head}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and save results."""
+    from vital_core.bundle import load_bundle
+    from vital_core.model import build_model
+    from vital_core.presets import preset
+    from vital_core.timing import StageTimer
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError("--device cuda but CUDA is not available")
+    ks = [int(x) for x in args.k.split(",")]
+    if args.bundle:
+        model = load_bundle(args.bundle, device=args.device, dtype=args.dtype)
+        name = Path(args.bundle).name
+    else:
+        cfg = preset(args.preset)
+        if args.dtype:
+            cfg.backbone.dtype = args.dtype
+        model = build_model(cfg, device=args.device)
+        name = args.preset
+    model.eval()
+    side = args.image_size or (448 if model.hidden_size >= 1024 else 128)
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(args.batch)
+    ]
+    questions = [
+        "Analyze the visual findings of the lesion in the upper left region of the image."
+    ] * args.batch
+    wb = weight_bytes(model)
+    bw = _bandwidth(args.device)
+    rows = []
+    for k in ks:
+        samples = []
+        for rep in range(args.warmup + args.repeats):
+            timer = StageTimer(args.device)
+            with torch.inference_mode(), timer("total"):
+                with timer("preprocess"):
+                    batch = model.encode(images, questions)
+                # stop_ids=[] forces exactly answer_tokens tokens (latency does not depend on content)
+                latent_forward(
+                    model.core, batch, k, max_new_tokens=args.answer_tokens, stop_ids=[], timer=timer
+                )
+            if rep >= args.warmup:
+                samples.append(timer.stages)
+        rows.append(_summarise(k, samples, wb, bw))
+        r = rows[-1]
+        print(
+            f"K={k}: total {r['total_ms']:.2f} ms | vision {r['vision_ms']:.2f} | prefill {r['prefill_ms']:.2f} | "
+            f"latent/step {r['latent_step_ms']:.3f} | decode/token {r['decode_token_ms']:.3f}"
+        )
+    result = {
+        "benchmark": "core",
+        "model": name,
+        "hidden_size": model.hidden_size,
+        "device": args.device,
+        "dtype": str(next(model.core.parameters()).dtype).replace("torch.", ""),
+        "image_size": side,
+        "batch": args.batch,
+        "answer_tokens": args.answer_tokens,
+        "repeats": args.repeats,
+        "machine": machine(),
+        "weight_bytes": wb,
+        "bandwidth_bytes_per_s": bw,
+        "bandwidth_source": "datasheet" if args.device.startswith("cuda") else "measured CPU copy",
+        "rows": rows,
+    }
+    _save(result, Path(args.out))
+    return 0
+
+
+def _bandwidth(device: str) -> float:
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(0)
+        for frag, bw in GPU_BANDWIDTH.items():
+            if frag in name:
+                return bw
+        return float("nan")
+    return cpu_copy_bandwidth()
+
+
+def _summarise(k: int, samples: list[dict], wb: dict, bw: float) -> dict:
+    med = statistics.median
+
+    def stage(name: str) -> float:
+        return 1000 * med([sum(s.get(name, [0.0])) for s in samples])
+
+    steps = [x for s in samples for x in s.get("latent", [])]
+    toks = [x for s in samples for x in s.get("decode", [])]
+    step_ms = 1000 * med(steps) if steps else 0.0
+    tok_ms = 1000 * med(toks) if toks else 0.0
+    return {
+        "k": k,
+        "total_ms": stage("total"),
+        "preprocess_ms": stage("preprocess"),
+        "vision_ms": stage("vision"),
+        "prefill_ms": stage("prefill"),
+        "latent_total_ms": stage("latent"),
+        "latent_step_ms": step_ms,
+        "decode_total_ms": stage("decode"),
+        "decode_token_ms": tok_ms,
+        "latent_step_bound_ms": 1000 * wb["latent_step"] / bw,
+        "decode_token_bound_ms": 1000 * wb["decode_token"] / bw,
+    }
+
+
+def _save(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tag = (result["machine"]["gpu"] or "cpu").replace(" ", "-").lower()
+    stem = out / f"core-{result['model']}-{result['device'].split(':')[0]}-{tag}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    m = result["machine"]
+    lines = [
+        f"# vital bench-core — {result['model']} on {result['device']} ({result['dtype']})",
+        "",
+        f"Machine: {m['gpu'] or m['cpu']} ({m['cores']} CPU threads), torch {m['torch']}. "
+        f"Image {result['image_size']}², batch {result['batch']}, {result['answer_tokens']} answer tokens, "
+        f"median of {result['repeats']} runs.",
+        f"Bound = weight bytes read per step / bandwidth ({result['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, "
+        f"{result['bandwidth_source']}).",
+        "",
+        "| K | total ms | preprocess | vision | prefill | latent total | latent/step | step bound | "
+        "decode total | decode/token | token bound | K-loop share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        share = r["latent_total_ms"] / r["total_ms"] if r["total_ms"] else 0.0
+        lines.append(
+            f"| {r['k']} | {r['total_ms']:.2f} | {r['preprocess_ms']:.2f} | {r['vision_ms']:.2f} | "
+            f"{r['prefill_ms']:.2f} | {r['latent_total_ms']:.2f} | {r['latent_step_ms']:.3f} | "
+            f"{r['latent_step_bound_ms']:.3f} | {r['decode_total_ms']:.2f} | {r['decode_token_ms']:.3f} | "
+            f"{r['decode_token_bound_ms']:.3f} | {share:.1%} |"
+        )
+    base = result["rows"][0]["total_ms"] if result["rows"] and result["rows"][0]["k"] == 0 else None
+    if base:
+        lines += ["", "End-to-end relative to K=0: " + ", ".join(
+            f"K={r['k']}: {r['total_ms'] / base:.3f}×" for r in result["rows"]
+        )]  # fmt: skip
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"saved {stem}.json and {stem}.md")
