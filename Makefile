@@ -7,7 +7,11 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 EXTRAS ?= cpu,serve,dev
 
-.PHONY: install test lint format bench clean
+BUNDLE ?= bundles/vital-tiny
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install test lint format bench clean serve bundle
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +34,18 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The embedded default bundle. Until the training module lands this is an untrained tiny bundle
+# (random weights: the service runs end to end, its answers are noise).
+$(BUNDLE)/vital.yaml: | $(VENV)/.installed
+	$(BIN)/vital bundle init $(BUNDLE) --overwrite
+
+bundle: install
+	$(BIN)/vital bundle init $(BUNDLE) --overwrite
+
+serve: install $(BUNDLE)/vital.yaml
+	@echo "VITAL: serving $(BUNDLE) on http://$(HOST):$(PORT)  (API docs: http://$(HOST):$(PORT)/docs)"
+	$(BIN)/vital serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 bench: install
 	$(BIN)/vital bench-core --out bench/results

@@ -50,6 +50,12 @@ def make_image(seed: int, size: tuple[int, int] = (128, 128)) -> Image.Image:
 
 
 @pytest.fixture(scope="session")
+def image_factory():
+    """`make_image(seed, size)` as a fixture, for test folders that need fresh images."""
+    return make_image
+
+
+@pytest.fixture(scope="session")
 def images():
     return [make_image(0), make_image(1, (96, 128)), make_image(2, (128, 64)), make_image(3)]
 

@@ -1,0 +1,296 @@
+"""HTTP routes: validate, call the engine, shape the response. No tensor code here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from server.errors import APIError, describe_validation
+from server.images import DecodedImage, decode_image
+from server.logs import request_id_var
+from server.protocol import AnswerParams, AnswerResponse, ErrorResponse, ExplainResponse, JSONAnswerRequest
+
+router = APIRouter()
+
+_ERRORS = {
+    s: {"model": ErrorResponse, "description": d}
+    for s, d in {
+        400: "unreadable image or malformed body",
+        401: "missing or wrong API key",
+        413: "body or image too large",
+        415: "unsupported content or image type",
+        422: "invalid fields",
+        429: "queue full",
+        503: "not ready, draining, or explanation not available",
+        504: "timed out",
+    }.items()
+}
+_BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image", "question"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        **{k: v for k, v in AnswerParams.model_json_schema()["properties"].items()},
+                    },
+                }
+            },
+            "application/json": {
+                "schema": JSONAnswerRequest.model_json_schema(),
+                "example": {"image": "<base64 PNG>", "question": "Where is the liver located?", "k": 4},
+            },
+        },
+    }
+}
+
+
+def service_of(request: Request):  # noqa: ANN201 - server.app.Service
+    """The Service object the app was built with."""
+    return request.app.state.service
+
+
+def require_key(request: Request) -> None:
+    """Bearer API key check (constant-time) when a key is configured."""
+    key = service_of(request).settings.api_key
+    if key is None:
+        return
+    auth = request.headers.get("authorization", "")
+    scheme, _, given = auth.partition(" ")
+    expected = key.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')", "unauthorized",
+                       {"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+
+def require_ready(request: Request):  # noqa: ANN201
+    """The service, once the model is loaded and not draining (else 503)."""
+    svc = service_of(request)
+    if svc.draining:
+        raise APIError(503, "server is shutting down; retry on another replica", "draining")
+    if not svc.ready:
+        if svc.load_error:
+            raise APIError(503, f"model failed to load: {svc.load_error}", "not_ready")
+        raise APIError(503, "model is still loading; retry shortly", "not_ready", {"Retry-After": "2"})
+    return svc
+
+
+Authorized = Annotated[None, Depends(require_key)]
+ReadyService = Annotated[object, Depends(require_ready)]
+
+
+@router.get("/health", summary="Process is alive")
+async def health() -> dict:
+    """Liveness: answers as soon as the process serves HTTP."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Model loaded and accepting work", responses={503: _ERRORS[503]})
+async def ready(request: Request) -> dict:
+    """Readiness: 503 until the bundle is loaded and while draining."""
+    require_ready(request)
+    return {"status": "ready"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition of the app's own registry."""
+    return Response(generate_latest(service_of(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/info", summary="Model and service information", responses={401: _ERRORS[401], 503: _ERRORS[503]}
+)
+async def info(request: Request, _: Authorized) -> dict:
+    """Model name, preset, K settings, versions, and whether /explain is available."""
+    import peft
+    import torch
+    import transformers
+
+    svc = service_of(request)
+    cfg = svc.model.config if svc.model is not None else None
+    return {
+        "model": cfg.name if cfg else None,
+        "preset": cfg.preset if cfg else None,
+        "k_default": cfg.latent.k_default if cfg else None,
+        "k_max": cfg.latent.k_max if cfg else None,
+        "max_new_tokens": min(cfg.latent.max_new_tokens, svc.settings.max_new_tokens) if cfg else None,
+        "ready": svc.ready and not svc.draining,
+        "device": svc.device,
+        "dtype": cfg.backbone.dtype if cfg else None,
+        "explain_available": _explain_available(svc),
+        "batching": {
+            "enabled": svc.settings.batching,
+            "max_batch_size": svc.settings.max_batch_size,
+            "max_wait_ms": svc.settings.max_wait_ms,
+        },  # fmt: skip
+        "versions": {
+            "vital": request.app.version,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+        },
+    }
+
+
+def _explain_available(svc) -> bool:  # noqa: ANN001
+    from server.explain import explain_unavailable_reason
+
+    return svc.model is not None and explain_unavailable_reason(svc) is None
+
+
+@router.post(
+    "/answer",
+    summary="Answer a question about an image",
+    response_model=AnswerResponse,
+    responses=_ERRORS,
+    openapi_extra=_BODY_DOC,
+)
+async def answer(request: Request, _: Authorized, svc: ReadyService) -> JSONResponse:
+    """Decode the image, run K latent steps and decode the answer (scaffolding never loaded)."""
+    t0 = time.perf_counter()
+    data, params = await read_input(request)
+    decoded, decode_ms = await _decode(data, params, svc)
+    k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
+    res = await svc.engine.submit(decoded.image, params.question, k, max_new, request_id_var.get(),
+                                  svc.settings.request_timeout_s)  # fmt: skip
+    timings = {"decode_image": decode_ms, **res.timings_ms, "total": 1000 * (time.perf_counter() - t0)}
+    body = AnswerResponse(
+        answer=res.text, k=res.k, model=svc.model.config.name, request_id=request_id_var.get(),
+        timings_ms={k_: round(v, 3) for k_, v in timings.items()}, batch_size=res.batch_size,
+        image={"format": decoded.format, "width": decoded.width, "height": decoded.height},
+    )  # fmt: skip
+    return JSONResponse(body.model_dump())
+
+
+@router.post(
+    "/explain",
+    summary="Answer and explain each latent step",
+    response_model=ExplainResponse,
+    responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "explanation disabled"}},
+    openapi_extra=_BODY_DOC,
+)
+async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONResponse:
+    """Answer plus, per latent step: decoded sentence, heatmap, nearest reference patches."""
+    from server.explain import get_explainer
+
+    t0 = time.perf_counter()
+    explainer = await get_explainer(svc)  # 404/503 when not configured
+    data, params = await read_input(request)
+    decoded, decode_ms = await _decode(data, params, svc)
+    k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
+    result = await svc.engine.run_exclusive(
+        explainer.explain, decoded.image, params.question, k, max_new, params.top_k
+    )
+    for stage, ms in result["timings_ms"].items():
+        svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+    timings = {"decode_image": decode_ms, **result["timings_ms"], "total": 1000 * (time.perf_counter() - t0)}
+    body = ExplainResponse(
+        answer=result["answer"], k=k, model=svc.model.config.name, request_id=request_id_var.get(),
+        timings_ms={k_: round(v, 3) for k_, v in timings.items()}, batch_size=1,
+        image={"format": decoded.format, "width": decoded.width, "height": decoded.height},
+        steps=result["steps"],
+    )  # fmt: skip
+    return JSONResponse(body.model_dump())
+
+
+async def read_input(request: Request) -> tuple[bytes, AnswerParams]:
+    """Image bytes and validated fields from a multipart or JSON body (400/415/422 otherwise)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _read_multipart(request)
+    if ctype == "application/json":
+        return await _read_json(request)
+    raise APIError(415, f"unsupported content type {ctype or '(none)'!r}; send multipart/form-data or application/json",
+                   "unsupported_media_type")  # fmt: skip
+
+
+async def _read_multipart(request: Request) -> tuple[bytes, AnswerParams]:
+    try:
+        form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+    except APIError:
+        raise
+    except Exception as exc:
+        raise APIError(
+            400, f"malformed multipart body: {getattr(exc, 'detail', exc)}", "bad_request"
+        ) from exc
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise APIError(422, "image: a file field named 'image' is required", "invalid_request")
+    fields = {k: v for k, v in form.multi_items() if k != "image"}
+    if any(not isinstance(v, str) for v in fields.values()):
+        raise APIError(422, "only the 'image' field may be a file", "invalid_request")
+    params = _validate(AnswerParams, fields)
+    data = await upload.read()
+    await upload.close()
+    return data, params
+
+
+async def _read_json(request: Request) -> tuple[bytes, AnswerParams]:
+    try:
+        body = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, f"body is not valid JSON: {exc}", "bad_request") from exc
+    if not isinstance(body, dict):
+        raise APIError(422, "JSON body must be an object with 'image' and 'question'", "invalid_request")
+    req = _validate(JSONAnswerRequest, body)
+    b64 = req.image.split(",", 1)[1] if req.image.startswith("data:") else req.image
+    try:
+        data = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise APIError(400, f"image is not valid base64: {exc}", "unreadable_image") from exc
+    return data, AnswerParams(**req.model_dump(exclude={"image"}))
+
+
+def _validate(model, data: dict):  # noqa: ANN001, ANN202
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise APIError(422, describe_validation(exc.errors()), "invalid_request") from exc
+
+
+async def _decode(data: bytes, params: AnswerParams, svc) -> tuple[DecodedImage, float]:  # noqa: ANN001
+    t = time.perf_counter()
+    decoded = await run_in_threadpool(
+        decode_image, data, max_pixels=svc.settings.max_pixels, frame=params.frame, slice_index=params.slice
+    )
+    ms = 1000 * (time.perf_counter() - t)
+    svc.metrics.stage_latency.labels("decode_image").observe(ms / 1000)
+    return decoded, ms
+
+
+def resolve_k(params: AnswerParams, svc) -> int:  # noqa: ANN001
+    """The request's K: default, explicit (0..K_max), or auto (from the question type)."""
+    from vital_core.qtypes import auto_k
+
+    latent = svc.model.config.latent
+    if params.k is None:
+        return latent.k_default
+    if params.k == "auto":
+        return auto_k(params.question, latent.k_max)
+    if not 0 <= params.k <= latent.k_max:
+        raise APIError(422, f'k: must be between 0 and {latent.k_max}, or "auto"', "invalid_request")
+    return params.k
+
+
+def resolve_max_new_tokens(params: AnswerParams, svc) -> int:  # noqa: ANN001
+    """The request's token cap, bounded by the server's limit."""
+    limit = svc.settings.max_new_tokens
+    if params.max_new_tokens is None:
+        return min(svc.model.config.latent.max_new_tokens, limit)
+    if params.max_new_tokens > limit:
+        raise APIError(422, f"max_new_tokens: must be at most {limit}", "invalid_request")
+    return params.max_new_tokens

@@ -1,0 +1,66 @@
+"""Deployment settings, from environment variables (prefix `VITAL_`) or a `.env` file.
+
+Only deployment values live here; the model's own config is read from the bundle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BUNDLE = "bundles/vital-tiny"
+
+
+class Settings(BaseSettings):
+    """Everything an operator sets when deploying the service."""
+
+    model_config = SettingsConfigDict(env_prefix="VITAL_", env_file=".env", extra="ignore")
+
+    bundle: Path = Field(Path(DEFAULT_BUNDLE), description="bundle directory to serve")
+    device: str = Field("auto", description="cpu, cuda, cuda:N, or auto (cuda when available)")
+    dtype: str | None = Field(None, description="weight dtype override: float32, bfloat16, float16")
+    k_default: int | None = Field(
+        None, ge=0, description="K when a request gives none (default: the bundle's)"
+    )
+    k_max: int | None = Field(None, ge=0, description="largest K accepted (default: the bundle's)")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="largest max_new_tokens a request may ask for")
+    max_batch_size: int = Field(8, ge=1, le=256, description="requests gathered into one forward pass")
+    max_wait_ms: float = Field(
+        5.0, ge=0, description="how long the first request of a batch waits for others"
+    )
+    batching: bool = Field(True, description="gather concurrent requests into batches (off: batch size 1)")
+    max_queue: int = Field(256, ge=1, description="requests waiting beyond this get 429")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="largest declared image size in pixels (413 beyond)"
+    )
+    request_timeout_s: float = Field(60.0, gt=0, description="a request not answered by then gets 504")
+    api_key: SecretStr | None = Field(None, description="bearer key required on model routes when set")
+    explain: bool = Field(True, description="serve /explain (needs scaffolding in the bundle)")
+    explain_preload: bool = Field(
+        False, description="load the scaffolding at start-up instead of on first use"
+    )
+    index_path: Path | None = Field(
+        None, description="FAISS patch index for /explain (default: BUNDLE/index)"
+    )
+    drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: stay up, not ready, this long")
+    host: str = Field("127.0.0.1", description="bind address for `vital serve`")
+    port: int = Field(8000, ge=1, le=65535, description="port for `vital serve`")
+    log_level: str = Field("info", description="debug, info, warning, error")
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        if v is not None and v not in ("float32", "bfloat16", "float16"):
+            raise ValueError("dtype must be float32, bfloat16 or float16")
+        return v
+
+    def resolved_device(self) -> str:
+        """The torch device string to load onto."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,207 @@
+"""Batching under concurrency, back-pressure, timeouts, draining, and the metrics that show them."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+
+from server import Settings, create_app
+
+
+async def _started(app):
+    """Run the app's lifespan and wait until ready; returns the lifespan context to exit later."""
+    ctx = app.router.lifespan_context(app)
+    await ctx.__aenter__()
+    for _ in range(3000):
+        if app.state.service.ready:
+            return ctx
+        await asyncio.sleep(0.01)
+    raise TimeoutError("not ready")
+
+
+async def _until(cond, timeout: float = 30.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise TimeoutError("condition never held")
+
+
+def _post(client, data: bytes, question: str, k: int, n: int = 6):
+    files = {"image": ("img", data)}
+    return client.post(
+        "/answer", files=files, data={"question": question, "k": str(k), "max_new_tokens": str(n)}
+    )
+
+
+QUESTIONS = [
+    "Is there a lesion?",
+    "Where is the liver located?",
+    "Describe the mass.",
+    "Analyze the findings.",
+]
+
+
+def test_64_concurrent_requests_equal_their_sequential_answers(tiny_bundle, encode_image):
+    images = [encode_image(i % 8, (96 + 8 * (i % 4), 128)) for i in range(64)]
+    ks = [i % 3 + 1 for i in range(64)]  # three K groups, so batches must be grouped by K
+    caps = [3 + i % 5 for i in range(64)]  # different max_new_tokens in one batch
+
+    async def main():
+        app = create_app(Settings(bundle=tiny_bundle, max_batch_size=16, max_wait_ms=20))
+        ctx = await _started(app)
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
+                sequential = []
+                for i in range(64):
+                    r = await _post(c, images[i], QUESTIONS[i % 4], ks[i], caps[i])
+                    sequential.append(r.json())
+                concurrent = await asyncio.gather(
+                    *[_post(c, images[i], QUESTIONS[i % 4], ks[i], caps[i]) for i in range(64)]
+                )
+                metrics = (await c.get("/metrics")).text
+        finally:
+            await ctx.__aexit__(None, None, None)
+        return sequential, [r for r in concurrent], metrics
+
+    sequential, concurrent, metrics = asyncio.run(main())
+    assert all(r.status_code == 200 for r in concurrent), [
+        r.text for r in concurrent if r.status_code != 200
+    ][:2]
+    bodies = [r.json() for r in concurrent]
+    for seq, con, k in zip(sequential, bodies, ks):
+        assert con["answer"] == seq["answer"] and con["k"] == k
+    assert all(s["batch_size"] == 1 for s in sequential)
+    assert max(b["batch_size"] for b in bodies) > 1, "concurrent requests were never batched"
+    # the batch-size histogram saw batches larger than one
+    count = float(re.search(r"^vital_batch_size_count (\S+)", metrics, re.M).group(1))
+    assert count < 128  # 64 sequential batches + fewer than 64 concurrent ones
+
+
+def test_metrics_expose_every_named_metric(client, ask, encode_image):
+    assert ask(client, encode_image(0), max_new_tokens=2).status_code == 200
+    assert ask(client, encode_image(0), route="/explain", k=1, max_new_tokens=2).status_code == 200
+    ask(client, b"junk")
+    text = client.get("/metrics").text
+    for name in (
+        "vital_requests_total",
+        "vital_request_duration_seconds_bucket",
+        "vital_stage_duration_seconds_bucket",
+        "vital_queue_wait_seconds_bucket",
+        "vital_batch_size_bucket",
+        "vital_in_flight_requests",
+        "vital_queue_depth",
+        "vital_errors_total",
+        "vital_model_info",
+        "vital_ready",
+        "vital_latent_steps_total",
+        "vital_generated_tokens_total",
+    ):
+        assert re.search(rf"^{name}[{{ ]", text, re.M), name
+    for stage in ("decode_image", "preprocess", "vision", "prefill", "latent", "decode", "explain"):
+        assert f'vital_stage_duration_seconds_count{{stage="{stage}"}}' in text, stage
+    assert 'vital_request_duration_seconds_bucket{le="0.01",route="/answer",status="200"}' in text
+    assert 'vital_errors_total{code="unsupported_image",status="415"}' in text
+    assert 'model="vital-tiny"' in text
+
+
+def _blocked_app(tiny_bundle, **settings):
+    """An app whose model thread is blocked until `release` is set (to fill the queue)."""
+    import threading
+
+    app = create_app(Settings(bundle=tiny_bundle, **settings))
+    release = threading.Event()
+    return app, release
+
+
+def test_queue_full_gives_429_and_timeout_504(tiny_bundle, encode_image):
+    async def main():
+        app, release = _blocked_app(
+            tiny_bundle, max_queue=2, max_batch_size=1, max_wait_ms=0, request_timeout_s=30
+        )
+        ctx = await _started(app)
+        engine = app.state.service.engine
+        # occupy the model thread
+        blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
+                waiting = [asyncio.ensure_future(_post(c, encode_image(i), "q", 1, 2)) for i in range(3)]
+                await _until(lambda: engine.queued == 2)  # one taken into a (blocked) batch, two queued
+                extra = await _post(c, encode_image(9), "q", 1, 2)
+                release.set()
+                done = await asyncio.gather(*waiting)
+        finally:
+            await blocker
+            await ctx.__aexit__(None, None, None)
+        return extra, done
+
+    extra, done = asyncio.run(main())
+    assert extra.status_code == 429 and extra.json()["error"]["code"] == "queue_full"
+    assert extra.headers["retry-after"] == "1"
+    assert all(r.status_code == 200 for r in done)
+
+    async def timeout_case():
+        app, release = _blocked_app(tiny_bundle, request_timeout_s=0.2)
+        ctx = await _started(app)
+        blocker = asyncio.ensure_future(app.state.service.engine.run_exclusive(release.wait, 30))
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                r = await _post(c, encode_image(0), "q", 1, 2)
+        finally:
+            release.set()
+            await blocker
+            await ctx.__aexit__(None, None, None)
+        return r
+
+    r = asyncio.run(timeout_case())
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+
+
+def test_draining_refuses_new_work_and_finishes_accepted(tiny_bundle, encode_image):
+    async def main():
+        app, release = _blocked_app(tiny_bundle, max_batch_size=4, max_wait_ms=0)
+        ctx = await _started(app)
+        svc = app.state.service
+        blocker = asyncio.ensure_future(svc.engine.run_exclusive(release.wait, 30))
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60
+        ) as c:
+            accepted = [asyncio.ensure_future(_post(c, encode_image(i), "q", 2, 3)) for i in range(4)]
+            await _until(lambda: svc.engine.queued + svc.engine.running == 4)
+            svc.start_draining()
+            ready = await c.get("/ready")
+            refused = await _post(c, encode_image(7), "q", 2, 3)
+            release.set()
+            await blocker
+            stopping = asyncio.ensure_future(ctx.__aexit__(None, None, None))
+            results = await asyncio.gather(*accepted)
+            await stopping
+        return ready, refused, results
+
+    ready, refused, results = asyncio.run(main())
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+    assert [r.status_code for r in results] == [200] * 4
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_batching_switch(tiny_bundle, encode_image, batching):
+    async def main():
+        app = create_app(Settings(bundle=tiny_bundle, batching=batching, max_wait_ms=30))
+        ctx = await _started(app)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60
+            ) as c:
+                rs = await asyncio.gather(*[_post(c, encode_image(i), "q", 1, 2) for i in range(6)])
+        finally:
+            await ctx.__aexit__(None, None, None)
+        return [r.json()["batch_size"] for r in rs]
+
+    sizes = asyncio.run(main())
+    assert (max(sizes) > 1) if batching else (max(sizes) == 1)

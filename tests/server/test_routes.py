@@ -1,0 +1,281 @@
+"""HTTP behaviour on a tiny bundle: both input styles, every image format, every error code."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import threading
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
+
+from server import Settings, create_app
+
+
+def _err(r, status: int, code: str | None = None, text: str | None = None) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+    if code:
+        assert body["error"]["code"] == code, body
+    if text:
+        assert text in body["error"]["message"], body
+
+
+def test_health_ready_info(client):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready"}
+    info = client.get("/info").json()
+    assert info["model"] == "vital-tiny" and info["preset"] == "tiny" and info["k_max"] == 4
+    assert info["explain_available"] is True and {"torch", "transformers", "vital"} <= set(info["versions"])
+
+
+def test_answer_multipart_and_json_agree(client, ask, encode_image):
+    data = encode_image(3)
+    a = ask(client, data, "Is there a lesion?", k=2, max_new_tokens=6)
+    assert a.status_code == 200, a.text
+    body = a.json()
+    assert body["k"] == 2 and body["model"] == "vital-tiny" and isinstance(body["answer"], str)
+    assert {"decode_image", "queue", "preprocess", "vision", "prefill", "latent", "decode", "total"} <= set(
+        body["timings_ms"]
+    )
+    assert a.headers["x-request-id"] == body["request_id"]
+    b = client.post("/answer", json={"image": base64.b64encode(data).decode(), "question": "Is there a lesion?",
+                                      "k": 2, "max_new_tokens": 6})  # fmt: skip
+    assert b.status_code == 200 and b.json()["answer"] == body["answer"]
+    data_url = "data:image/png;base64," + base64.b64encode(data).decode()
+    c = client.post(
+        "/answer", json={"image": data_url, "question": "Is there a lesion?", "k": 2, "max_new_tokens": 6}
+    )
+    assert c.json()["answer"] == body["answer"]
+
+
+def test_answer_equals_the_model_called_directly(client, ask, encode_image, tiny_model, image_factory):
+    r = ask(client, encode_image(5), "Where is the liver?", k=3, max_new_tokens=8)
+    direct = tiny_model.answer([image_factory(5)], ["Where is the liver?"], k=3, max_new_tokens=8)[0]
+    assert r.json()["answer"] == direct.text
+
+
+def test_request_id_is_echoed(client, ask, encode_image):
+    r = ask(client, encode_image(0), k=0, max_new_tokens=2)
+    assert len(r.headers["x-request-id"]) == 32
+    r = client.get("/health", headers={"X-Request-Id": "pacs-42"})
+    assert r.headers["x-request-id"] == "pacs-42"
+    r = client.get("/health", headers={"X-Request-Id": "bad id with spaces"})
+    assert r.headers["x-request-id"] != "bad id with spaces"
+
+
+def test_k_auto_uses_the_question_type(client, ask, encode_image):
+    assert ask(client, encode_image(1), "Is the liver visible?", k="auto", max_new_tokens=2).json()["k"] == 1
+    assert (
+        ask(client, encode_image(1), "Where is the liver located?", k="auto", max_new_tokens=2).json()["k"]
+        == 2
+    )
+    assert (
+        ask(client, encode_image(1), "Analyze the visual findings.", k="auto", max_new_tokens=2).json()["k"]
+        == 4
+    )
+    assert ask(client, encode_image(1), "Where?", max_new_tokens=2).json()["k"] == 4  # the bundle's default
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_pil_formats(client, ask, encode_image, fmt):
+    r = ask(client, encode_image(2, (100, 140), fmt), max_new_tokens=3)
+    assert r.status_code == 200 and r.json()["image"] == {"format": fmt.lower(), "width": 140, "height": 100}
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "MR_small.dcm", "MR_small_RLE.dcm", "SC_rgb_rle_2frame.dcm"]
+)
+def test_dicom(client, ask, name):
+    data = Path(get_testdata_file(name)).read_bytes()
+    r = ask(client, data, max_new_tokens=3)
+    assert r.status_code == 200, r.text
+    assert r.json()["image"]["format"] == "dicom"
+
+
+def test_dicom_frame_field(client, ask):
+    data = Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes()
+    assert ask(client, data, max_new_tokens=2, frame=1).status_code == 200
+    _err(ask(client, data, max_new_tokens=2, frame=5), 422, "invalid_request", "frame 5")
+
+
+def test_nifti(client, ask):
+    vol = np.random.default_rng(0).normal(size=(48, 40, 6)).astype(np.float32)
+    data = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
+    r = ask(client, data, max_new_tokens=2, slice=2)
+    assert r.status_code == 200 and r.json()["image"] == {"format": "nifti", "width": 48, "height": 40}
+    assert ask(client, gzip.compress(data), max_new_tokens=2).status_code == 200
+    _err(ask(client, data, max_new_tokens=2, slice=9), 422, "invalid_request", "slice 9")
+
+
+def test_400_unreadable(client, ask):
+    _err(ask(client, b"\x89PNG\r\n\x1a\n" + b"\x01" * 64), 400, "unreadable_image")
+    _err(
+        client.post("/answer", json={"image": "!!notbase64!!", "question": "q"}),
+        400,
+        "unreadable_image",
+        "base64",
+    )
+    _err(
+        client.post("/answer", content=b"{not json", headers={"content-type": "application/json"}),
+        400,
+        "bad_request",
+    )
+
+
+def test_415_unsupported(client, ask):
+    _err(ask(client, b"GIF89a" + b"\x00" * 64), 415, "unsupported_image")
+    _err(
+        client.post("/answer", content=b"abc", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
+    _err(client.post("/answer", content=b"abc"), 415)
+
+
+def test_422_invalid_fields(client, ask, encode_image):
+    png = encode_image(0)
+    _err(ask(client, png, k=7), 422, "invalid_request", "between 0 and 4")
+    _err(ask(client, png, k="many"), 422, "invalid_request", "k")
+    _err(ask(client, png, max_new_tokens=0), 422, "invalid_request", "max_new_tokens")
+    _err(ask(client, png, max_new_tokens=100000), 422, "invalid_request", "at most")
+    _err(ask(client, png, ""), 422, "invalid_request", "question")
+    _err(client.post("/answer", files={"image": ("a", png)}), 422, "invalid_request", "question")
+    _err(
+        client.post("/answer", data={"question": "q"}, files={"other": ("a", png)}),
+        422,
+        "invalid_request",
+        "image",
+    )
+    _err(client.post("/answer", json={"question": "q"}), 422, "invalid_request", "image")
+    _err(
+        client.post("/answer", json={"image": "aGk=", "question": "q", "colour": 1}),
+        422,
+        "invalid_request",
+        "colour",
+    )
+    _err(client.post("/answer", json=[1, 2]), 422, "invalid_request")
+
+
+def test_404_and_405_are_json(client):
+    _err(client.get("/nope"), 404, "not_found")
+    _err(client.get("/answer"), 405, "method_not_allowed")
+
+
+def test_explain(client, ask, encode_image, tiny_model):
+    r = ask(client, encode_image(4), "Where is the lesion?", route="/explain", k=3, max_new_tokens=4, top_k=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    answer = ask(client, encode_image(4), "Where is the lesion?", k=3, max_new_tokens=4).json()["answer"]
+    assert body["answer"] == answer  # /explain does not change the answer
+    assert [s["step"] for s in body["steps"]] == [1, 2, 3] and "explain" in body["timings_ms"]
+    g = tiny_model.config.encoder.grid
+    for step in body["steps"]:
+        assert isinstance(step["sentence"], str)
+        hm = step["heatmap"]
+        assert base64.b64decode(hm["png_base64"]).startswith(b"\x89PNG")
+        assert len(hm["grid"]) == g and len(hm["grid"][0]) == g
+        r_, c_ = hm["peak"]
+        assert hm["grid"][r_][c_] == max(max(row) for row in hm["grid"])
+    k0 = ask(client, encode_image(4), route="/explain", k=0, max_new_tokens=2).json()
+    assert k0["steps"] == []
+
+
+def test_explain_disabled_and_unavailable(tiny_bundle, tmp_path, ask, encode_image, wait_ready):
+    app = create_app(Settings(bundle=tiny_bundle, explain=False))
+    with TestClient(app) as c:
+        wait_ready(c)
+        _err(ask(c, encode_image(0), route="/explain"), 404, "explain_disabled")
+        assert c.get("/info").json()["explain_available"] is False
+    import shutil
+
+    shutil.copytree(tiny_bundle, tmp_path / "b")
+    (tmp_path / "b" / "scaffold.safetensors").unlink()
+    with TestClient(create_app(Settings(bundle=tmp_path / "b"))) as c:
+        wait_ready(c)
+        _err(ask(c, encode_image(0), route="/explain"), 503, "explain_unavailable", "no scaffolding")
+        assert ask(c, encode_image(0), max_new_tokens=2).status_code == 200  # /answer never needs it
+
+
+def test_answer_never_loads_the_scaffolding(client, ask, encode_image, tiny_bundle, wait_ready):
+    with TestClient(create_app(Settings(bundle=tiny_bundle))) as c:
+        wait_ready(c)
+        assert ask(c, encode_image(0), max_new_tokens=2).status_code == 200
+        svc = c.app.state.service
+        assert svc.explainer is None and svc.model.scaffold is None
+
+
+def test_readiness_during_startup(tiny_bundle, ask, encode_image, wait_ready):
+    from vital_core.bundle import load_bundle
+
+    release = threading.Event()
+
+    def slow_loader(settings, device):
+        release.wait(30)
+        return load_bundle(settings.bundle, device=device)
+
+    with TestClient(create_app(Settings(bundle=tiny_bundle), loader=slow_loader)) as c:
+        assert c.get("/health").status_code == 200
+        _err(c.get("/ready"), 503, "not_ready", "loading")
+        _err(ask(c, encode_image(0)), 503, "not_ready")
+        release.set()
+        wait_ready(c)
+        assert ask(c, encode_image(0), max_new_tokens=2).status_code == 200
+
+
+def test_failed_load_is_reported(tmp_path, ask, encode_image):
+    with TestClient(create_app(Settings(bundle=tmp_path / "missing"))) as c:
+        for _ in range(200):
+            if c.app.state.service.load_error:
+                break
+            threading.Event().wait(0.01)
+        _err(c.get("/ready"), 503, "not_ready", "failed to load")
+        assert c.get("/health").status_code == 200
+
+
+def test_auth(tiny_bundle, ask, encode_image, wait_ready):
+    with TestClient(create_app(Settings(bundle=tiny_bundle, api_key="s3cret"))) as c:
+        wait_ready(c)
+        for path in ("/health", "/ready", "/metrics"):
+            assert c.get(path).status_code == 200
+        _err(ask(c, encode_image(0)), 401, "unauthorized", "Bearer")
+        _err(c.get("/info"), 401, "unauthorized")
+        bad = c.post("/answer", headers={"Authorization": "Bearer wrong"}, files={"image": ("a", encode_image(0))},
+                     data={"question": "q"})  # fmt: skip
+        _err(bad, 401, "unauthorized")
+        assert bad.headers["www-authenticate"] == "Bearer"
+        ok = c.post("/answer", headers={"Authorization": "Bearer s3cret"}, files={"image": ("a", encode_image(0))},
+                    data={"question": "q", "max_new_tokens": "2"})  # fmt: skip
+        assert ok.status_code == 200
+        assert c.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_body_limit(tiny_bundle, ask, encode_image, wait_ready):
+    with TestClient(create_app(Settings(bundle=tiny_bundle, max_body_bytes=4096, max_pixels=150 * 150))) as c:
+        wait_ready(c)
+        big = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, format="PNG")
+        _err(ask(c, buf.getvalue()), 413, "body_too_large", "4096")
+
+        def chunks():
+            yield b"x" * 3000
+            yield b"x" * 3000
+
+        _err(
+            c.post("/answer", content=chunks(), headers={"content-type": "application/json"}),
+            413,
+            "body_too_large",
+        )
+        flat = io.BytesIO()
+        Image.new("RGB", (160, 160), (90, 90, 90)).save(flat, format="PNG")  # small file, too many pixels
+        assert len(flat.getvalue()) < 4096
+        _err(ask(c, flat.getvalue()), 413, "image_too_large", "25600")
