@@ -55,7 +55,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         arr = np.asarray(image, dtype=np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
 
 
@@ -92,7 +92,9 @@ class PatchEncoderLike(Protocol):
     grid: int
     hidden_size: int
 
-    def encode(self, images: Sequence[Image.Image], normalize: bool = True) -> torch.Tensor:
+    def encode(
+        self, images: Sequence[Image.Image], normalize: bool = True, block_output: bool = False
+    ) -> torch.Tensor:
         """Images -> patch grid [B, G, G, D] (float32, CPU)."""
         ...
 
@@ -141,13 +143,22 @@ class PatchEncoder:
         self.hidden_size = config.hidden_size
 
     @torch.inference_mode()
-    def encode(self, images: Sequence[Image.Image], normalize: bool = True) -> torch.Tensor:
-        """Images -> patch grid [B, G, G, D], float32 on CPU, L2-normalised unless normalize=False."""
+    def encode(
+        self, images: Sequence[Image.Image], normalize: bool = True, block_output: bool = False
+    ) -> torch.Tensor:
+        """Images -> patch grid [B, G, G, D], float32 on CPU, L2-normalised unless normalize=False.
+
+        `block_output` returns the last encoder block's output (before the final LayerNorm) instead of
+        `last_hidden_state`: the raw activations whose norms the ROI quality metrics measure.
+        """
         g, out = self.grid, []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             pixels = preprocess(chunk, self.image_size).to(self.device, self.dtype)  # (b, 3, S, S)
-            hidden = self.model(pixel_values=pixels).last_hidden_state.float()  # (b, G*G, D)
+            out_m = self.model(pixel_values=pixels, output_hidden_states=block_output)
+            hidden = (
+                out_m.hidden_states[-1] if block_output else out_m.last_hidden_state
+            ).float()  # (b, G*G, D)
             if normalize:
                 hidden = torch.nn.functional.normalize(hidden, dim=-1)  # (b, G*G, D)
             out.append(hidden.reshape(len(chunk), g, g, -1).cpu())  # (b, G, G, D)

@@ -1,0 +1,108 @@
+"""Reading sample lists (JSONL manifests, image folders) and loading images and masks from disk.
+
+The JSONL reader is deliberately minimal: it needs `id` and `image` (and `mask` where ROI features are
+extracted) and ignores every other key, so the training package's full five-tuple rows read fine.
+Relative paths resolve against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from index_builder.encoder import to_rgb
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class SampleError(ValueError):
+    """A manifest row or file that cannot be read; the message names the file (and line)."""
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """Where one sample's files are."""
+
+    id: str
+    image: Path
+    mask: Path | None = None
+
+
+def read_manifest(path: str | Path, require_mask: bool = False) -> list[SampleRef]:
+    """JSONL rows {id, image, mask?, ...} -> SampleRefs (extra keys ignored, duplicate ids rejected)."""
+    path = Path(path)
+    base, refs, seen = path.parent, [], set()
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise SampleError(f"cannot read manifest {path}: {exc}") from exc
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SampleError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from exc
+        if not isinstance(row, dict) or "id" not in row or "image" not in row:
+            raise SampleError(f"{path}:{lineno}: a row needs at least 'id' and 'image'")
+        if require_mask and not row.get("mask"):
+            raise SampleError(f"{path}:{lineno}: row {row['id']!r} has no 'mask'")
+        sid = str(row["id"])
+        if sid in seen:
+            raise SampleError(f"{path}:{lineno}: duplicate id {sid!r}")
+        seen.add(sid)
+        mask = base / row["mask"] if row.get("mask") else None
+        refs.append(SampleRef(sid, base / row["image"], mask))
+    return refs
+
+
+def list_images(folder: str | Path) -> list[SampleRef]:
+    """Every image file under a folder (sorted); the id is the relative path without its suffix."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [SampleRef(str(p.relative_to(folder).with_suffix("")), p) for p in files]
+
+
+def read_corpus(path: str | Path) -> list[SampleRef]:
+    """A reference corpus: a folder of images or a JSONL manifest."""
+    path = Path(path)
+    if path.is_dir():
+        return list_images(path)
+    if path.is_file():
+        return read_manifest(path)
+    raise SampleError(f"corpus {path} is neither a folder nor a manifest file")
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB; refuses decompression bombs and unreadable files with SampleError."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+                raise SampleError(f"{path}: {w}x{h} exceeds the {Image.MAX_IMAGE_PIXELS}-pixel limit")
+            im.load()
+            return to_rgb(im)
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise SampleError(f"cannot read image {path}: {exc}") from exc
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask file (.npy, or any image; foreground = value > 0) -> bool [H, W]."""
+    path = Path(path)
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("L") if im.mode not in ("L", "1", "I", "I;16", "F") else im)
+    except (OSError, ValueError) as exc:
+        raise SampleError(f"cannot read mask {path}: {exc}") from exc
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2:
+        raise SampleError(f"mask {path} must be 2-D, got shape {arr.shape}")
+    return arr > 0
