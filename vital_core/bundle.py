@@ -292,3 +292,18 @@ def _versions() -> dict[str, str]:
         "peft": peft.__version__,
         "python": platform.python_version(),
     }
+
+
+def refresh_manifest(path: str | Path, provenance: dict[str, Any] | None = None) -> None:
+    """Checksum files added to a bundle after it was saved, and merge `provenance` into the manifest."""
+    path = Path(path)
+    man = read_manifest(path)
+    for p in sorted(path.rglob("*")):
+        rel = str(p.relative_to(path))
+        if p.is_file() and rel != MANIFEST_FILE:
+            man["files"][rel] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    if provenance:
+        man.setdefault("provenance", {}).update(provenance)
+    tmp = path / f".{MANIFEST_FILE}.tmp"
+    tmp.write_text(json.dumps(man, indent=2))
+    os.replace(tmp, path / MANIFEST_FILE)

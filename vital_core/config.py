@@ -209,6 +209,11 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 
+def load_dataclass(cls: type, data: Any, where: str = "") -> Any:
+    """Recursively build dataclass `cls` from a mapping, rejecting unknown keys (ConfigError names them)."""
+    return _build(cls, data, where)
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     """Recursively build dataclass `cls` from `data`, rejecting unknown keys."""
     if not isinstance(data, dict):

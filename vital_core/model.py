@@ -23,7 +23,7 @@ from vital_core.preprocess import (
     make_image_processor,
 )
 from vital_core.timing import null_timer
-from vital_core.tokenizer import load_tokenizer, train_bpe_tokenizer
+from vital_core.tokenizer import corpus, load_tokenizer, train_bpe_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -139,9 +139,13 @@ class VitalModel(nn.Module):
 
 
 def load_backbone(
-    config: VitalConfig, device: str | torch.device = "cpu"
+    config: VitalConfig, device: str | torch.device = "cpu", tokenizer_texts: list[str] | None = None
 ) -> tuple[Qwen3VLForConditionalGeneration, PreTrainedTokenizerBase, Qwen2VLImageProcessorPil]:
-    """Backbone, tokenizer and processor: from `backbone.path` (local only) or built from `backbone.arch`."""
+    """Backbone, tokenizer and processor: from `backbone.path` (local only) or built from `backbone.arch`.
+
+    A from-config backbone gets a BPE tokenizer trained on the built-in corpus plus `tokenizer_texts`
+    (e.g. the training set's questions, answers and reasoning).
+    """
     bc = config.backbone
     dtype = DTYPES[bc.dtype]
     if bc.path:
@@ -154,7 +158,8 @@ def load_backbone(
             load_image_processor(bc.path, bc.image_max_pixels),
         )
     torch.manual_seed(config.seed)
-    tokenizer = train_bpe_tokenizer(vocab_size=bc.tokenizer_vocab_size)
+    texts = list(corpus()) + list(tokenizer_texts or [])
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=bc.tokenizer_vocab_size)
     hf_cfg = Qwen3VLConfig(**bc.arch)
     core = Qwen3VLForConditionalGeneration._from_config(hf_cfg, attn_implementation=bc.attn_implementation)
     core = core.to(device=device, dtype=dtype).eval()
@@ -166,10 +171,15 @@ def load_backbone(
 
 
 def build_model(
-    config: VitalConfig, *, lora: bool = False, scaffold: bool = False, device: str | torch.device = "cpu"
+    config: VitalConfig,
+    *,
+    lora: bool = False,
+    scaffold: bool = False,
+    device: str | torch.device = "cpu",
+    tokenizer_texts: list[str] | None = None,
 ) -> VitalModel:
     """A fresh model from a config: backbone (+ LoRA) (+ scaffolding)."""
-    core, tokenizer, processor = load_backbone(config, device)
+    core, tokenizer, processor = load_backbone(config, device, tokenizer_texts)
     for p in core.parameters():
         p.requires_grad_(False)
     model = VitalModel(config, core, tokenizer, processor)

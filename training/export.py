@@ -1,0 +1,43 @@
+"""Turn a finished training run into a bundle (LoRA merged, scaffolding kept for /explain)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from training.recipe import Recipe
+from vital_core.bundle import refresh_manifest, save_bundle
+from vital_core.model import VitalModel
+
+
+def export_bundle(
+    model: VitalModel,
+    recipe: Recipe,
+    out: str | Path,
+    *,
+    scores: dict[str, Any] | None = None,
+    command: str | None = None,
+    encoder_dir: str | Path | None = None,
+    index_dir: str | Path | None = None,
+) -> Path:
+    """Save `model` as a merged bundle whose manifest records the recipe, command, seed and scores.
+
+    `encoder_dir` (the frozen encoder that made the ROI targets) and `index_dir` (a FAISS patch index)
+    are copied in so /explain works from the bundle alone.
+    """
+    scaffold = model.scaffold is not None and recipe.stage == "latent"
+    provenance = {
+        "command": command,
+        "recipe": recipe.to_dict(),
+        "seed": recipe.seed,
+        "stage": recipe.stage,
+        "scores": scores or {},
+    }
+    path = save_bundle(model, out, merged=True, scaffold=scaffold, provenance=provenance, overwrite=True)
+    if encoder_dir or index_dir:
+        for src, name in ((encoder_dir, "encoder"), (index_dir, "index")):
+            if src:
+                shutil.copytree(src, path / name, dirs_exist_ok=True)
+        refresh_manifest(path)
+    return path

@@ -1,0 +1,215 @@
+"""Training recipes: one YAML file says what to train, on what, how long, and with which switches.
+
+Unknown keys are errors (same loader as the model config). The resolved recipe is written into
+every run directory and every bundle's provenance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vital_core.config import ConfigError, load_dataclass
+
+CURRICULA = ("three_phase", "two_phase", "full_mix", "reverse")
+
+
+@dataclass
+class ModelSpec:
+    """Where the model to train comes from (exactly one of preset, config, init_bundle)."""
+
+    preset: str | None = None
+    """A vital_core preset name (tiny, qwen3-vl-8b)."""
+    config: str | None = None
+    """A VitalConfig YAML file."""
+    init_bundle: str | None = None
+    """Warm start from a bundle (e.g. the stage-0 backbone); its LoRA is merged first."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Nested VitalConfig overrides applied after loading (e.g. {latent: {k_max: 4}})."""
+
+    def __post_init__(self) -> None:
+        if sum(x is not None for x in (self.preset, self.config, self.init_bundle)) != 1:
+            raise ConfigError("model: give exactly one of preset, config, init_bundle")
+
+
+@dataclass
+class DataSpec:
+    """The five-tuple manifest and its ROI feature store."""
+
+    manifest: str = "data/phantom/manifest.jsonl"
+    """JSONL five-tuple manifest (docs/dataset.md)."""
+    roi_store: str | None = None
+    """index_builder feature store with each sample's ROI feature (needed for the visual loss)."""
+    train_split: str = "train"
+    eval_split: str = "val"
+    max_samples: int | None = None
+    """Use only the first N training samples (smoke tests, quick ablations)."""
+    max_answer_tokens: int = 32
+    """Answers are truncated to this many tokens (stop token included)."""
+
+
+@dataclass
+class OptimSpec:
+    """AdamW with linear warmup then cosine (or linear) decay; restarts each curriculum phase."""
+
+    lr: float = 2e-4
+    """Peak learning rate. The paper does not give one; 2e-4 is our choice for LoRA at 8B."""
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.05
+    schedule: str = "cosine"
+    """cosine or linear decay to zero after warmup."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (0 disables)."""
+    scaffold_lr: float | None = None
+    """Learning rate of the scaffolding heads (default: lr)."""
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError("optim.schedule: cosine, linear or constant")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("optim.warmup_ratio must be in [0, 1)")
+
+
+@dataclass
+class LossSpec:
+    """The joint objective L_task + λ_sem·L_sem + λ_vis·L_vis and its ablation switches."""
+
+    lambda_sem: float = 1.0
+    lambda_vis: float = 0.1
+    semantic: bool = True
+    """False drops the auxiliary-decoder loss (ablation)."""
+    visual: bool = True
+    """False drops the visual-projector loss (ablation)."""
+    visual_target: str = "shared"
+    """shared (paper default) or per_step (§C.5: interpolate global → ROI feature over the steps)."""
+
+    def __post_init__(self) -> None:
+        if self.visual_target not in ("shared", "per_step"):
+            raise ConfigError("loss.visual_target: shared or per_step")
+
+
+@dataclass
+class PhaseSpec:
+    """One curriculum phase: samples whose K lies in [min_k, max_k], for `epochs` epochs."""
+
+    min_k: int = 0
+    max_k: int = 4
+    epochs: float = 1.0
+    name: str = ""
+
+
+@dataclass
+class CurriculumSpec:
+    """Which schedule; `phases` overrides the named kind's default phases when given."""
+
+    kind: str = "three_phase"
+    epochs: list[float] = field(default_factory=lambda: [5.0, 5.0, 10.0])
+    """Epochs per phase of the named kind (paper: 5, 5, 10). full_mix sums them into one phase."""
+    phases: list[PhaseSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in CURRICULA and not self.phases:
+            raise ConfigError(f"curriculum.kind: one of {', '.join(CURRICULA)} (or give phases)")
+
+
+@dataclass
+class CheckpointSpec:
+    every_steps: int = 200
+    """Write a checkpoint every N optimizer steps (and at the end of every phase)."""
+    keep_last: int = 2
+    """How many checkpoints to keep."""
+
+
+@dataclass
+class Recipe:
+    """A whole training run."""
+
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    model: ModelSpec = field(default_factory=lambda: ModelSpec(preset="tiny"))
+    data: DataSpec = field(default_factory=DataSpec)
+    stage: str = "latent"
+    """latent: the paper's recipe (frozen backbone + LoRA + scaffolding). backbone: stage 0, train the
+    whole backbone as a direct-answer model (K = 0, task loss only; our stand-in for pretraining)."""
+    k_override: int | None = None
+    """Force every sample's K to this value (the K ablation); None uses each sample's own depth."""
+    batch_size: int = 16
+    """Per-process batch size (each batch shares one K)."""
+    grad_accum: int = 1
+    precision: str = "auto"
+    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16, or fp32."""
+    device: str = "auto"
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    loss: LossSpec = field(default_factory=LossSpec)
+    curriculum: CurriculumSpec = field(default_factory=CurriculumSpec)
+    checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    log_every: int = 10
+    distributed: str = "ddp"
+    """ddp (replicated) or fsdp (sharded LoRA + scaffolding, for the 8B recipe; see docs/training.md)."""
+    num_workers: int = 0
+    """DataLoader workers for image decoding."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("latent", "backbone"):
+            raise ConfigError("stage: latent or backbone")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError("precision: auto, bf16 or fp32")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise ConfigError("distributed: ddp or fsdp")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("batch_size and grad_accum must be >= 1")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+        """Load a recipe file; `overrides` are `a.b=value` strings (YAML values) applied on top."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        for item in overrides or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r}: expected key=value")
+            node = data
+            parts = key.split(".")
+            for p in parts[:-1]:
+                node = node.setdefault(p, {})
+            node[parts[-1]] = yaml.safe_load(value)
+        return load_dataclass(cls, data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        """Build from a nested dict (unknown keys rejected)."""
+        return load_dataclass(cls, data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def phases_for(c: CurriculumSpec) -> list[PhaseSpec]:
+    """The phases of a curriculum (paper §3.5 and Table 3)."""
+    if c.phases:
+        return c.phases
+    e = c.epochs + [c.epochs[-1]] * (3 - len(c.epochs)) if len(c.epochs) < 3 else c.epochs
+    if c.kind == "three_phase":  # K = 1, then K <= 2, then all
+        return [
+            PhaseSpec(1, 1, e[0], "phase1"),
+            PhaseSpec(0, 2, e[1], "phase2"),
+            PhaseSpec(0, 99, e[2], "phase3"),
+        ]
+    if c.kind == "two_phase":  # K <= 2, then all
+        return [PhaseSpec(0, 2, e[0] + e[1], "phase1"), PhaseSpec(0, 99, e[2], "phase2")]
+    if c.kind == "full_mix":  # all K from the start, same total epochs
+        return [PhaseSpec(0, 99, sum(e[:3]), "full_mix")]
+    # reverse: all K first, then K <= 2, then K = 1 (hard to easy)
+    return [
+        PhaseSpec(0, 99, e[2], "phase1"),
+        PhaseSpec(0, 2, e[1], "phase2"),
+        PhaseSpec(1, 1, e[0], "phase3"),
+    ]

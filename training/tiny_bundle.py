@@ -1,0 +1,143 @@
+"""`vital build-tiny-bundle`: make the embedded `vital-tiny` bundle from nothing, reproducibly, on CPU.
+
+1. phantom data (training/phantom) → 2. ROI targets with the frozen tiny encoder (index_builder) →
+3. stage 0: train the tiny backbone as a direct-answer VQA model (our stand-in for a pretrained MLLM) →
+4. the paper's recipe on top: frozen backbone + LoRA + both heads + curriculum, then merge →
+5. a FAISS index of reference patches → 6. scores on the test split, for the bundle and for stage 0 at K = 0.
+Every step is resumable: finished data, stores and checkpoints are reused on a re-run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from vital_core.cli import CLIError
+
+log = logging.getLogger("vital.tiny")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `vital build-tiny-bundle`."""
+    p = sub.add_parser("build-tiny-bundle", help="train the embedded vital-tiny bundle from scratch (CPU)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--out", default="bundles/vital-tiny", help="bundle directory to write")
+    p.add_argument("--work", default="data/tiny-build", help="working directory (data, stores, runs)")
+    p.add_argument("--n", type=int, default=12000, help="phantom samples to generate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+    p.add_argument("--stage0-recipe", default="configs/tiny-stage0.yaml")
+    p.add_argument("--recipe", default="configs/tiny.yaml")
+    p.add_argument("--index-images", type=int, default=400, help="reference images in the FAISS index")
+    p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test samples")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the whole pipeline."""
+    t0 = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    for f in (args.stage0_recipe, args.recipe):
+        if not Path(f).is_file():
+            raise CLIError(f"recipe {f} not found (run from the repository root)")
+    manifest = _phantom(work / "phantom", args)
+    roi = _roi_store(manifest, work / "roi", args.seed)
+    stage0_bundle, stage0_model = _train(args.stage0_recipe, work / "stage0", manifest, roi, args, init=None)
+    _, model = _train(args.recipe, work / "latent", manifest, roi, args, init=stage0_bundle)
+    encoder_dir, index_dir = _encoder_and_index(model, manifest, work, args)
+    scores = _scores(model, stage0_model, manifest, args.eval_limit)
+    from training.export import export_bundle
+    from training.recipe import Recipe
+
+    recipe = Recipe.from_yaml(args.recipe, [f"model.init_bundle={stage0_bundle}"])
+    out = export_bundle(
+        model, recipe, args.out, scores=scores, command=" ".join(["vital", *sys.argv[1:]]) if sys.argv else None,
+        encoder_dir=encoder_dir, index_dir=index_dir,
+    )  # fmt: skip
+    (work / "scores.json").write_text(json.dumps(scores, indent=2))
+    log.info("vital-tiny written to %s in %.1f min", out, (time.perf_counter() - t0) / 60)
+    print(json.dumps({"bundle": str(out), "minutes": round((time.perf_counter() - t0) / 60, 1), "scores": {
+        k: v["overall"] for k, v in scores.items() if isinstance(v, dict) and "overall" in v}}))  # fmt: skip
+    return 0
+
+
+def _phantom(out: Path, args: argparse.Namespace) -> Path:
+    from training.phantom import generate
+
+    manifest = out / "manifest.jsonl"
+    meta = out / "phantom.json"
+    if manifest.is_file() and meta.is_file():
+        m = json.loads(meta.read_text())
+        if m.get("n") == args.n and m.get("seed") == args.seed:
+            log.info("phantom data already at %s", out)
+            return manifest
+    return generate(out, n=args.n, seed=args.seed, size=128, workers=args.workers)
+
+
+def _roi_store(manifest: Path, out: Path, seed: int) -> Path:
+    from index_builder.encoder import load_encoder
+    from index_builder.roi import ROIParams
+    from index_builder.samples import read_manifest
+    from index_builder.store import extract_to_store
+    from vital_core.presets import tiny
+
+    if (out / "manifest.json").is_file():
+        log.info("ROI store already at %s", out)
+        return out
+    enc = load_encoder(tiny().encoder, device="cpu", seed=seed)
+    params = ROIParams()
+    extract_to_store(enc, read_manifest(manifest, require_mask=True), out, params,
+                     spec={"encoder": "tiny", "seed": seed, "params": repr(params)})  # fmt: skip
+    return out
+
+
+def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, init: Path | None):  # noqa: ANN001, ANN202
+    from training.export import export_bundle
+    from training.recipe import Recipe
+    from training.trainer import Trainer
+
+    sets = [
+        f"data.manifest={manifest}",
+        f"data.roi_store={roi}",
+        f"output_dir={run_dir}",
+        f"seed={args.seed}",
+    ]
+    if init is not None:
+        sets.append(f"model.init_bundle={init}")
+    recipe = Recipe.from_yaml(recipe_file, sets)
+    trainer = Trainer(recipe)
+    trainer.run()
+    bundle = export_bundle(
+        trainer.model, recipe, run_dir / "bundle", command=f"vital train --recipe {recipe_file}"
+    )
+    return bundle, trainer.model
+
+
+def _encoder_and_index(model, manifest: Path, work: Path, args):  # noqa: ANN001, ANN202
+    from index_builder.encoder import load_encoder
+    from index_builder.faiss_index import build_patch_index
+    from index_builder.samples import read_manifest
+
+    enc = load_encoder(model.config.encoder, device="cpu", seed=args.seed)
+    encoder_dir = work / "encoder"
+    enc.model.save_pretrained(encoder_dir)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
+    train_ids = {r["id"] for r in rows if r["split"] == "train"}
+    refs = [r for r in read_manifest(manifest) if r.id in train_ids][: args.index_images]
+    index_dir = work / "index"
+    build_patch_index(enc, refs, index_dir, use_gpu=False, seed=args.seed, progress=True)
+    return encoder_dir, index_dir
+
+
+def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:  # noqa: ANN001
+    from training.cli_train import evaluate_model
+
+    return {
+        "test_split_k_auto": evaluate_model(model, str(manifest), "test", "auto", limit),
+        "stage0_test_split_k0": evaluate_model(stage0_model, str(manifest), "test", "0", limit),
+    }

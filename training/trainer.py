@@ -1,0 +1,448 @@
+"""The dual-supervision trainer: L_task + λ_sem·L_sem + λ_vis·L_vis over a K curriculum.
+
+Runs the same `vital_core` latent loop as serving (gradients through every step), under plain
+Python or `torchrun` (DDP; FSDP for the large recipe). Checkpoints are atomic directories; a run
+that is killed resumes from the last one and ends where an uninterrupted run would (the data order
+is a pure function of the seed, and RNG and optimizer state are restored).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from training.data import RoiTargets, in_phase, k_batches, load_batch, per_step_targets, sample_k
+from training.dataset import Sample, load_manifest
+from training.recipe import PhaseSpec, Recipe, phases_for
+from vital_core.heads import encode_steps
+from vital_core.model import VitalModel
+from vital_core.preprocess import encode_answers, encode_prompts
+
+log = logging.getLogger("vital.train")
+
+
+@dataclass
+class TrainState:
+    """Where a run is: resumes start from here."""
+
+    phase: int = 0
+    batch_pos: int = 0  # batches of the current phase already consumed
+    step: int = 0  # optimizer steps in total
+    phase_step: int = 0  # optimizer steps in the current phase
+
+
+class TrainStep(nn.Module):
+    """One forward of the joint objective (what DDP wraps)."""
+
+    def __init__(self, model: VitalModel, recipe: Recipe):
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+
+    def forward(self, prompts, k: int, answers, answer_mask, step_ids, step_mask, step_has, target):  # noqa: ANN001
+        r = self.recipe.loss
+        out = self.model(prompts, k, answer_ids=answers, answer_mask=answer_mask)
+        losses = {"task": out.loss}
+        total = out.loss
+        sc = self.model.scaffold
+        if sc is not None and k > 0:
+            lat = out.latents[:, 1:]  # (B, K, H): h_1..h_K
+            valid = out.step_valid & step_has  # (B, K): steps that exist and have a sentence
+            if r.semantic:
+                losses["sem"] = sc.semantic_loss(lat, step_ids, step_mask, valid)
+                total = total + r.lambda_sem * losses["sem"]
+            if r.visual and target is not None:
+                losses["vis"] = sc.visual_loss(lat, target, valid)
+                total = total + r.lambda_vis * losses["vis"]
+        losses["total"] = total
+        return losses
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, world, local_rank); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return rank, world, local
+
+
+def pick_device(recipe: Recipe, local_rank: int) -> torch.device:
+    if recipe.device != "auto":
+        return torch.device(recipe.device)
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def build_training_model(recipe: Recipe, device: torch.device, texts: list[str] | None = None) -> VitalModel:
+    """The model a recipe trains: stage 0 → full backbone; latent stage → frozen backbone + LoRA + heads."""
+    from vital_core.bundle import load_bundle
+    from vital_core.config import VitalConfig
+    from vital_core.model import build_model
+    from vital_core.presets import preset
+
+    spec = recipe.model
+    if spec.init_bundle:
+        model = load_bundle(spec.init_bundle, device=device, merge=True)
+        cfg = _override(model.config, spec.overrides)
+        model.config = cfg
+    else:
+        cfg = preset(spec.preset) if spec.preset else VitalConfig.from_yaml(spec.config)
+        cfg = _override(cfg, spec.overrides)
+        cfg.seed = recipe.seed
+        model = build_model(cfg, device=device, tokenizer_texts=texts)
+    if recipe.stage == "backbone":
+        for p in model.core.parameters():
+            p.requires_grad_(True)
+        return model.train()
+    for p in model.core.parameters():
+        p.requires_grad_(False)
+    model.add_lora()
+    torch.manual_seed(recipe.seed + 1)
+    model.add_scaffold()
+    return model.train()
+
+
+def _override(cfg, overrides: dict):  # noqa: ANN001, ANN202
+    if not overrides:
+        return cfg
+    from vital_core.config import VitalConfig
+
+    data = cfg.to_dict()
+    _merge(data, overrides)
+    return VitalConfig.from_dict(data)
+
+
+def _merge(base: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+
+
+def trainable_state(model: VitalModel, recipe: Recipe) -> dict[str, torch.Tensor]:
+    """What a checkpoint stores: the whole backbone (stage 0), or LoRA + scaffolding."""
+    if recipe.stage == "backbone":
+        return {f"core.{k}": v for k, v in model.core.state_dict().items()}
+    state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items() if "lora_" in k}
+    tied = model.scaffold.decoder.config.tie_word_embeddings
+    state.update(
+        {
+            f"scaffold.{k}": v
+            for k, v in model.scaffold.state_dict().items()
+            if not (tied and k == "decoder.lm_head.weight")
+        }
+    )
+    return state
+
+
+def load_trainable_state(model: VitalModel, recipe: Recipe, state: dict[str, torch.Tensor]) -> None:
+    if recipe.stage == "backbone":
+        model.core.load_state_dict({k[5:]: v for k, v in state.items()}, strict=True)
+        return
+    bb = {k[9:]: v for k, v in state.items() if k.startswith("backbone.")}
+    missing = model.backbone.load_state_dict(bb, strict=False)
+    if missing.unexpected_keys:
+        raise RuntimeError(f"checkpoint has unknown LoRA tensors: {missing.unexpected_keys[:3]}")
+    model.scaffold.load_state_dict(
+        {k[9:]: v for k, v in state.items() if k.startswith("scaffold.")}, strict=False
+    )
+
+
+class Trainer:
+    """Runs a recipe end to end; `run()` returns the final metrics."""
+
+    def __init__(self, recipe: Recipe, *, resume: bool = True, stop_after_steps: int | None = None):
+        self.recipe = recipe
+        self.resume = resume
+        self.stop_after_steps = stop_after_steps
+        self.rank, self.world, self.local_rank = setup_distributed()
+        self.device = pick_device(recipe, self.local_rank)
+        self.out = Path(recipe.output_dir)
+        self.is_main = self.rank == 0
+
+    # -- setup -----------------------------------------------------------------------------------
+    def _load_data(self) -> list[Sample]:
+        d = self.recipe.data
+        samples = [s for s in load_manifest(d.manifest) if s.split == d.train_split]
+        if d.max_samples:
+            samples = samples[: d.max_samples]
+        if not samples:
+            raise ValueError(f"{d.manifest}: no samples in split {d.train_split!r}")
+        return samples
+
+    def _autocast(self):  # noqa: ANN202
+        p = self.recipe.precision
+        if self.device.type == "cuda" and p in ("auto", "bf16"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if p == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _optimizer(self, model: VitalModel, total_steps: int):  # noqa: ANN202
+        o = self.recipe.optim
+        backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+        groups = [{"params": backbone, "lr": o.lr}]
+        if model.scaffold is not None:
+            groups.append({"params": [p for p in model.scaffold.parameters() if p.requires_grad],
+                           "lr": o.scaffold_lr or o.lr})  # fmt: skip
+        opt = torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        warm = max(1, int(round(o.warmup_ratio * total_steps))) if o.warmup_ratio > 0 else 0
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            if o.schedule == "constant":
+                return 1.0
+            frac = (step - warm) / max(1, total_steps - warm)
+            return (
+                0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+                if o.schedule == "cosine"
+                else max(0.0, 1 - frac)
+            )
+
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+    def _phase_batches(self, samples: list[Sample], phase_idx: int, phase: PhaseSpec) -> list[list[int]]:
+        r = self.recipe
+        per_epoch = len(k_batches(samples, r.batch_size, 0, k_override=self._k_override(), rank=self.rank,
+                                  world=self.world))  # fmt: skip
+        total = int(round(phase.epochs * per_epoch))
+        seq: list[list[int]] = []
+        epoch = 0
+        while len(seq) < total:
+            seed = r.seed * 1_000_003 + phase_idx * 10_007 + epoch
+            seq += k_batches(
+                samples, r.batch_size, seed, k_override=self._k_override(), rank=self.rank, world=self.world
+            )
+            epoch += 1
+        return seq[:total]
+
+    def _k_override(self) -> int | None:
+        return 0 if self.recipe.stage == "backbone" else self.recipe.k_override
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def _ckpt_dirs(self) -> list[Path]:
+        return sorted(self.out.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
+
+    def save_checkpoint(self, model: VitalModel, opt, sched, state: TrainState) -> Path | None:  # noqa: ANN001
+        """Atomically write ckpt-STEP/ and keep only the last N (rank 0 writes)."""
+        # Every rank takes part in gathering sharded (FSDP) tensors; rank 0 writes them.
+        tensors = {k: _full(v) for k, v in trainable_state(model, self.recipe).items()}
+        sharded_optim = self.world > 1 and self.recipe.distributed == "fsdp"
+        final = self.out / f"ckpt-{state.step:08d}"
+        tmp = self.out / f".tmp-ckpt-{state.step:08d}"
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        if self.world > 1:
+            dist.barrier()
+        extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+        if sharded_optim:  # optimizer state is sharded like the parameters: one file per rank
+            torch.save(extra, tmp / f"optimizer-rank{self.rank}.pt")
+        if self.world > 1:
+            dist.barrier()
+        if not self.is_main:
+            return None
+        save_file(tensors, tmp / "trainable.safetensors")
+        if not sharded_optim:
+            torch.save(extra, tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in self._ckpt_dirs()[: -self.recipe.checkpoint.keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _restore(self, model: VitalModel) -> tuple[TrainState, dict | None]:
+        ckpts = self._ckpt_dirs() if self.resume else []
+        if not ckpts:
+            return TrainState(), None
+        last = ckpts[-1]
+        load_trainable_state(
+            model, self.recipe, load_file(str(last / "trainable.safetensors"), device=str(self.device))
+        )
+        opt_file = last / "optimizer.pt"
+        if not opt_file.is_file():
+            opt_file = last / f"optimizer-rank{self.rank}.pt"
+        extra = torch.load(opt_file, map_location="cpu", weights_only=False)
+        state = TrainState(**json.loads((last / "state.json").read_text()))
+        log.info("resuming from %s (phase %d, step %d)", last, state.phase, state.step)
+        return state, extra
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train every phase; write metrics.jsonl, checkpoints, and final.safetensors."""
+        r = self.recipe
+        torch.manual_seed(r.seed)
+        samples = self._load_data()
+        texts = [t for s in samples for t in (s.question, s.answer, *s.reasoning)]
+        model = build_training_model(r, self.device, texts=texts)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2))
+        targets = None
+        if r.stage == "latent" and r.loss.visual:
+            if not r.data.roi_store:
+                raise ValueError("loss.visual needs data.roi_store (or set loss.visual=false)")
+            targets = RoiTargets(r.data.roi_store, [s.roi_key or s.id for s in samples])
+        global_feats = self._global_features(model, samples) if r.loss.visual_target == "per_step" else None
+        state, extra = self._restore(model)
+        if extra is not None:
+            torch.set_rng_state(extra["rng"])
+        step_fn = TrainStep(model, r)
+        wrapped = self._wrap(step_fn)
+        phases = phases_for(r.curriculum)
+        metrics_path = self.out / "metrics.jsonl"
+        last: dict[str, float] = {}
+        for pi in range(state.phase, len(phases)):
+            phase = phases[pi]
+            subset = in_phase(samples, phase.min_k, phase.max_k, self._k_override())
+            if not subset:
+                log.warning(
+                    "phase %s has no samples (K in [%d, %d]); skipped", phase.name, phase.min_k, phase.max_k
+                )
+                state = TrainState(phase=pi + 1, step=state.step)
+                continue
+            seq = self._phase_batches(subset, pi, phase)
+            total_steps = math.ceil(len(seq) / r.grad_accum)
+            opt, sched = self._optimizer(model, total_steps)
+            if extra is not None and state.phase == pi and (state.batch_pos or state.phase_step):
+                opt.load_state_dict(extra["optimizer"])
+                sched.load_state_dict(extra["scheduler"])
+            extra = None
+            bar = _progress(self.is_main, len(seq), state.batch_pos, f"{r.name} {phase.name or pi + 1}")
+            t_last, n_since = time.perf_counter(), 0
+            for pos in range(state.batch_pos, len(seq)):
+                batch = load_batch(subset, seq[pos], sample_k(subset[seq[pos][0]], self._k_override()), targets,
+                                   global_feats)  # fmt: skip
+                losses = self._forward_backward(wrapped, model, batch)
+                n_since += len(batch.samples)
+                bar.update(1)
+                if (pos + 1) % r.grad_accum and pos + 1 < len(seq):
+                    continue
+                self._optimizer_step(model, opt, sched)
+                state.step += 1
+                state.phase_step += 1
+                state.batch_pos = pos + 1
+                last = {k: float(v) for k, v in losses.items()}
+                if state.step % r.log_every == 0 or pos + 1 == len(seq):
+                    dt = time.perf_counter() - t_last
+                    row = {"step": state.step, "phase": phase.name or pi + 1, "k": batch.k, "lr": sched.get_last_lr()[0],
+                           "samples_per_s": n_since * self.world / max(dt, 1e-9), **last}  # fmt: skip
+                    t_last, n_since = time.perf_counter(), 0
+                    self._log(metrics_path, row, bar)
+                if state.step % r.checkpoint.every_steps == 0:
+                    self.save_checkpoint(model, opt, sched, state)
+                if self.stop_after_steps is not None and state.step >= self.stop_after_steps:
+                    bar.close()
+                    return {"stopped_at": state.step, **last}
+            bar.close()
+            state = TrainState(phase=pi + 1, step=state.step)
+            self.save_checkpoint(model, opt, sched, state)
+        final = {k: _full(v) for k, v in trainable_state(model, r).items()}
+        if self.is_main:
+            save_file(final, self.out / "final.safetensors")
+        self.model = model
+        return {"steps": state.step, **last}
+
+    def _wrap(self, step_fn: TrainStep) -> nn.Module:
+        if self.world == 1:
+            return step_fn
+        if self.recipe.distributed == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in step_fn.model.core.model.language_model.layers:
+                fully_shard(layer)
+            if step_fn.model.scaffold is not None:
+                for layer in step_fn.model.scaffold.decoder.model.layers:
+                    fully_shard(layer)
+            return fully_shard(step_fn)
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return DDP(step_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                   find_unused_parameters=True)  # fmt: skip
+
+    def _forward_backward(self, wrapped: nn.Module, model: VitalModel, batch) -> dict[str, torch.Tensor]:  # noqa: ANN001
+        r = self.recipe
+        tok = model.tokenizer
+        prompts = encode_prompts(batch.images, [s.question for s in batch.samples], tok, model.processor).to(
+            self.device
+        )
+        answers, amask = encode_answers([s.answer for s in batch.samples], tok, r.data.max_answer_tokens)
+        k = batch.k
+        sid, smask, shas = encode_steps([list(s.reasoning) for s in batch.samples], tok, max(k, 1),
+                                        model.config.decoder.max_sentence_tokens)  # fmt: skip
+        target = batch.targets
+        if target is not None and r.loss.visual_target == "per_step" and k > 0:
+            target = per_step_targets(target, batch.globals_, k)
+        to = lambda t: t.to(self.device) if t is not None else None  # noqa: E731
+        with self._autocast():
+            losses = wrapped(prompts, k, to(answers), to(amask), to(sid[:, :k]), to(smask[:, :k]), to(shas[:, :k]),
+                             to(target))  # fmt: skip
+        (losses["total"] / r.grad_accum).backward()
+        return {k_: v.detach() for k_, v in losses.items()}
+
+    def _optimizer_step(self, model: VitalModel, opt, sched) -> None:  # noqa: ANN001
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if self.recipe.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.grad_clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    def _log(self, path: Path, row: dict, bar) -> None:  # noqa: ANN001
+        if not self.is_main:
+            return
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("total", "task", "sem", "vis")})
+
+    def _global_features(self, model: VitalModel, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        """Per-step target variant: L2-normalised mean of each image's encoder patch grid (§C.5)."""
+        from PIL import Image
+
+        from index_builder.encoder import load_encoder
+
+        enc = load_encoder(model.config.encoder, device=str(self.device), seed=model.config.seed)
+        feats: dict[str, torch.Tensor] = {}
+        for i in range(0, len(samples), 32):
+            chunk = samples[i : i + 32]
+            ims = []
+            for s in chunk:
+                with Image.open(s.image) as im:
+                    ims.append(im.convert("RGB"))
+            grid = enc.encode(ims)  # (b, G, G, D)
+            g = torch.nn.functional.normalize(grid.flatten(1, 2).mean(1), dim=-1)  # (b, D)
+            for s, v in zip(chunk, g):
+                feats[s.roi_key or s.id] = v
+        return feats
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain CPU tensor from a parameter that may be an FSDP-sharded DTensor (collective)."""
+    t = t.detach()
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return t.contiguous().cpu()
+
+
+def _progress(enabled: bool, total: int, initial: int, desc: str):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
