@@ -24,7 +24,7 @@ from vital_core.model import VitalModel
 from vital_core.qtypes import auto_k
 
 CLOSED_TYPES = ("yesno", "location_choice", "identify")
-REGION_WORDS = {"left", "right", "center", "centre", "middle", "upper", "lower", "top", "bottom"}
+REGION_WORDS = {"left", "right", "center", "centre", "central", "middle", "upper", "lower", "top", "bottom"}
 _PUNCT = re.compile(r"[^\w\s-]")
 
 
@@ -47,14 +47,18 @@ def closed_correct(pred: str, gold: str, question_type: str) -> bool:
     """Closed-ended match for yes/no, location choice and identification answers."""
     p, g = normalize(pred).split(), normalize(gold).split()
     if question_type == "yesno":
-        pol = lambda toks: next((t for t in toks if t in ("yes", "no")), None)  # noqa: E731
-        return pol(g) is not None and pol(p) == pol(g)
+        return _polarity(g) is not None and _polarity(p) == _polarity(g)
     if question_type == "location_choice":
-        regions = lambda toks: {
-            "center" if t in ("centre", "middle") else t for t in toks if t in REGION_WORDS
-        }  # noqa: E731
-        return bool(regions(g)) and regions(p) == regions(g)
+        return bool(_regions(g)) and _regions(p) == _regions(g)
     return " ".join(p) == " ".join(g)
+
+
+def _polarity(tokens: list[str]) -> str | None:
+    return next((t for t in tokens if t in ("yes", "no")), None)
+
+
+def _regions(tokens: list[str]) -> set[str]:
+    return {"center" if t in ("centre", "middle", "central") else t for t in tokens if t in REGION_WORDS}
 
 
 @dataclass
