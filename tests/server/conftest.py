@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import time
 
 import pytest
 from fastapi.testclient import TestClient
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tiny_model, tmp_path_factory):
-    from vital_core.bundle import save_bundle
-
-    return save_bundle(tiny_model, tmp_path_factory.mktemp("srv") / "vital-tiny", provenance={"test": True})
-
-
-@pytest.fixture(scope="session")
-def encode_image(image_factory):
-    """`encode_image(seed, size, fmt)` -> file bytes of a test image."""
-
-    def encode(seed: int = 0, size=(128, 128), fmt: str = "PNG") -> bytes:
-        buf = io.BytesIO()
-        image_factory(seed, size).save(buf, format=fmt)
-        return buf.getvalue()
-
-    return encode
 
 
 def _wait_ready(client: TestClient, timeout: float = 60.0) -> None:
