@@ -109,7 +109,8 @@ class CurriculumSpec:
 
     kind: str = "three_phase"
     epochs: list[float] = field(default_factory=lambda: [5.0, 5.0, 10.0])
-    """Epochs per phase of the named kind (paper: 5, 5, 10). full_mix sums them into one phase."""
+    """Epochs per phase of the named kind (paper: 5, 5, 10); a shorter list repeats its last value.
+    full_mix runs one phase for the sum of the listed epochs."""
     phases: list[PhaseSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -196,6 +197,8 @@ def phases_for(c: CurriculumSpec) -> list[PhaseSpec]:
     """The phases of a curriculum (paper §3.5 and Table 3)."""
     if c.phases:
         return c.phases
+    if c.kind == "full_mix":  # all K from the start, for the total of the given epochs
+        return [PhaseSpec(0, 99, float(sum(c.epochs)), "full_mix")]
     e = c.epochs + [c.epochs[-1]] * (3 - len(c.epochs)) if len(c.epochs) < 3 else c.epochs
     if c.kind == "three_phase":  # K = 1, then K <= 2, then all
         return [
@@ -205,8 +208,6 @@ def phases_for(c: CurriculumSpec) -> list[PhaseSpec]:
         ]
     if c.kind == "two_phase":  # K <= 2, then all
         return [PhaseSpec(0, 2, e[0] + e[1], "phase1"), PhaseSpec(0, 99, e[2], "phase2")]
-    if c.kind == "full_mix":  # all K from the start, same total epochs
-        return [PhaseSpec(0, 99, sum(e[:3]), "full_mix")]
     # reverse: all K first, then K <= 2, then K = 1 (hard to easy)
     return [
         PhaseSpec(0, 99, e[2], "phase1"),
