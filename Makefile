@@ -56,7 +56,7 @@ serve: install $(BUNDLE)/vital.yaml
 	$(BIN)/vital serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 bench: install
-	$(BIN)/vital bench-core --out bench/results
+	$(BIN)/vital bench --out bench/results
 
 docker:
 	docker build -t vital:latest .

@@ -1,5 +1,7 @@
-"""`vital bench-core`: time per stage of the latent loop — preprocessing, vision, prefill, each latent
-step, each decoded token — for K = 0..4, and set each step beside the memory-bandwidth bound.
+"""`vital bench`: time per stage of the latent loop — preprocessing, vision, prefill, each latent
+step, each decoded token — for K = 0..4; explicit chain-of-thought (the same backbone generating its
+reasoning as text before answering) in the same run, as ratios; batch-size scaling; each step beside
+the memory-bandwidth bound (weight bytes / bandwidth).
 
 A benchmark, not a test: it prints and saves measured figures (JSON + markdown) naming the machine.
 """
@@ -25,10 +27,10 @@ GPU_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100": 2
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `vital bench-core`."""
+    """Add `vital bench`."""
     p = sub.add_parser(
-        "bench-core",
-        help="time each stage of the latent loop for K = 0..4",
+        "bench",
+        help="latency per stage for K = 0..4, against explicit chain-of-thought, and batch scaling",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,7 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--answer-tokens", type=int, default=16, help="decoded tokens per answer (forced, no EOS)")
     p.add_argument("--k", default="0,1,2,3,4", help="comma-separated K values")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument(
+        "--cot-tokens",
+        type=int,
+        default=256,
+        help="explicit chain-of-thought: reasoning tokens generated before the answer (0: skip)",
+    )
+    p.add_argument(
+        "--batch-sizes", default="1,4,16", help="batch-size scaling (comma-separated; empty: skip)"
+    )
+    p.add_argument("--scaling-k", type=int, default=4, help="K used for batch-size scaling")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default="bench/results", help="directory for JSON + markdown results")
@@ -85,64 +96,82 @@ def weight_bytes(model) -> dict[str, int]:
     return {"latent_step": layers, "decode_token": layers + head}
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run the benchmark and save results."""
+def _load(args: argparse.Namespace):  # noqa: ANN202
     from vital_core.bundle import load_bundle
     from vital_core.model import build_model
     from vital_core.presets import preset
+
+    if args.bundle:
+        return load_bundle(args.bundle, device=args.device, dtype=args.dtype).eval(), Path(args.bundle).name
+    cfg = preset(args.preset)
+    if args.dtype:
+        cfg.backbone.dtype = args.dtype
+    return build_model(cfg, device=args.device).eval(), args.preset
+
+
+def _time(
+    model, images, questions, k: int, new_tokens: int, repeats: int, warmup: int, device: str
+) -> list[dict]:  # noqa: ANN001
+    """Per-stage durations of `repeats` runs (after `warmup`) of one forward pass."""
     from vital_core.timing import StageTimer
 
+    samples = []
+    for rep in range(warmup + repeats):
+        timer = StageTimer(device)
+        with torch.inference_mode(), timer("total"):
+            with timer("preprocess"):
+                batch = model.encode(images, questions)
+            # stop_ids=[] forces exactly new_tokens tokens (latency does not depend on content)
+            latent_forward(model.core, batch, k, max_new_tokens=new_tokens, stop_ids=[], timer=timer)
+        if rep >= warmup:
+            samples.append(timer.stages)
+    return samples
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and save results."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError("--device cuda but CUDA is not available")
     ks = [int(x) for x in args.k.split(",")]
-    if args.bundle:
-        model = load_bundle(args.bundle, device=args.device, dtype=args.dtype)
-        name = Path(args.bundle).name
-    else:
-        cfg = preset(args.preset)
-        if args.dtype:
-            cfg.backbone.dtype = args.dtype
-        model = build_model(cfg, device=args.device)
-        name = args.preset
-    model.eval()
+    batches = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else []
+    model, name = _load(args)
     side = args.image_size or (448 if model.hidden_size >= 1024 else 128)
     rng = np.random.default_rng(0)
     images = [
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)) for _ in range(args.batch)
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
+        for _ in range(max([1, *batches]))
     ]
-    questions = [
-        "Analyze the visual findings of the lesion in the upper left region of the image."
-    ] * args.batch
-    wb = weight_bytes(model)
-    bw = _bandwidth(args.device)
+    question = "Analyze the visual findings of the lesion in the upper left region of the image."
+    wb, bw = weight_bytes(model), _bandwidth(args.device)
+
+    def timed(k: int, n: int, b: int = 1) -> list[dict]:
+        return _time(model, images[:b], [question] * b, k, n, args.repeats, args.warmup, args.device)
+
     rows = []
     for k in ks:
-        samples = []
-        for rep in range(args.warmup + args.repeats):
-            timer = StageTimer(args.device)
-            with torch.inference_mode(), timer("total"):
-                with timer("preprocess"):
-                    batch = model.encode(images, questions)
-                # stop_ids=[] forces exactly answer_tokens tokens (latency does not depend on content)
-                latent_forward(
-                    model.core, batch, k, max_new_tokens=args.answer_tokens, stop_ids=[], timer=timer
-                )
-            if rep >= args.warmup:
-                samples.append(timer.stages)
-        rows.append(_summarise(k, samples, wb, bw))
+        rows.append(_summarise(k, timed(k, args.answer_tokens), wb, bw))
         r = rows[-1]
         print(
             f"K={k}: total {r['total_ms']:.2f} ms | vision {r['vision_ms']:.2f} | prefill {r['prefill_ms']:.2f} | "
             f"latent/step {r['latent_step_ms']:.3f} | decode/token {r['decode_token_ms']:.3f}"
         )
+    cot = None
+    if args.cot_tokens:
+        cot = _summarise(0, timed(0, args.cot_tokens + args.answer_tokens), wb, bw)
+        cot["generated_tokens"] = args.cot_tokens + args.answer_tokens
+        print(f"explicit CoT ({cot['generated_tokens']} tokens): total {cot['total_ms']:.1f} ms")
+    scaling = []
+    for b in batches:
+        r = _summarise(args.scaling_k, timed(args.scaling_k, args.answer_tokens, b), wb, bw)
+        scaling.append({"batch": b, "total_ms": r["total_ms"], "samples_per_s": 1000 * b / r["total_ms"]})
+        print(f"batch {b}: {r['total_ms']:.1f} ms, {scaling[-1]['samples_per_s']:.2f} samples/s")
     result = {
-        "benchmark": "core",
+        "benchmark": "latency",
         "model": name,
         "hidden_size": model.hidden_size,
         "device": args.device,
         "dtype": str(next(model.core.parameters()).dtype).replace("torch.", ""),
         "image_size": side,
-        "batch": args.batch,
         "answer_tokens": args.answer_tokens,
         "repeats": args.repeats,
         "machine": machine(),
@@ -150,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         "bandwidth_bytes_per_s": bw,
         "bandwidth_source": "datasheet" if args.device.startswith("cuda") else "measured CPU copy",
         "rows": rows,
+        "cot": cot,
+        "batch_scaling": {"k": args.scaling_k, "rows": scaling},
     }
     _save(result, Path(args.out))
     return 0
@@ -193,34 +224,84 @@ def _summarise(k: int, samples: list[dict], wb: dict, bw: float) -> dict:
 def _save(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = (result["machine"]["gpu"] or "cpu").replace(" ", "-").lower()
-    stem = out / f"core-{result['model']}-{result['device'].split(':')[0]}-{tag}"
+    stem = out / f"latency-{result['model']}-{result['device'].split(':')[0]}-{tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    stem.with_suffix(".md").write_text(_markdown(result))
+    _plot(result, stem.with_suffix(".png"))
+    print(f"saved {stem}.json, .md and .png")
+
+
+def _markdown(result: dict) -> str:
     m = result["machine"]
     lines = [
-        f"# vital bench-core — {result['model']} on {result['device']} ({result['dtype']})",
+        f"# vital bench — {result['model']} on {result['device']} ({result['dtype']})",
         "",
         f"Machine: {m['gpu'] or m['cpu']} ({m['cores']} CPU threads), torch {m['torch']}. "
-        f"Image {result['image_size']}², batch {result['batch']}, {result['answer_tokens']} answer tokens, "
+        f"Image {result['image_size']}², batch 1, {result['answer_tokens']} answer tokens (forced), "
         f"median of {result['repeats']} runs.",
         f"Bound = weight bytes read per step / bandwidth ({result['bandwidth_bytes_per_s'] / 1e9:.0f} GB/s, "
         f"{result['bandwidth_source']}).",
         "",
         "| K | total ms | preprocess | vision | prefill | latent total | latent/step | step bound | "
-        "decode total | decode/token | token bound | K-loop share |",
+        "decode total | decode/token | token bound | vs K=0 |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    base = next((r["total_ms"] for r in result["rows"] if r["k"] == 0), None)
     for r in result["rows"]:
-        share = r["latent_total_ms"] / r["total_ms"] if r["total_ms"] else 0.0
+        rel = f"{r['total_ms'] / base:.3f}×" if base else "–"
         lines.append(
             f"| {r['k']} | {r['total_ms']:.2f} | {r['preprocess_ms']:.2f} | {r['vision_ms']:.2f} | "
             f"{r['prefill_ms']:.2f} | {r['latent_total_ms']:.2f} | {r['latent_step_ms']:.3f} | "
             f"{r['latent_step_bound_ms']:.3f} | {r['decode_total_ms']:.2f} | {r['decode_token_ms']:.3f} | "
-            f"{r['decode_token_bound_ms']:.3f} | {share:.1%} |"
+            f"{r['decode_token_bound_ms']:.3f} | {rel} |"
         )
-    base = result["rows"][0]["total_ms"] if result["rows"] and result["rows"][0]["k"] == 0 else None
-    if base:
-        lines += ["", "End-to-end relative to K=0: " + ", ".join(
-            f"K={r['k']}: {r['total_ms'] / base:.3f}×" for r in result["rows"]
-        )]  # fmt: skip
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(f"saved {stem}.json and {stem}.md")
+    cot = result.get("cot")
+    k4 = next((r for r in result["rows"] if r["k"] == 4), result["rows"][-1])
+    if cot:
+        lines += [
+            "",
+            f"Explicit chain-of-thought (K = 0, {cot['generated_tokens']} generated tokens: reasoning + answer): "
+            f"{cot['total_ms']:.1f} ms = **{cot['total_ms'] / k4['total_ms']:.1f}×** VITAL at K = {k4['k']} "
+            f"({k4['total_ms']:.1f} ms)"
+            + (f", {cot['total_ms'] / base:.1f}× direct answer." if base else "."),
+        ]
+    sc = result.get("batch_scaling", {}).get("rows") or []
+    if sc:
+        lines += ["", f"Batch-size scaling at K = {result['batch_scaling']['k']}:", "",
+                  "| batch | total ms | samples/s | vs batch 1 |", "|---|---|---|---|"]  # fmt: skip
+        for r in sc:
+            lines.append(f"| {r['batch']} | {r['total_ms']:.1f} | {r['samples_per_s']:.2f} | "
+                         f"{r['samples_per_s'] / sc[0]['samples_per_s']:.2f}× |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _plot(result: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is a dev extra; the JSON and markdown are the results
+        return
+    rows = result["rows"]
+    stages = ["preprocess", "vision", "prefill", "latent_total", "decode_total"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    bottom = np.zeros(len(rows))
+    labels = [f"K={r['k']}" for r in rows]
+    for st in stages:
+        vals = np.array([r[f"{st}_ms"] for r in rows])
+        ax1.bar(labels, vals, bottom=bottom, label=st.replace("_total", ""))
+        bottom += vals
+    ax1.set_ylabel("ms")
+    ax1.set_title(f"{result['model']} on {result['device']}: latency per stage")
+    ax1.legend(fontsize=8)
+    names, totals = [*labels], [r["total_ms"] for r in rows]
+    if result.get("cot"):
+        names.append("CoT")
+        totals.append(result["cot"]["total_ms"])
+    ax2.bar(names, totals, color=["tab:blue"] * len(rows) + ["tab:red"] * (len(names) - len(rows)))
+    ax2.set_yscale("log")
+    ax2.set_title("end to end (log scale)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -60,4 +60,4 @@ def test_tiny_tokenizer_is_deterministic_and_round_trips():
 
 def test_console_script_help():
     out = subprocess.run([sys.executable, "-m", "vital_core.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "bench-core" in out.stdout and "bundle" in out.stdout
+    assert out.returncode == 0 and "bench" in out.stdout and "bundle" in out.stdout
