@@ -1,0 +1,264 @@
+"""Source readers: MSD NIfTI volumes (3-D and 4-D), BiomedParse PNG layouts, CSV folders; windowing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.sources import (
+    canonical_modality,
+    ct_window_for,
+    infer_target_type,
+    read_biomedparse,
+    read_folder,
+    read_msd,
+    write_pairs,
+)
+from training.sources.biomedparse import parse_image_stem, parse_mask_stem
+from training.sources.msd import pick_channel
+from training.sources.windowing import CT_WINDOWS, apply_window, axial_display
+
+N = 32  # in-plane voxels
+
+
+def _save(arr: np.ndarray, path: Path, affine: np.ndarray | None = None) -> None:
+    nib.save(nib.Nifti1Image(arr, np.eye(4) if affine is None else affine), str(path))
+
+
+def liver_volume() -> tuple[np.ndarray, np.ndarray]:
+    """(CT in HU, labels) of shape (x, y, z) = (32, 32, 6) in RAS voxel order."""
+    ct = np.full((N, N, 6), -1000.0, dtype=np.float32)
+    seg = np.zeros((N, N, 6), dtype=np.uint8)
+    ct[4:20, 4:20, :] = 30.0
+    seg[4:16, 4:16, 1:5] = 1  # liver: 144 px on slices 1-4
+    seg[20:28, 20:27, 2] = 2  # tumor: 56 px on slice 2 (too small)
+    seg[18:30, 18:28, 3] = 2  # tumor: 120 px on slice 3
+    ct[N - 1, N - 1, :] = 3000.0  # marker at max x (patient right), max y (anterior)
+    return ct, seg
+
+
+@pytest.fixture(scope="module")
+def msd_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("msd")
+    liver = root / "Task03_Liver"
+    for sub in ("imagesTr", "labelsTr"):
+        (liver / sub).mkdir(parents=True)
+        (liver / sub / "._liver_0.nii.gz").write_bytes(b"\x00\x05\x16\x07AppleDouble junk")
+    (liver / "dataset.json").write_text(
+        json.dumps(
+            {
+                "name": "Liver",
+                "modality": {"0": "CT"},
+                "labels": {"0": "background", "1": "liver", "2": "cancer"},
+            }
+        )
+    )
+    ct, seg = liver_volume()
+    _save(ct, liver / "imagesTr" / "liver_0.nii.gz")
+    _save(seg, liver / "labelsTr" / "liver_0.nii.gz")
+    # the same anatomy stored in LPS voxel order: x and y flipped, affine says so
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[0, 3] = flip[1, 3] = N - 1
+    _save(ct[::-1, ::-1].copy(), liver / "imagesTr" / "liver_1.nii.gz", flip)
+    _save(seg[::-1, ::-1].copy(), liver / "labelsTr" / "liver_1.nii.gz", flip)
+
+    brain = root / "Task01_BrainTumour"
+    for sub in ("imagesTr", "labelsTr"):
+        (brain / sub).mkdir(parents=True)
+    (brain / "dataset.json").write_text(
+        json.dumps(
+            {
+                "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+                "labels": {
+                    "0": "background",
+                    "1": "edema",
+                    "2": "non-enhancing tumor",
+                    "3": "enhancing tumour",
+                },
+            }
+        )
+    )
+    mri = np.zeros((N, N, 3, 4), dtype=np.float32)
+    mri[2:30, 2:30, :, 0] = np.linspace(100, 500, 28, dtype=np.float32)[:, None, None]  # FLAIR
+    mri[..., 1:] = 7.0
+    lab = np.zeros((N, N, 3), dtype=np.uint8)
+    lab[5:20, 5:20, 1] = 1  # edema, 225 px
+    lab[22:26, 22:26, 1] = 3  # enhancing, 16 px: present, not kept
+    _save(mri, brain / "imagesTr" / "BRATS_001.nii.gz")
+    _save(lab, brain / "labelsTr" / "BRATS_001.nii.gz")
+    return root
+
+
+def test_msd_slices_labels_and_threshold(msd_root):
+    recs = list(read_msd(msd_root / "Task03_Liver"))
+    liver0 = [r for r in recs if r.case == "Task03_Liver/liver_0"]
+    assert sorted((r.target, int(r.extra["slice"])) for r in liver0) == [
+        ("liver", 1),
+        ("liver", 2),
+        ("liver", 3),
+        ("liver", 4),
+        ("liver tumor", 3),
+    ]
+    assert {r.target_type for r in liver0} == {"organ", "tumor"}
+    r2 = next(r for r in liver0 if r.extra["slice"] == "2")
+    assert r2.present == ("liver", "liver tumor")  # the small tumor is present even though not kept
+    assert all(r.mask.sum() >= 100 and r.modality == "CT" and r.source == "msd" for r in liver0)
+    assert len({r.id for r in recs}) == len(recs) == 10  # `._` files skipped, both volumes read
+    assert len(list(read_msd(msd_root / "Task03_Liver", max_slices_per_label=2))) == 2 * 2 + 2
+
+
+def test_msd_display_orientation_and_window(msd_root):
+    recs = {(r.case, r.extra["slice"], r.target): r for r in read_msd(msd_root / "Task03_Liver")}
+    a = recs[("Task03_Liver/liver_0", "3", "liver")]
+    b = recs[("Task03_Liver/liver_1", "3", "liver")]
+    # RAS and LPS storage of the same anatomy give the same picture
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+    # patient right + anterior marker -> top-left corner (radiological convention)
+    assert a.image[0, 0] == 255 and a.image[-1, -1] == 0
+    # liver voxels (x 4..15, y 4..15) -> rows N-16..N-5, columns N-16..N-5
+    rows, cols = np.nonzero(a.mask)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (N - 16, N - 5, N - 16, N - 5)
+    assert a.extra["window"] == "liver" and a.image[rows[0], cols[0]] == 128  # 30 HU mid-window
+    tumor = recs[("Task03_Liver/liver_0", "3", "liver tumor")]
+    assert tumor.extra["window"] == "liver" and tumor.image_key == a.image_key
+
+
+def test_msd_4d_channel_and_mri_scaling(msd_root):
+    (rec,) = list(read_msd(msd_root / "Task01_BrainTumour"))
+    assert rec.modality == "MRI" and rec.extra["channel"] == "FLAIR" and rec.extra["window"] == "percentile"
+    assert rec.target == "peritumoral edema" and rec.target_type == "lesion"
+    assert rec.present == ("enhancing tumor", "peritumoral edema")
+    assert rec.image.dtype == np.uint8 and rec.image.max() == 255 and rec.image.min() == 0
+    assert pick_channel(["T2", "ADC"]) == 0 and pick_channel(["ADC", "T2"]) == 1 and pick_channel(["x"]) == 0
+
+
+def test_write_pairs_writes_each_image_once(msd_root, tmp_path):
+    recs = list(write_pairs(read_msd(msd_root / "Task03_Liver"), tmp_path))
+    assert len(list((tmp_path / "masks").glob("*.png"))) == len(recs) == 10
+    assert len(list((tmp_path / "images").glob("*.png"))) == 8  # slice 3 of each volume shared by 2 targets
+    mask = np.asarray(Image.open(recs[0].mask))
+    assert set(np.unique(mask)) == {0, 255} and Image.open(recs[0].image).mode == "L"
+
+
+def test_windowing_table():
+    assert CT_WINDOWS["soft_tissue"] == (400.0, 40.0) and CT_WINDOWS["liver"] == (150.0, 30.0)
+    assert CT_WINDOWS["lung"] == (1500.0, -600.0)
+    assert ct_window_for("liver tumor") == "liver" and ct_window_for("lung tumor") == "lung"
+    assert ct_window_for("pancreas") == "soft_tissue" and ct_window_for("hepatic vessel") == "soft_tissue"
+    assert ct_window_for("nodule", "chest") == "lung" and ct_window_for("x", "lung") == "lung"
+    assert apply_window(np.array([-160.0, 40.0, 240.0]), 400, 40).tolist() == [0, 128, 255]
+    assert axial_display(np.arange(6).reshape(2, 3)).tolist() == [
+        [5, 2],
+        [4, 1],
+        [3, 0],
+    ]  # [x, y] -> [row, col]
+
+
+@pytest.mark.parametrize(
+    "target,ttype",
+    [
+        ("liver", "organ"),
+        ("liver tumor", "tumor"),
+        ("polyp", "lesion"),
+        ("COVID-19 infection", "lesion"),
+        ("neoplastic cells", "cell"),
+        ("optic disc", "retinal structure"),
+        ("hepatic vessel", "vessel"),
+        ("glandular structure", "tissue"),
+        ("left heart ventricle", "organ"),
+        ("lower-grade glioma", "tumor"),
+    ],
+)
+def test_target_types(target, ttype):
+    assert infer_target_type(target) == ttype
+
+
+def test_modalities():
+    assert canonical_modality("MRI-FLAIR") == "MRI" and canonical_modality("X-Ray") == "X-ray"
+    assert canonical_modality("Endoscope") == "Endoscopy" and canonical_modality("Weird") == "Weird"
+
+
+# -- BiomedParse ----------------------------------------------------------------------------------
+
+
+def _png(path: Path, value: int = 0, box: tuple[int, int, int, int] | None = None, rgb: bool = False) -> None:
+    arr = np.full((16, 16), value, dtype=np.uint8)
+    if box:
+        y0, y1, x0, x1 = box
+        arr[y0:y1, x0:x1] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.stack([arr] * 3, -1) if rgb else arr).save(path)
+
+
+def test_biomedparse_name_parsing():
+    assert parse_image_stem("amos_0001_slice_010_CT_abdomen") == ("amos_0001_slice_010", "CT", "abdomen")
+    stems = {"img_001_CT_abdomen", "img_001_CT_abdomen_2"}
+    assert parse_mask_stem("img_001_CT_abdomen_liver+tumor", stems) == ("img_001_CT_abdomen", "liver tumor")
+    assert parse_mask_stem("img_001_CT_abdomen_2_kidney", stems) == ("img_001_CT_abdomen_2", "kidney")
+    assert parse_mask_stem("other_CT_x_liver", stems) is None
+
+
+def test_biomedparse_mask_folder_layout(tmp_path):
+    root = tmp_path / "bp"
+    img = "amos_0001_slice_010_CT_abdomen"
+    _png(root / "amos22" / "CT" / "train" / f"{img}.png", 40, rgb=True)
+    _png(root / "amos22" / "CT" / "train_mask" / f"{img}_liver.png", box=(2, 10, 2, 10))
+    _png(root / "amos22" / "CT" / "train_mask" / f"{img}_liver+tumor.png", box=(4, 6, 4, 6))
+    _png(root / "amos22" / "CT" / "train_mask" / f"{img}_spleen.png")  # empty: skipped
+    _png(root / "amos22" / "CT" / "train_mask" / "._junk_CT_x_liver.png")
+    _png(root / "amos22" / "CT" / "test" / "amos_0002_slice_001_CT_abdomen.png", 10, rgb=True)
+    _png(root / "amos22" / "CT" / "test_mask" / "amos_0002_slice_001_CT_abdomen_kidney.png", box=(1, 9, 1, 9))
+    recs = sorted(read_biomedparse(root), key=lambda r: r.target)
+    assert [(r.target, r.target_type, r.split) for r in recs] == [
+        ("kidney", "organ", "test"),
+        ("liver", "organ", "train"),
+        ("liver tumor", "tumor", "train"),
+    ]
+    liver = recs[1]
+    assert liver.subset == "amos22/CT" and liver.modality == "CT" and liver.extra["site"] == "abdomen"
+    assert liver.case == "amos22/CT/amos_0001" and liver.present == ("liver", "liver tumor")
+    assert liver.image == root / "amos22" / "CT" / "train" / f"{img}.png"
+
+
+def test_biomedparse_same_folder_layout(tmp_path):
+    root = tmp_path / "Kvasir"
+    _png(root / "img_07_Endoscope_colon.png", 50, rgb=True)
+    _png(root / "img_07_Endoscope_colon_polyp.png", box=(3, 9, 3, 9))
+    (rec,) = list(read_biomedparse(root))
+    assert (
+        rec.target == "polyp" and rec.modality == "Endoscopy" and rec.subset == "Kvasir" and rec.split == ""
+    )
+    out = list(write_pairs([rec], tmp_path / "out"))[0]
+    assert Path(out.image).read_bytes() == (root / "img_07_Endoscope_colon.png").read_bytes()
+
+
+# -- CSV folder -----------------------------------------------------------------------------------
+
+
+def test_folder_csv(tmp_path):
+    _png(tmp_path / "a.png", 30)
+    _png(tmp_path / "a_liver.png", box=(1, 8, 1, 8))
+    _png(tmp_path / "a_kidney.png", box=(9, 14, 9, 14))
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask,target,target_type,modality,question,answer\n"
+        "a.png,a_liver.png,Liver,,ct,,\n"
+        "a.png,a_kidney.png,kidney,organ,CT,Where is the kidney?,The kidney is in the lower right part of the image.\n"
+    )
+    recs = list(read_folder(tmp_path / "pairs.csv"))
+    assert [(r.target, r.target_type, r.modality) for r in recs] == [
+        ("liver", "organ", "CT"),
+        ("kidney", "organ", "CT"),
+    ]
+    assert recs[0].present == ("kidney", "liver") and recs[1].question == "Where is the kidney?"
+    assert recs[1].answer.startswith("The kidney") and recs[0].case == recs[1].case == "pairs/a"
+    (tmp_path / "bad.csv").write_text("image,mask,target\na.png,a_liver.png,liver\n")
+    with pytest.raises(ValueError, match="missing column"):
+        list(read_folder(tmp_path / "bad.csv"))
+    (tmp_path / "gone.csv").write_text("image,mask,target,modality\na.png,nope.png,liver,CT\n")
+    with pytest.raises(ValueError, match=r"gone.csv:2: mask file not found"):
+        list(read_folder(tmp_path / "gone.csv"))
