@@ -1,52 +1,201 @@
-"""`vital eval`: answer quality of a bundle on a five-tuple split (closed-ended accuracy, token-F1)."""
+"""`vital eval`: answer quality on a benchmark, plus `eval ablations`, `eval collapse`, `eval grounding`.
+
+Definitions of every number: docs/evaluation.md.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from training.cli_train import evaluate_model
 from vital_core.cli import CLIError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add `vital eval`."""
+    """Add `vital eval` and its subcommands."""
     e = sub.add_parser(
         "eval",
-        help="closed-ended accuracy and token-F1 of a bundle on a five-tuple split",
-        description="Answer every question of a manifest split and report closed-ended accuracy and "
-        "token-F1 per question type and modality.",
+        help="closed-ended accuracy and token-F1 of a bundle on a benchmark; ablations, collapse, grounding",
+        description="Answer every question of a benchmark (the five-tuple split of --manifest, or a published "
+        "benchmark with --benchmark NAME --data PATH) and report closed-ended accuracy and token-F1 per "
+        "answer type, question type and modality. Subcommands: ablations, collapse, grounding. "
+        "Definitions: docs/evaluation.md.",
     )
-    e.add_argument("--bundle", required=True, help="bundle directory")
-    e.add_argument("--manifest", required=True, help="five-tuple JSONL manifest")
+    e.add_argument("--bundle", help="bundle directory")
+    e.add_argument("--manifest", help="five-tuple JSONL manifest (for --benchmark five-tuple)")
+    e.add_argument("--benchmark", default="five-tuple",
+                   help="five-tuple (default), vqa-rad, slake, pathvqa or pmc-vqa")  # fmt: skip
+    e.add_argument("--data", help="benchmark file or folder in its published layout (docs/evaluation.md)")
     e.add_argument("--split", default="test", help="split to evaluate (default test)")
     e.add_argument("--k", default="auto", help='K: an integer, "auto" (question classifier) or "sample"')
-    e.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    e.add_argument("--limit", type=int, help="evaluate only the first N questions")
+    e.add_argument("--batch-size", type=int, default=32)
+    e.add_argument("--max-new-tokens", type=int, help="cap on answer tokens (default: the bundle's)")
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", help="write the JSON report here (and a .md table beside it)")
     e.set_defaults(func=run_eval)
+    esub = e.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
+
+    a = esub.add_parser("ablations", help="train and score the ablation arms (paper Tables 2, 3, 13, §C.5)",
+                        description="Train every arm of an ablation config from the same stage-0 bundle, "
+                        "score it, and write RESULTS.json / RESULTS.md. Finished arms are skipped.")  # fmt: skip
+    a.add_argument("--config", default="configs/ablations-tiny.yaml", help="ablation config YAML")
+    a.add_argument("--arms", help="comma-separated arm names to run (default: the config's)")
+    a.add_argument("--list", action="store_true", help="print the arms and exit")
+    a.set_defaults(func=run_ablations_cmd)
+
+    for name, helptext in (("collapse", "inter-step cosine similarity of h_1..h_K (paper §C.6)"),
+                           ("grounding", "per-step pointing accuracy and IoU of the /explain heatmaps (§C.7)")):  # fmt: skip
+        p = esub.add_parser(name, help=helptext, description=helptext + "; see docs/evaluation.md.")
+        p.add_argument("--bundle", required=True, help="bundle directory (grounding needs its scaffolding)")
+        p.add_argument("--manifest", required=True, help="five-tuple JSONL manifest (masks for grounding)")
+        p.add_argument("--split", default="test")
+        p.add_argument("--k", type=int, default=4, help="latent steps (default 4)")
+        p.add_argument("--limit", type=int, default=200, help="first N samples (default 200)")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--out", help="output folder (JSON, markdown, PNG)")
+        if name == "grounding":
+            p.add_argument("--examples", type=int, default=2, help="save per-step heatmap PNGs of N samples")
+        p.set_defaults(func=run_collapse if name == "collapse" else run_grounding)
+
+
+def _load(bundle: str, device: str, scaffold: bool = False) -> Any:
+    from vital_core.bundle import BundleError, load_bundle
+
+    try:
+        return load_bundle(bundle, device=device, scaffold=scaffold)
+    except (BundleError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _write(out: str | Path, report: dict, table: str) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    out.with_suffix(".md").write_text(table)
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate a bundle and print (and save) the report."""
+    """Evaluate a bundle on a benchmark and print (and save) the report."""
+    from training.benchmarks import BenchmarkError, load_benchmark
     from training.dataset import ManifestError
-    from training.evaluate import markdown_table
-    from vital_core.bundle import BundleError, load_bundle
+    from training.evaluate import markdown_table, predict, score
 
+    if not args.bundle:
+        raise CLIError("--bundle is required")
     if args.k not in ("auto", "sample") and not args.k.isdigit():
         raise CLIError(f'--k must be an integer, "auto" or "sample", not {args.k!r}')
+    path = args.manifest if args.benchmark == "five-tuple" else args.data
+    if not path:
+        raise CLIError("--manifest is required" if args.benchmark == "five-tuple" else "--data is required")
+    if args.k == "sample" and args.benchmark != "five-tuple":
+        raise CLIError("--k sample needs --benchmark five-tuple (it uses each sample's reasoning depth)")
     try:
-        model = load_bundle(args.bundle, device=args.device)
-        report = evaluate_model(model, args.manifest, args.split, args.k, args.limit)
-    except (BundleError, ManifestError, FileNotFoundError) as exc:
+        if args.benchmark == "five-tuple":
+            from training.dataset import load_manifest
+
+            items: list = [s for s in load_manifest(path) if s.split == args.split]
+            if not items:
+                raise CLIError(f"{path}: no samples in split {args.split!r}")
+        else:
+            items = load_benchmark(args.benchmark, path, args.split)
+    except (BenchmarkError, ManifestError) as exc:
         raise CLIError(str(exc)) from exc
-    report["bundle"], report["split"], report["k"] = str(args.bundle), args.split, args.k
-    table = markdown_table(report, f"{Path(args.bundle).name} on {args.split} (k={args.k})")
+    model = _load(args.bundle, args.device)
+    k: int | str = int(args.k) if args.k.isdigit() else args.k
+    preds = predict(
+        model, items[: args.limit], k=k, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+    )
+    report = score(preds)
+    report.update(
+        bundle=str(args.bundle), benchmark=args.benchmark, data=str(path), split=args.split, k=args.k
+    )
+    table = markdown_table(report, f"{Path(args.bundle).name} on {args.benchmark} {args.split} (k={args.k})")
+    print(table)
+    if args.out:
+        _write(args.out, report, table)
+    return 0
+
+
+def run_ablations_cmd(args: argparse.Namespace) -> int:
+    """Run (or resume) an ablation sweep."""
+    from training.ablations import AblationConfig, run_ablations, selected_arms
+    from vital_core.config import ConfigError
+
+    try:
+        cfg = AblationConfig.from_yaml(args.config)
+        if args.arms:
+            cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+            cfg.__post_init__()
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from exc
+    if args.list:
+        for arm in selected_arms(cfg):
+            print(f"{arm.name:12s} {arm.label}  {json.dumps(arm.changes)}")
+        return 0
+    try:
+        summary = run_ablations(cfg)
+    except (FileNotFoundError, ConfigError, ValueError, KeyError) as exc:
+        raise CLIError(str(exc)) from exc
+    print(Path(cfg.results).with_suffix(".md").read_text())
+    print(f"results: {cfg.results}.json / .md ({len(summary['arms'])} arms)")
+    return 0
+
+
+def _samples(args: argparse.Namespace) -> list:
+    from training.dataset import ManifestError, load_manifest
+
+    try:
+        samples = [s for s in load_manifest(args.manifest) if s.split == args.split][: args.limit]
+    except (ManifestError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from exc
+    if not samples:
+        raise CLIError(f"{args.manifest}: no samples in split {args.split!r}")
+    if args.k < 1:
+        raise CLIError("--k must be >= 1")
+    return samples
+
+
+def run_collapse(args: argparse.Namespace) -> int:
+    """Inter-step cosine similarity matrix of a bundle's latent states."""
+    from training.analysis import collapse_png, collapse_summary, collapse_table, step_similarity
+    from training.evaluate import predict
+
+    samples = _samples(args)
+    if args.k < 2:
+        raise CLIError("--k must be >= 2 for an inter-step matrix")
+    model = _load(args.bundle, args.device)
+    preds = predict(model, samples, k=args.k, keep_latents=True)
+    matrix = step_similarity([p.latents for p in preds])
+    summary = {**collapse_summary(matrix, len(preds)), "bundle": str(args.bundle), "split": args.split}
+    table = collapse_table(summary, f"modality collapse: {Path(args.bundle).name}, K={args.k}")
     print(table)
     if args.out:
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2))
-        out.with_suffix(".md").write_text(table)
+        _write(out / "collapse.json", summary, table)
+        collapse_png(matrix, out / "collapse.png", f"{Path(args.bundle).name}: cos(h_i, h_j), n={len(preds)}")
+    return 0
+
+
+def run_grounding(args: argparse.Namespace) -> int:
+    """Per-step pointing accuracy and IoU of the /explain heatmaps against the phantom masks."""
+    from training.analysis import encoder_for, grounding_from_predictions, grounding_table
+    from training.evaluate import predict
+
+    samples = _samples(args)
+    model = _load(args.bundle, args.device, scaffold=True)
+    encoder = encoder_for(model.config, args.bundle, device=args.device)
+    preds = predict(model, samples, k=args.k, keep_latents=True)
+    out = Path(args.out) if args.out else None
+    if out is not None and args.examples:
+        (out / "examples").mkdir(parents=True, exist_ok=True)
+    report = grounding_from_predictions(preds, model.scaffold.vp, encoder, examples=args.examples,
+                                        out=out / "examples" if out else None)  # fmt: skip
+    report.update(bundle=str(args.bundle), split=args.split)
+    table = grounding_table(report, f"grounding: {Path(args.bundle).name}, K={args.k}")
+    print(table)
+    if out is not None:
+        _write(out / "grounding.json", report, table)
     return 0

@@ -25,6 +25,9 @@ QUESTION_TYPES: tuple[str, ...] = (
     "reasoning",
 )
 
+VP_VARIANTS: tuple[str, ...] = ("res_mlp_ln", "linear", "mlp", "mlp_ln", "transformer")
+"""Visual projector architectures of the paper's §C.2 ablation; res_mlp_ln is the paper's projector."""
+
 
 class ConfigError(ValueError):
     """A config file or dict that does not describe a valid model."""
@@ -150,6 +153,9 @@ class HeadsConfig:
 
     vp_dropout: float = 0.1
     """Dropout after the GELU in the visual projector's residual branch (paper: 0.1)."""
+    vp_variant: str = "res_mlp_ln"
+    """Visual projector architecture (paper §C.2): res_mlp_ln (the paper's, eq. 5), linear, mlp, mlp_ln,
+    transformer. Only the default is the paper's model; the others exist for the projector ablation."""
     lambda_sem: float = 1.0
     """Weight of the semantic (auxiliary decoder) loss."""
     lambda_vis: float = 0.1
@@ -158,6 +164,7 @@ class HeadsConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.vp_dropout < 1.0:
             raise ConfigError("heads: vp_dropout must be in [0, 1)")
+        _check_choice("heads.vp_variant", self.vp_variant, VP_VARIANTS)
         if self.lambda_sem < 0 or self.lambda_vis < 0:
             raise ConfigError("heads: loss weights must be >= 0")
 

@@ -33,10 +33,56 @@ class VisualProjector(nn.Module):
         return self.ln_out(self.w2(x))
 
 
+class AblationProjector(nn.Module):
+    """The other projectors of the paper's §C.2 ablation (not the paper's model; see VisualProjector).
+
+    linear: W2 h.  mlp: W2 Drop(GELU(W1 h)).  mlp_ln: LN(W2 Drop(GELU(W1 LN(h)))) (no residual).
+    transformer: a pre-LN Transformer block on the single token (self-attention + residual MLP),
+    then W2 and LN. Every variant names its last layer `w2` and keeps a `drop` module, like
+    VisualProjector, so the output width and dropout read the same way.
+    """
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.1, variant: str = "mlp"):
+        super().__init__()
+        if variant not in ("linear", "mlp", "mlp_ln", "transformer"):
+            raise ValueError(f"unknown projector variant {variant!r}")
+        self.variant = variant
+        self.drop = nn.Dropout(dropout)
+        ln = variant in ("mlp_ln", "transformer")
+        self.ln_in = nn.LayerNorm(d_in) if ln else nn.Identity()
+        self.w1 = nn.Linear(d_in, d_in) if variant != "linear" else None
+        if variant == "transformer":
+            heads = next(h for h in (8, 4, 2, 1) if d_in % h == 0)
+            self.attn = nn.MultiheadAttention(d_in, heads, dropout=dropout, batch_first=True)
+            self.ln_mlp = nn.LayerNorm(d_in)
+        self.w2 = nn.Linear(d_in, d_out)
+        self.ln_out = nn.LayerNorm(d_out) if ln else nn.Identity()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) → (..., d_out)."""
+        if self.variant == "linear":
+            return self.w2(h)
+        if self.variant == "transformer":
+            x = h.reshape(-1, 1, h.shape[-1])  # (N, 1, d_in): one token per latent
+            a = self.ln_in(x)
+            x = x + self.attn(a, a, a, need_weights=False)[0]
+            x = x + self.drop(F.gelu(self.w1(self.ln_mlp(x))))
+            return self.ln_out(self.w2(x)).reshape(*h.shape[:-1], -1)
+        x = self.drop(F.gelu(self.w1(self.ln_in(h))))
+        return self.ln_out(self.w2(x))
+
+
+def build_projector(d_in: int, d_out: int, dropout: float = 0.1, variant: str = "res_mlp_ln") -> nn.Module:
+    """The visual projector for `variant` (res_mlp_ln is the paper's; the rest are §C.2 ablations)."""
+    if variant == "res_mlp_ln":
+        return VisualProjector(d_in, d_out, dropout)
+    return AblationProjector(d_in, d_out, dropout, variant)
+
+
 class Scaffold(nn.Module):
     """The three scaffolding modules trained beside LoRA and dropped for serving."""
 
-    def __init__(self, vp: VisualProjector, pj_in: nn.Linear, decoder: Qwen3ForCausalLM):
+    def __init__(self, vp: nn.Module, pj_in: nn.Linear, decoder: Qwen3ForCausalLM):
         super().__init__()
         self.vp = vp
         self.pj_in = pj_in
@@ -115,7 +161,9 @@ def build_scaffold(
     if decoder is None:
         decoder = load_decoder(config)
     return Scaffold(
-        vp=VisualProjector(hidden_size, config.encoder.hidden_size, config.heads.vp_dropout),
+        vp=build_projector(
+            hidden_size, config.encoder.hidden_size, config.heads.vp_dropout, config.heads.vp_variant
+        ),
         pj_in=nn.Linear(hidden_size, decoder.config.hidden_size),
         decoder=decoder,
     )

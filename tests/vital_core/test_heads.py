@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vital_core.heads import VisualProjector, encode_steps
@@ -74,3 +75,25 @@ def test_semantic_loss_trains_the_decoder_to_read_a_latent(tiny_model):
         opt.step()
     assert loss.item() < 0.2 * first
     assert sc.eval().decode(lat[:, 0], tok, max_tokens=12) == ["The liver is bright."]
+
+
+def test_projector_variants_of_the_ablation():
+    """§C.2: the default is exactly the paper's projector; every variant maps (..., H) → (..., D)."""
+    from vital_core.config import VP_VARIANTS, ConfigError, HeadsConfig
+    from vital_core.heads import AblationProjector, build_projector
+
+    assert HeadsConfig().vp_variant == "res_mlp_ln"
+    assert type(build_projector(32, 16)) is VisualProjector
+    with pytest.raises(ConfigError, match="vp_variant"):
+        HeadsConfig(vp_variant="conv")
+    h = torch.randn(2, 3, 32) * 100
+    sizes = {}
+    for v in VP_VARIANTS:
+        vp = build_projector(32, 16, 0.1, v).eval()
+        y = vp(h)
+        assert y.shape == (2, 3, 16) and torch.isfinite(y).all(), v
+        assert vp.w2.out_features == 16 and isinstance(vp.drop, torch.nn.Dropout)
+        sizes[v] = sum(p.numel() for p in vp.parameters())
+    assert sizes["linear"] < sizes["mlp"] < sizes["mlp_ln"] == sizes["res_mlp_ln"] < sizes["transformer"]
+    lin = AblationProjector(32, 16, variant="linear")
+    torch.testing.assert_close(lin(h), lin.w2(h))

@@ -1,0 +1,184 @@
+"""What the latent states hold: modality collapse (paper §C.6) and visual grounding per step (§C.7).
+
+Collapse: S[i, j] = mean over test samples of cos(h_i, h_j), i, j = 1..K (h_0, the prefix state, is left
+out, as in eq. 9). A collapsed loop has every off-diagonal entry near 1.
+
+Grounding: the /explain heatmap of step k — cosine of normalize(VP(h_k)) with each cell of the frozen
+encoder's patch grid of the query image (index_builder.heatmap.cosine_grid) — against the sample's mask
+downsampled to the same grid (index_builder.roi.grid_coverage, i.e. the encoder's square padding; a cell
+is in the mask when >= 30% of its area is mask, else the cells of maximal coverage, exactly as for the ROI
+targets). Per step: pointing accuracy (the heatmap's peak cell is a mask cell), IoU of the thresholded
+heatmap (cells with cosine > mean + std of the grid) with the mask cells, IoU of the top-|M| cells (as
+many cells as the mask has), and the active fraction (share of cells above mean + std; smaller = more
+focused). docs/evaluation.md has the details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training.evaluate import Prediction
+
+MASK_THRESHOLD = 0.3
+"""A grid cell is in the mask when at least this fraction of its area is mask (same as ROI extraction)."""
+
+
+def step_similarity(latents: Sequence[torch.Tensor]) -> np.ndarray:
+    """Mean inter-step cosine matrix [K, K] over samples; each entry of `latents` is (K+1, H): h_0..h_K."""
+    if not latents:
+        raise ValueError("no latents to compare")
+    k = latents[0].shape[0] - 1
+    if k < 1 or any(t.shape[0] != k + 1 for t in latents):
+        raise ValueError("every sample needs the same K >= 1")
+    h = F.normalize(torch.stack([t[1:].float() for t in latents]), dim=-1)  # (N, K, H)
+    return (h @ h.transpose(1, 2)).mean(0).numpy()  # (K, K)
+
+
+def collapse_summary(matrix: np.ndarray, n: int) -> dict[str, Any]:
+    """The matrix plus its mean off-diagonal entry and the adjacent-step similarities s(k, k+1)."""
+    k = matrix.shape[0]
+    off = matrix[~np.eye(k, dtype=bool)]
+    return {
+        "k": k,
+        "n": n,
+        "matrix": [[round(float(v), 5) for v in row] for row in matrix],
+        "mean_offdiag": round(float(off.mean()), 5) if off.size else None,
+        "max_offdiag": round(float(off.max()), 5) if off.size else None,
+        "adjacent": [round(float(matrix[i, i + 1]), 5) for i in range(k - 1)],
+    }
+
+
+def collapse_png(matrix: np.ndarray, path: str | Path, title: str = "") -> Path:
+    """Save the inter-step similarity matrix as an annotated heatmap (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = matrix.shape[0]
+    fig, ax = plt.subplots(figsize=(1.2 * k + 1.6, 1.2 * k + 1.0))
+    im = ax.imshow(matrix, vmin=min(0.0, float(matrix.min())), vmax=1.0, cmap="viridis")
+    labels = [f"h{i + 1}" for i in range(k)]
+    ax.set_xticks(range(k), labels)
+    ax.set_yticks(range(k), labels)
+    for i in range(k):
+        for j in range(k):
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.3f}",
+                ha="center",
+                va="center",
+                color="w" if matrix[i, j] < 0.7 else "k",
+            )
+    ax.set_title(title or "inter-step cosine similarity")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def mask_cells(mask: np.ndarray, grid: int, threshold: float = MASK_THRESHOLD) -> np.ndarray:
+    """bool [G, G]: encoder-grid cells inside a binary mask [H, W] (square padding as the encoder does)."""
+    from index_builder.roi import grid_coverage
+
+    cov, _ = grid_coverage(mask.astype(bool), grid)  # (G, G) fraction of each cell that is mask
+    cells = cov >= threshold
+    if not cells.any() and cov.max() > 0:
+        cells = cov >= cov.max() - 1e-12
+    return cells
+
+
+def step_grounding(cos: np.ndarray, cells: np.ndarray) -> dict[str, float]:
+    """Pointing hit, IoU (mean+std threshold), IoU (top-|M| cells) and active fraction of one heatmap."""
+    flat = cos.ravel()
+    peak = int(np.argmax(flat))
+    m = cells.ravel()
+    active = flat > flat.mean() + flat.std()
+    n = int(m.sum())
+    top = np.zeros_like(m)
+    top[np.argsort(-flat, kind="stable")[:n]] = True
+    iou = lambda a, b: float((a & b).sum() / max(1, (a | b).sum()))  # noqa: E731
+    return {"pointing": float(m[peak]), "iou": iou(active, m), "iou_top": iou(top, m),
+            "active_fraction": float(active.mean())}  # fmt: skip
+
+
+def grounding_from_predictions(
+    preds: Sequence[Prediction], vp: torch.nn.Module, encoder: Any, examples: int = 0, out: Path | None = None
+) -> dict[str, Any]:
+    """Per-step grounding over predictions of five-tuple samples that kept their latents (same K for all)."""
+    from index_builder.heatmap import cosine_grid, heatmap
+
+    preds = [p for p in preds if p.latents is not None and p.sample is not None and p.k >= 1]
+    if not preds:
+        raise ValueError("grounding needs predictions with latents of five-tuple samples and K >= 1")
+    k = preds[0].k
+    rows: list[list[dict[str, float]]] = []
+    chance = []
+    device = next(vp.parameters()).device
+    for start in range(0, len(preds), 16):
+        chunk = preds[start : start + 16]
+        images = [p.item.load_image() for p in chunk]
+        grids = encoder.encode(images)  # (b, G, G, D)
+        lat = torch.stack([p.latents[1 : k + 1] for p in chunk]).to(device)  # (b, K, H)
+        with torch.inference_mode():
+            queries = F.normalize(vp(lat).float(), dim=-1).cpu()  # (b, K, D)
+        for i, p in enumerate(chunk):
+            with Image.open(p.sample.mask) as im:
+                cells = mask_cells(np.asarray(im.convert("L")) > 127, encoder.grid)
+            chance.append(float(cells.mean()))
+            rows.append([step_grounding(cosine_grid(q, grids[i]), cells) for q in queries[i]])
+            if out is not None and start + i < examples:
+                for s, q in enumerate(queries[i]):
+                    (out / f"{p.item.id}-step{s + 1}.png").write_bytes(heatmap(q, grids[i], images[i]).png)
+    per_step = [
+        {"step": s + 1, **{m: round(float(np.mean([r[s][m] for r in rows])), 4) for m in rows[0][0]}}
+        for s in range(k)
+    ]
+    return {"k": k, "n": len(rows), "chance_pointing": round(float(np.mean(chance)), 4), "per_step": per_step}
+
+
+def grounding_table(report: dict[str, Any], title: str = "") -> str:
+    """Per-step grounding as a markdown table."""
+    lines = [f"### {title}", ""] if title else []
+    lines += [f"n = {report['n']}, K = {report['k']}, chance pointing (mean mask share of the grid) = "
+              f"{100 * report['chance_pointing']:.1f}%", "",
+              "| step | pointing acc. | IoU (> mean+std) | IoU (top-\\|M\\|) | active fraction |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for r in report["per_step"]:
+        lines.append(f"| h{r['step']} | {100 * r['pointing']:.1f} | {100 * r['iou']:.1f} | "
+                     f"{100 * r['iou_top']:.1f} | {100 * r['active_fraction']:.1f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def collapse_table(summary: dict[str, Any], title: str = "") -> str:
+    """The inter-step similarity matrix as a markdown table."""
+    k = summary["k"]
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| | " + " | ".join(f"h{j + 1}" for j in range(k)) + " |", "|---" * (k + 1) + "|"]
+    for i, row in enumerate(summary["matrix"]):
+        lines.append(f"| h{i + 1} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    lines += ["", f"n = {summary['n']}, mean off-diagonal = {summary['mean_offdiag']}"]
+    return "\n".join(lines) + "\n"
+
+
+def encoder_for(config: Any, bundle: str | Path | None = None, device: str = "cpu") -> Any:
+    """The frozen patch encoder /explain would use: BUNDLE/encoder when present, else the config's."""
+    import dataclasses
+
+    from index_builder.encoder import load_encoder
+
+    enc_cfg = config.encoder
+    if bundle is not None and (Path(bundle) / "encoder").is_dir():
+        enc_cfg = dataclasses.replace(enc_cfg, path=str(Path(bundle) / "encoder"))
+    return load_encoder(enc_cfg, device=device, seed=config.seed)
