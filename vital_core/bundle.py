@@ -35,7 +35,7 @@ from transformers import Qwen3Config, Qwen3ForCausalLM
 from transformers.initialization import no_init_weights
 
 from vital_core.config import VitalConfig
-from vital_core.heads import Scaffold, VisualProjector
+from vital_core.heads import Scaffold, build_projector
 from vital_core.lora import merge_lora, unwrap
 from vital_core.model import DTYPES, VitalModel, load_backbone
 from vital_core.preprocess import load_image_processor, save_image_processor
@@ -110,6 +110,7 @@ def _write(model: VitalModel, out: Path, *, merged: bool, scaffold: bool, proven
             "hidden_size": model.hidden_size,
             "encoder_dim": model.scaffold.vp.w2.out_features,
             "vp_dropout": model.scaffold.vp.drop.p,
+            "vp_variant": model.config.heads.vp_variant,
         }
         (out / SCAFFOLD_META).write_text(json.dumps(meta, indent=2))
     config.to_yaml(out / CONFIG_FILE)
@@ -203,7 +204,12 @@ def load_scaffold(path: str | Path, device: str | torch.device = "cpu") -> Scaff
     with no_init_weights(), torch.device(device):
         decoder = Qwen3ForCausalLM(Qwen3Config(**_hf_kwargs(dec_cfg)))
         sc = Scaffold(
-            vp=VisualProjector(meta["hidden_size"], meta["encoder_dim"], meta.get("vp_dropout", 0.1)),
+            vp=build_projector(
+                meta["hidden_size"],
+                meta["encoder_dim"],
+                meta.get("vp_dropout", 0.1),
+                meta.get("vp_variant", "res_mlp_ln"),
+            ),
             pj_in=nn.Linear(meta["hidden_size"], decoder.config.hidden_size),
             decoder=decoder,
         )

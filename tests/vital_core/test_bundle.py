@@ -125,3 +125,19 @@ def test_cli_info_and_init(saved, tmp_path, capsys):
     assert not (tmp_path / "fresh" / "scaffold.safetensors").exists()
     assert load_bundle(tmp_path / "fresh").config.preset == "tiny"
     assert vital(["bundle", "info", str(tmp_path / "nope")]) == 2
+
+
+def test_projector_variant_round_trip(tiny_config, tmp_path):
+    """A bundle trained with a §C.2 projector variant loads that variant back."""
+    import copy
+
+    from vital_core.model import build_model
+
+    cfg = copy.deepcopy(tiny_config)
+    cfg.heads.vp_variant = "mlp"
+    model = build_model(cfg, lora=True, scaffold=True)
+    save_bundle(model, tmp_path / "b")
+    loaded = load_bundle(tmp_path / "b", scaffold=True)
+    assert type(loaded.scaffold.vp) is type(model.scaffold.vp)
+    h = torch.randn(3, model.hidden_size)
+    torch.testing.assert_close(loaded.scaffold.vp.eval()(h), model.scaffold.vp.eval()(h))
