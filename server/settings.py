@@ -28,7 +28,10 @@ class Settings(BaseSettings):
     max_new_tokens: int = Field(64, ge=1, le=4096, description="largest max_new_tokens a request may ask for")
     max_batch_size: int = Field(8, ge=1, le=256, description="requests gathered into one forward pass")
     max_wait_ms: float = Field(
-        5.0, ge=0, description="how long the first request of a batch waits for others"
+        0.0,
+        ge=0,
+        description="extra wait for more requests before a batch starts; batches also form while the "
+        "previous batch runs (measured best on CPU: 0, see bench/results/server-cpu*.md)",
     )
     batching: bool = Field(True, description="gather concurrent requests into batches (off: batch size 1)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond this get 429")
