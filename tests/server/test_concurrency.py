@@ -131,7 +131,9 @@ def test_queue_full_gives_429_and_timeout_504(tiny_bundle, encode_image):
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
                 waiting = [asyncio.ensure_future(_post(c, encode_image(i), "q", 1, 2)) for i in range(3)]
-                await _until(lambda: engine.running == 1 and engine.queued == 2)  # one taken into a (blocked) batch, two queued
+                await _until(
+                    lambda: engine.running == 1 and engine.queued == 2
+                )  # one taken into a (blocked) batch, two queued
                 extra = await _post(c, encode_image(9), "q", 1, 2)
                 release.set()
                 done = await asyncio.gather(*waiting)
