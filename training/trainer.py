@@ -112,7 +112,14 @@ def build_training_model(recipe: Recipe, device: torch.device, texts: list[str] 
         p.requires_grad_(False)
     model.add_lora()
     torch.manual_seed(recipe.seed + 1)
-    model.add_scaffold()
+    if spec.init_bundle and (Path(spec.init_bundle) / "scaffold.safetensors").is_file():
+        from vital_core.bundle import load_scaffold
+
+        model.scaffold = load_scaffold(spec.init_bundle, device=device)  # continue from trained heads
+    else:
+        model.add_scaffold()
+    for p in model.scaffold.parameters():
+        p.requires_grad_(True)
     return model.train()
 
 

@@ -215,3 +215,17 @@ def test_torchrun_two_processes(tmp_path, phantom_dir, roi_store):
     assert rows and rows[-1]["samples_per_s"] > 0
     final = load_file(tmp_path / "run" / "final.safetensors")
     assert any("lora_B" in k and final[k].abs().sum() > 0 for k in final)  # LoRA actually trained
+
+
+def test_warm_start_keeps_a_bundles_trained_heads(tiny_bundle):
+    """Training on top of a bundle with scaffolding continues from those heads (stage-0 bundles have none)."""
+    from training.trainer import build_training_model
+    from vital_core.bundle import load_scaffold
+
+    recipe = Recipe.from_dict({"model": {"init_bundle": str(tiny_bundle)}})
+    model = build_training_model(recipe, torch.device("cpu"))
+    saved = load_scaffold(tiny_bundle).state_dict()
+    for name, tensor in model.scaffold.state_dict().items():
+        torch.testing.assert_close(tensor, saved[name], msg=name)
+    assert all(p.requires_grad for p in model.scaffold.parameters())
+    assert any("lora_" in n and p.requires_grad for n, p in model.backbone.named_parameters())
