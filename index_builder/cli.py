@@ -255,23 +255,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m index_builder.cli`), same behaviour as `vital`."""
-    parser = argparse.ArgumentParser(prog="vital")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"vital: error: {exc}", file=sys.stderr)
-        return 2
+    """`python -m index_builder.cli ...` behaves exactly like `vital ...` (every registered command)."""
+    from vital_core.cli import main as vital_main
+
+    return vital_main(argv)
 
 
 if __name__ == "__main__":

@@ -281,19 +281,11 @@ def _dry_run(cfg: DistillConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (`python -m training.cli_distill ...`) until the `vital` entry points exist."""
-    parser = argparse.ArgumentParser(prog="python -m training.cli_distill")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"vital: error: {exc}", file=sys.stderr)
-        return 2
+    """`python -m training.cli_distill ...` behaves exactly like `vital ...` (every registered command)."""
+    from vital_core.cli import main as vital_main
+
+    return vital_main(argv)
 
 
 if __name__ == "__main__":
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.exit(main())
