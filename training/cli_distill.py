@@ -249,9 +249,9 @@ def run_distill(args: argparse.Namespace) -> int:
 def _dry_run(cfg: DistillConfig) -> int:
     from training.dataset import load_manifest
     from training.distill.overlay import load_overlay
-    from training.distill.prompts import SYSTEM_PROMPT, user_prompt
+    from training.distill.prompts import SYSTEM_PROMPT
     from training.distill.results import read_results
-    from training.distill.runner import expected_answer, meta_path
+    from training.distill.runner import meta_path, sample_user_prompt
     from training.questions import read_meta
 
     done = read_results(cfg.out / "results.jsonl")
@@ -262,17 +262,7 @@ def _dry_run(cfg: DistillConfig) -> int:
     s = pending[0]
     meta = read_meta(meta_path(cfg.questions)).get(s.id, {})
     print(f"== system ==\n{SYSTEM_PROMPT}\n\n== user ({s.id}) ==")
-    print(
-        user_prompt(
-            question=s.question,
-            question_type=s.question_type,
-            target=s.target,
-            target_type=s.target_type,
-            modality=s.modality,
-            asked_target=meta.get("asked_target", ""),
-            expected_answer=expected_answer(meta),
-        )
-    )
+    print(sample_user_prompt(s, meta))
     cfg.out.mkdir(parents=True, exist_ok=True)
     preview = cfg.out / "overlay-preview.png"
     load_overlay(s.image, s.mask, cfg.max_side).save(preview)

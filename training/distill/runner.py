@@ -63,11 +63,9 @@ def meta_path(questions: Path) -> Path:
     return questions.with_name(questions.name.removesuffix(".jsonl") + ".meta.jsonl")
 
 
-def teacher_messages(
-    sample: Sample, meta: dict[str, Any], image_url: str, violations: list[Violation]
-) -> list:
-    """The chat messages for one attempt (a retry block when earlier attempts failed)."""
-    user = user_prompt(
+def sample_user_prompt(sample: Sample, meta: dict[str, Any]) -> str:
+    """The per-sample user prompt from a question row and its sidecar facts."""
+    return user_prompt(
         question=sample.question,
         question_type=sample.question_type,
         target=sample.target,
@@ -76,6 +74,13 @@ def teacher_messages(
         asked_target=meta.get("asked_target", ""),
         expected_answer=expected_answer(meta),
     )
+
+
+def teacher_messages(
+    sample: Sample, meta: dict[str, Any], image_url: str, violations: list[Violation]
+) -> list:
+    """The chat messages for one attempt (a retry block when earlier attempts failed)."""
+    user = sample_user_prompt(sample, meta)
     retry = retry_block(violations, sample.question_type) if violations else ""
     return build_messages(SYSTEM_PROMPT, user, image_url, retry)
 
