@@ -79,9 +79,9 @@ def _write(out: str | Path, report: dict, table: str) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a benchmark and print (and save) the report."""
-    from training.benchmarks import BenchmarkError, load_benchmark
     from training.dataset import ManifestError
-    from training.evaluate import markdown_table, predict, score
+    from training.eval.evaluate import markdown_table, predict, score
+    from training.eval.vqa_datasets import BenchmarkError, load_benchmark
 
     if not args.bundle:
         raise CLIError("--bundle is required")
@@ -161,7 +161,7 @@ def _samples(args: argparse.Namespace) -> list:
 def run_collapse(args: argparse.Namespace) -> int:
     """Inter-step cosine similarity matrix of a bundle's latent states."""
     from training.analysis import collapse_png, collapse_summary, collapse_table, step_similarity
-    from training.evaluate import predict
+    from training.eval.evaluate import predict
 
     samples = _samples(args)
     if args.k < 2:
@@ -182,7 +182,7 @@ def run_collapse(args: argparse.Namespace) -> int:
 def run_grounding(args: argparse.Namespace) -> int:
     """Per-step pointing accuracy and IoU of the /explain heatmaps against the phantom masks."""
     from training.analysis import encoder_for, grounding_from_predictions, grounding_table
-    from training.evaluate import predict
+    from training.eval.evaluate import predict
 
     samples = _samples(args)
     model = _load(args.bundle, args.device, scaffold=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.benchmarks import (
+from training.eval.vqa_datasets import (
     BenchmarkError,
     load_benchmark,
     load_pathvqa,

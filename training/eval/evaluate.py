@@ -2,7 +2,7 @@
 
 Both answers are first normalised: lower-case, every character that is not a letter, digit, `_`,
 `-` or whitespace becomes a space, whitespace runs collapse to one space (`normalize`).
-Closed-ended accuracy, by the item's kind (training.benchmarks.KINDS):
+Closed-ended accuracy, by the item's kind (training.eval.vqa_datasets.KINDS):
   yesno           — the first "yes"/"no" token of each answer must agree;
   choice          — the prediction is mapped to an option letter (`choice_letter`) and must equal the gold
                     letter;
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from training.benchmarks import CLOSED_TYPES, LETTERS, BenchItem, from_sample
 from training.dataset import Sample
+from training.eval.vqa_datasets import CLOSED_TYPES, LETTERS, BenchItem, from_sample
 from vital_core.model import VitalModel
 from vital_core.qtypes import auto_k
 

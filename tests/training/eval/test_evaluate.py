@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.benchmarks import BenchItem
-from training.evaluate import (
+from training.eval.evaluate import (
     Prediction,
     choice_letter,
     closed_correct,
@@ -15,6 +14,7 @@ from training.evaluate import (
     score,
     token_f1,
 )
+from training.eval.vqa_datasets import BenchItem
 
 
 def test_normalize_lowercases_strips_punctuation_and_collapses_space():

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark readers, answer metrics, the evaluator and the GEMeX grounding scorer."""
