@@ -1,111 +1,29 @@
-"""Answer-quality metrics: closed-ended accuracy and open-ended token-F1 (paper §B.4), with breakdowns.
+"""The evaluator: answer benchmark items with a bundle, score them, and keep every answer for audit.
 
-Both answers are first normalised: lower-case, every character that is not a letter, digit, `_`,
-`-` or whitespace becomes a space, whitespace runs collapse to one space (`normalize`).
-Closed-ended accuracy, by the item's kind (training.eval.vqa_datasets.KINDS):
-  yesno           — the first "yes"/"no" token of each answer must agree;
-  choice          — the prediction is mapped to an option letter (`choice_letter`) and must equal the gold
-                    letter;
-  location_choice — the sets of image-region words (left, right, center, upper, lower, ...) must agree;
-  exact           — the normalised strings must be equal.
-Token-F1 (open-ended): P and G are the multisets of normalised whitespace tokens; precision = |P ∩ G| / |P|,
-recall = |P ∩ G| / |G|, F1 = 2PR / (P + R), and 0 when either is empty or nothing overlaps.
-docs/evaluation.md has a worked example.
+`predict` runs the model (the same `VitalModel.answer` latent loop as serving); `score` aggregates the
+per-item metrics of training.eval.metrics overall and per answer type / question type / modality;
+`write_predictions` saves one JSON line per item beside the report, and `rescore` rebuilds the report
+from that file alone (no model, no images). Definitions: docs/evaluation.md.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter, defaultdict
+import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from training.dataset import Sample
-from training.eval.vqa_datasets import CLOSED_TYPES, LETTERS, BenchItem, from_sample
-from vital_core.model import VitalModel
-from vital_core.qtypes import auto_k
+from training.eval.items import CLOSED_TYPES, BenchItem, BenchmarkError, from_sample
+from training.eval.metrics import choice_letter, closed_correct, item_correct, item_score, normalize, token_f1
 
 __all__ = ["CLOSED_TYPES", "normalize", "token_f1", "closed_correct", "choice_letter", "item_correct",
-           "Prediction", "predict", "score", "markdown_table"]  # fmt: skip
-
-REGION_WORDS = {"left", "right", "center", "centre", "central", "middle", "upper", "lower", "top", "bottom"}
-_PUNCT = re.compile(r"[^\w\s-]")
-_LETTER_LEAD = re.compile(r"^\s*(?:option\s+|answer\s*:?\s*)?\(?([a-h])\s*(?:[:.)]|$|\s)", re.IGNORECASE)
-
-
-def normalize(text: str) -> str:
-    """Lower-case, strip punctuation (keeping hyphens), collapse whitespace."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
-
-
-def token_f1(pred: str, gold: str) -> float:
-    """Bag-of-tokens F1 between normalised prediction and reference."""
-    p, g = Counter(normalize(pred).split()), Counter(normalize(gold).split())
-    common = sum((p & g).values())
-    if not p or not g or not common:
-        return 0.0
-    precision, recall = common / sum(p.values()), common / sum(g.values())
-    return 2 * precision * recall / (precision + recall)
-
-
-def choice_letter(pred: str, choices: Sequence[str]) -> str | None:
-    """The option a prediction names: equal to an option's text, else a leading letter, else one contained text.
-
-    1. normalised prediction equals the normalised text of exactly one option → that option;
-    2. the raw prediction starts with a letter of the options, alone or followed by `:`, `.`, `)` or a space
-       ("B", "b) CT", "(C)", "Option D", "A: MRI") → that letter; a lone article "a" followed by more words
-       counts only when it is followed by `:`/`.`/`)`;
-    3. exactly one option's normalised text appears in the normalised prediction as whole words → that option.
-    Otherwise None (scored wrong).
-    """
-    letters = LETTERS[: len(choices)]
-    p = normalize(pred)
-    texts = [normalize(c) for c in choices]
-    exact = [i for i, t in enumerate(texts) if t and t == p]
-    if len(exact) == 1:
-        return letters[exact[0]]
-    m = _LETTER_LEAD.match(pred)
-    if m and m.group(1).upper() in letters:
-        rest = pred[m.end() :].strip()
-        article = m.group(1).lower() == "a" and rest and not re.match(r"^\s*\(?a\s*[:.)]", pred, re.I)
-        if not article:
-            return m.group(1).upper()
-    contained = [i for i, t in enumerate(texts) if t and f" {t} " in f" {p} "]
-    return letters[contained[0]] if len(contained) == 1 else None
-
-
-def closed_correct(pred: str, gold: str, question_type: str) -> bool:
-    """Closed-ended match for a five-tuple question type (yesno, location_choice, identify → exact)."""
-    kind = {"yesno": "yesno", "location_choice": "location_choice"}.get(question_type, "exact")
-    return _closed(pred, gold, kind)
-
-
-def _closed(pred: str, gold: str, kind: str) -> bool:
-    p, g = normalize(pred).split(), normalize(gold).split()
-    if kind == "yesno":
-        return _polarity(g) is not None and _polarity(p) == _polarity(g)
-    if kind == "location_choice":
-        return bool(_regions(g)) and _regions(p) == _regions(g)
-    return " ".join(p) == " ".join(g)
-
-
-def item_correct(pred: str, item: BenchItem) -> bool:
-    """Closed-ended correctness of a prediction for one benchmark item (False for open items)."""
-    if item.kind == "open":
-        return False
-    if item.kind == "choice":
-        return item.label is not None and choice_letter(pred, item.choices) == item.label
-    return _closed(pred, item.answer, item.kind)
-
-
-def _polarity(tokens: list[str]) -> str | None:
-    return next((t for t in tokens if t in ("yes", "no")), None)
-
-
-def _regions(tokens: list[str]) -> set[str]:
-    return {"center" if t in ("centre", "middle", "central") else t for t in tokens if t in REGION_WORDS}
+           "Prediction", "predict", "score", "markdown_table", "write_predictions", "read_predictions",
+           "rescore", "predictions_path"]  # fmt: skip
 
 
 @dataclass
@@ -117,18 +35,23 @@ class Prediction:
     k: int
     latents: torch.Tensor | None = None  # (k+1, H)
     sample: Sample | None = None
+    grounding: list[dict] | None = None
+    """Per-step grounding of items with reference boxes (GEMeX), when computed."""
 
 
 def predict(
-    model: VitalModel,
+    model: Any,
     samples: Sequence[Sample | BenchItem],
     *,
     k: int | str = "auto",
     batch_size: int = 16,
     max_new_tokens: int | None = None,
     keep_latents: bool = False,
+    progress: bool = False,
 ) -> list[Prediction]:
     """Greedy answers; k = int, "auto" (question classifier) or "sample" (a five-tuple sample's depth)."""
+    from vital_core.qtypes import auto_k
+
     model.eval()
     out: list[Prediction] = []
 
@@ -141,8 +64,13 @@ def predict(
             return len(s.reasoning)
         return int(k)
 
+    starts = range(0, len(samples), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="eval", unit="batch")
     with torch.inference_mode():
-        for start in range(0, len(samples), batch_size):
+        for start in starts:
             chunk = list(samples[start : start + batch_size])
             items = [from_sample(s) if isinstance(s, Sample) else s for s in chunk]
             images = [it.load_image() for it in items]
@@ -154,34 +82,40 @@ def predict(
     return out
 
 
-def _agg(items: list[Prediction]) -> dict:
-    closed = [p for p in items if p.item.kind != "open"]
-    opened = [p for p in items if p.item.kind == "open"]
-    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _agg(rows: list[tuple[Prediction, dict]]) -> dict:
+    closed = [s for p, s in rows if p.item.kind != "open"]
+    opened = [s for p, s in rows if p.item.kind == "open"]
     return {
-        "n": len(items),
+        "n": len(rows),
         "closed_n": len(closed),
-        "closed_accuracy": mean([float(item_correct(p.answer, p.item)) for p in closed]),
+        "closed_accuracy": _mean([float(s["correct"]) for s in closed]),
         "open_n": len(opened),
-        "open_token_f1": mean([token_f1(p.answer, p.item.answer) for p in opened]),
-        "token_f1": mean([token_f1(p.answer, p.item.answer) for p in items]),
+        "open_token_f1": _mean([s["f1"] for s in opened]),
+        "token_f1": _mean([s["f1"] for _, s in rows]),
     }
 
 
 def score(preds: Sequence[Prediction]) -> dict:
     """Overall and per answer type / question type / modality: closed accuracy, open and all token-F1."""
-    groups: dict[str, dict[str, list[Prediction]]] = {
-        "by_answer_type": defaultdict(list),
-        "by_question_type": defaultdict(list),
-        "by_modality": defaultdict(list),
-    }
-    for p in preds:
-        groups["by_answer_type"][p.item.answer_type].append(p)
-        groups["by_question_type"][p.item.question_type].append(p)
-        groups["by_modality"][p.item.modality].append(p)
-    report: dict = {"overall": _agg(list(preds))}
+    rows = [(p, item_score(p.answer, p.item)) for p in preds]
+    groups: dict[str, dict[str, list]] = {"by_answer_type": defaultdict(list),
+                                          "by_question_type": defaultdict(list), "by_modality": defaultdict(list)}  # fmt: skip
+    for p, s in rows:
+        groups["by_answer_type"][p.item.answer_type].append((p, s))
+        groups["by_question_type"][p.item.question_type].append((p, s))
+        groups["by_modality"][p.item.modality].append((p, s))
+    report: dict = {"overall": _agg(rows)}
     for name, g in groups.items():
         report[name] = {key: _agg(v) for key, v in sorted(g.items())}
+    from training.eval.gemex import grounding_summary
+
+    grounding = grounding_summary([p.grounding for p in preds])
+    if grounding is not None:
+        report["grounding"] = grounding
     return report
 
 
@@ -201,4 +135,79 @@ def markdown_table(report: dict, title: str = "") -> str:
                 f"{_pct(r['open_token_f1'])} | {_pct(r['token_f1'])} |"
             )
         lines.append("")
+    if "grounding" in report:
+        g = report["grounding"]
+        lines += [f"grounding against the reference boxes (n = {g['n']}):", "",
+                  "| step | n | pointing | heatmap-box IoU |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| h{r['step']} | {r['n']} | {_pct(r['pointing'])} | {_pct(r['box_iou'])} |"
+            for r in g["per_step"]
+        ]
+        lines.append("")
     return "\n".join(lines)
+
+
+# ---- per-item predictions ------------------------------------------------------------------------------
+
+
+def predictions_path(report: str | Path) -> Path:
+    """Where the per-item predictions of a report go: FILE.json -> FILE.predictions.jsonl."""
+    report = Path(report)
+    return report.with_name(report.stem + ".predictions.jsonl")
+
+
+def _row(p: Prediction) -> dict[str, Any]:
+    it, s = p.item, item_score(p.answer, p.item)
+    row = {"id": it.id, "question": it.question, "gold": it.answer, "prediction": p.answer, "k": p.k,
+           "correct": s["correct"], "f1": round(s["f1"], 6), "type": it.answer_type, "kind": it.kind,
+           "question_type": it.question_type, "modality": it.modality, "benchmark": it.benchmark}  # fmt: skip
+    if it.choices:
+        row.update(choices=list(it.choices), label=it.label)
+    if it.boxes:
+        row.update(boxes=[list(b) for b in it.boxes], box_frame=list(it.box_frame) if it.box_frame else None)
+    if p.grounding is not None:
+        row["grounding"] = p.grounding
+    return row
+
+
+def write_predictions(preds: Sequence[Prediction], path: str | Path) -> Path:
+    """One JSON object per item: id, question, gold, prediction, k, correct, f1, type, modality, ..."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for p in preds:
+            f.write(json.dumps(_row(p), ensure_ascii=False) + "\n")
+    return path
+
+
+def read_predictions(path: str | Path) -> list[Prediction]:
+    """Predictions back from a file written by `write_predictions` (items without images)."""
+    from training.eval.files import need as need_fields
+    from training.eval.files import read_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"{path}: not found")
+    preds = []
+    for n, r in enumerate(read_jsonl(path), 1):
+        need_fields(r, ("id", "question", "gold", "prediction", "k", "kind"), f"{path} line {n}")
+        try:
+            item = BenchItem(id=str(r["id"]), question=str(r["question"]), answer=str(r["gold"]), kind=str(r["kind"]),
+                             choices=tuple(r.get("choices") or ()), label=r.get("label"),
+                             question_type=str(r.get("question_type", "unknown")),
+                             modality=str(r.get("modality", "unknown")), benchmark=str(r.get("benchmark", "")),
+                             boxes=tuple(tuple(b) for b in r.get("boxes") or ()),
+                             box_frame=tuple(r["box_frame"]) if r.get("box_frame") else None)  # fmt: skip
+            preds.append(Prediction(item, str(r["prediction"]), int(r["k"]), grounding=r.get("grounding")))
+        except (TypeError, ValueError) as exc:
+            raise BenchmarkError(f"{path} line {n}: bad field ({exc})") from exc
+    if not preds:
+        raise BenchmarkError(f"{path}: no predictions")
+    return preds
+
+
+def rescore(path: str | Path) -> dict:
+    """The report of a predictions file, recomputed with the current metrics (no model, no images)."""
+    report = score(read_predictions(path))
+    report["predictions"] = str(path)
+    return report

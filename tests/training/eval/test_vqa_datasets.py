@@ -1,146 +1,72 @@
-"""Benchmark loaders on tiny fixture files in each published layout, and `vital eval` on them."""
+"""Benchmark readers on tiny files in each published layout: detection, split aliases, encodings, checks."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from eval_layouts import hf_parquet, pmc_csv, png
 
-from training.eval.vqa_datasets import (
-    BenchmarkError,
-    load_benchmark,
-    load_pathvqa,
-    load_pmc_vqa,
-    load_slake,
-    load_vqa_rad,
-)
+from training.eval.vqa_datasets import BenchmarkError, detect_format, load_benchmark
 
 
-def _png(path: Path, seed: int = 0) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (48, 40), (seed * 40 % 255, 90, 160)).save(path)
-
-
-def _jpeg_bytes(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 40), (seed * 50 % 255, 20, 80)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def vqa_rad(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vqarad")
-    rows = [
-        {"qid": 1, "image_name": "synpic1.jpg", "image_organ": "CHEST", "question": "Is there a mass?",
-         "answer": "Yes", "answer_type": "CLOSED", "question_type": "PRES", "phrase_type": "test_freeform"},
-        {"qid": 2, "image_name": "synpic1.jpg", "image_organ": "CHEST", "question": "Where is the mass?",
-         "answer": "left lung", "answer_type": "OPEN", "question_type": "POS", "phrase_type": "test_para"},
-        {"qid": 3, "image_name": "synpic2.jpg", "image_organ": "HEAD", "question": "Is this a CT or MRI?",
-         "answer": "CT", "answer_type": "CLOSED ", "question_type": "MODALITY", "phrase_type": "freeform"},
-        {"qid": 4, "image_name": "synpic2.jpg", "image_organ": "HEAD", "question": "How many lesions?",
-         "answer": 2, "answer_type": "OPEN", "question_type": "COUNT", "phrase_type": "test_freeform"},
-    ]  # fmt: skip
-    (root / "VQA_RAD Dataset Public.json").write_text(json.dumps(rows))
-    for i, name in enumerate(("synpic1.jpg", "synpic2.jpg")):
-        _png(root / "VQA_RAD Image Folder" / name, i)
-    return root
-
-
-@pytest.fixture(scope="module")
-def slake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("slake")
-    rows = [
-        {"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "Does the picture contain liver?",
-         "answer": "Yes", "q_lang": "en", "answer_type": "CLOSED", "modality": "CT", "content_type": "Organ",
-         "qid": 10},
-        {"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "图片中包含肝脏吗?", "answer": "是",
-         "q_lang": "zh", "answer_type": "CLOSED", "modality": "CT", "content_type": "Organ", "qid": 11},
-        {"img_id": 1, "img_name": "xmlab1/source.jpg", "question": "Which organ is abnormal?",
-         "answer": "Liver", "q_lang": "en", "answer_type": "OPEN", "modality": "CT", "content_type": "Abnormality",
-         "qid": 12},
-    ]  # fmt: skip
-    (root / "test.json").write_text(json.dumps(rows, ensure_ascii=False))
-    (root / "validate.json").write_text(json.dumps(rows[:1]))
-    _png(root / "imgs" / "xmlab1" / "source.jpg")
-    return root
-
-
-@pytest.fixture(scope="module")
-def pathvqa_pickle(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pathvqa")
-    rows = [{"image": "test_0001", "question": "Is this tissue necrotic?", "answer": "no"},
-            {"image": "test_0002", "question": "What is present?", "answer": "granuloma"}]  # fmt: skip
-    (root / "qas").mkdir()
-    with open(root / "qas" / "test_vqa.pkl", "wb") as f:
-        pickle.dump(rows, f)
-    for r in rows:
-        _png(root / "images" / "test" / f"{r['image']}.jpg")
-    return root
-
-
-@pytest.fixture(scope="module")
-def pmc_vqa(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pmcvqa")
-    with open(root / "test.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C",
-                    "Choice D", "Answer_label"])  # fmt: skip
-        w.writerow(
-            [0, "PMC1_Fig1.jpg", "What imaging was used?", "MRI", "A:CT ", " B:MRI", "C:PET", "D:X-ray", "B"]
-        )
-        w.writerow([1, "PMC2_Fig3.jpg", "Which organ is shown?", "Liver", "A:Liver", "B:Lung", "C:Heart", "D:Brain",
-                    "A"])  # fmt: skip
-    for name in ("PMC1_Fig1.jpg", "PMC2_Fig3.jpg"):
-        _png(root / "images" / name)
-    return root
-
-
-def test_vqa_rad(vqa_rad):
-    test = load_vqa_rad(vqa_rad)
+def test_vqa_rad_osf_json(vqa_rad):
+    test = load_benchmark("vqa-rad", vqa_rad)
     assert [it.id for it in test] == ["1", "2", "4"]
     assert [it.kind for it in test] == ["yesno", "open", "open"] and test[2].answer == "2"
-    assert (
-        test[0].modality == "CHEST"
-        and test[0].question_type == "PRES"
-        and test[0].load_image().size == (48, 40)
-    )
-    train = load_vqa_rad(vqa_rad / "VQA_RAD Dataset Public.json", split="train")
+    assert test[0].modality == "CHEST" and test[0].question_type == "PRES"
+    assert test[0].load_image().size == (48, 40)
+    train = load_benchmark("vqa-rad", vqa_rad / "VQA_RAD Dataset Public.json", "train")
     assert [(it.id, it.kind, it.answer_type) for it in train] == [("3", "exact", "closed")]
 
 
-def test_slake_english_only(slake):
-    items = load_slake(slake)
+def test_vqa_rad_hf_parquet_folder_and_file(vqa_rad_hf):
+    assert detect_format("vqa-rad", vqa_rad_hf) == "hf-parquet"
+    items = load_benchmark("vqa-rad", vqa_rad_hf)
+    # no answer type in this layout: yes/no answers are closed, everything else ("left") open
+    assert [(it.kind, it.answer) for it in items] == [("yesno", "yes"), ("yesno", "No"), ("open", "left")]
+    assert items[0].load_image().size == (40, 40) and items[0].id == "test-0"
+    one = next((vqa_rad_hf / "data").glob("train-*.parquet"))
+    assert [it.question for it in load_benchmark("vqa-rad", one)] == ["Is it normal?"]
+
+
+def test_slake_english_only_and_val_alias(slake):
+    items = load_benchmark("slake", slake)
     assert [it.id for it in items] == ["10", "12"]
     assert [it.kind for it in items] == ["yesno", "open"] and items[0].modality == "CT"
     assert items[0].image == slake / "imgs" / "xmlab1" / "source.jpg" and items[0].load_image().mode == "RGB"
-    assert len(load_slake(slake, split="val")) == 1
+    assert (
+        len(load_benchmark("slake", slake, "val")) == len(load_benchmark("slake", slake, "validation")) == 1
+    )
 
 
-def test_pathvqa_pickle_and_parquet(pathvqa_pickle, tmp_path):
-    items = load_pathvqa(pathvqa_pickle)
-    assert [it.kind for it in items] == ["yesno", "open"] and items[1].load_image().size == (48, 40)
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    table = pa.table({
-        "image": [{"bytes": _jpeg_bytes(i), "path": None} for i in range(3)],
-        "question": ["Is this benign?", "What is shown?", "Is there fibrosis?"],
-        "answer": ["yes", "adenoma", "no"],
-    })  # fmt: skip
-    (tmp_path / "data").mkdir()
-    pq.write_table(table, tmp_path / "data" / "test-00000-of-00001.parquet")
-    items = load_pathvqa(tmp_path)
-    assert [it.kind for it in items] == ["yesno", "open", "yesno"]
-    assert items[0].image_bytes and items[0].load_image().size == (40, 40)
+def test_pathvqa_original_pickles_resolve_images_at_the_root(pathvqa):
+    assert detect_format("pathvqa", pathvqa) == "vqa-pkl"
+    vqa = load_benchmark("pathvqa", pathvqa)
+    assert [(it.id, it.question, it.answer, it.kind) for it in vqa] == [
+        ("100", "Is this tissue necrotic?", "no", "yesno"), ("101", "What is present?", "granuloma", "open")]  # fmt: skip
+    assert vqa[0].image == pathvqa / "images" / "test" / "test_0001.jpg"
+    qa = load_benchmark("pathvqa", pathvqa / "qas" / "test" / "test_qa.pkl")
+    assert [it.image for it in qa] == [it.image for it in vqa]  # not under qas/
+    forced = load_benchmark("pathvqa", pathvqa, fmt="qa-pkl")
+    assert [it.answer for it in forced] == ["no", "granuloma"]
 
 
-def test_pmc_vqa_choices_and_prompt(pmc_vqa):
-    items = load_pmc_vqa(pmc_vqa)
+def test_pathvqa_hf_parquet_validation_is_val(tmp_path):
+    hf_parquet(
+        tmp_path / "data" / "validation-00000-of-00001.parquet", ["Is this benign?", "What?"], ["yes", "x"]
+    )
+    items = load_benchmark("pathvqa", tmp_path, "val")
+    assert [it.kind for it in items] == ["yesno", "open"] and items[1].image_bytes
+    with pytest.raises(BenchmarkError, match=r"no test-\*\.parquet files \(splits here: validation\)"):
+        load_benchmark("pathvqa", tmp_path, "test")
+
+
+def test_pmc_vqa_v1_and_prompt(pmc_vqa):
+    items = load_benchmark("pmc-vqa", pmc_vqa)
     assert (
         items[0].choices == ("CT", "MRI", "PET", "X-ray")
         and items[0].label == "B"
@@ -150,49 +76,58 @@ def test_pmc_vqa_choices_and_prompt(pmc_vqa):
     assert items[1].image == pmc_vqa / "images" / "PMC2_Fig3.jpg"
 
 
-def test_errors_are_clear(tmp_path):
-    (tmp_path / "bad.json").write_text(json.dumps([{"question": "q"}]))
+def test_pmc_vqa_v2_bom_letter_answer_blank_middle_option(pmc_vqa_v2):
+    items = load_benchmark("pmc-vqa", pmc_vqa_v2)  # the folder: test_2.csv is found, images in figures/
+    assert [it.label for it in items] == ["A", "C"] and items[1].answer == "Right"
+    assert items[1].choices == ("Left", "", "Right", "Both")  # C stays C although B is blank
+    assert "A: Left\nC: Right\nD: Both" in items[1].prompt and "B:" not in items[1].prompt
+    assert items[0].image == pmc_vqa_v2 / "figures" / "PMC9_F1.jpg"
+
+
+def test_pmc_vqa_latin1_csv(tmp_path):
+    head = ["Figure_path", "Question", "Choice A", "Choice B", "Answer_label"]
+    pmc_csv(
+        tmp_path / "test.csv", head, [["f.jpg", "Lésion bénigne?", "A:Oui", "B:Non", "A"]], encoding="latin-1"
+    )
+    png(tmp_path / "images" / "f.jpg")
+    assert load_benchmark("pmc-vqa", tmp_path / "test.csv")[0].question == "Lésion bénigne?"
+
+
+def test_every_bad_input_is_a_benchmark_error_before_any_model(tmp_path, vqa_rad, pmc_vqa):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.json").write_text(json.dumps([{"question": "q"}]))
     with pytest.raises(BenchmarkError, match="image_name"):
-        load_vqa_rad(tmp_path / "bad.json", image_dir=tmp_path)
+        load_benchmark("vqa-rad", bad / "x.json", image_dir=bad)
     with pytest.raises(BenchmarkError, match="unknown benchmark"):
         load_benchmark("medqa", tmp_path)
     with pytest.raises(BenchmarkError, match="not found"):
         load_benchmark("slake", tmp_path / "nope")
+    with pytest.raises(BenchmarkError, match="pass --format"):
+        load_benchmark("pathvqa", bad)
+    with pytest.raises(BenchmarkError, match="unknown --format 'csv'"):
+        load_benchmark("pathvqa", bad, fmt="csv")
+    (bad / "junk.parquet").write_bytes(b"\xff\xfe not parquet")  # was a UnicodeDecodeError traceback
+    with pytest.raises(BenchmarkError, match="not a readable parquet"):
+        load_benchmark("vqa-rad", bad / "junk.parquet")
+    (bad / "test_vqa.pkl").write_bytes(b"\x80\x04junk")
+    with pytest.raises(BenchmarkError, match="cannot read the pickle"):
+        load_benchmark("pathvqa", bad / "test_vqa.pkl")
+    (bad / "test_qa.pkl").write_bytes(pickle.dumps([{"image": "i", "question": "q"}]))
+    with pytest.raises(BenchmarkError, match="missing field"):
+        load_benchmark("pathvqa", bad / "test_qa.pkl")
+    # a missing image is reported with the count and the first path, not a traceback after model load
+    copy = tmp_path / "pmc"
+    shutil.copytree(pmc_vqa, copy)
+    (copy / "images" / "PMC2_Fig3.jpg").unlink()
+    with pytest.raises(BenchmarkError, match=r"1 of 2 images missing, first .*PMC2_Fig3.jpg"):
+        load_benchmark("pmc-vqa", copy)
+    pmc_csv(bad / "test.csv", ["Figure_path", "Question", "Choice A", "Choice B"], [["f", "q", "A:x", "B:y"]])
+    with pytest.raises(BenchmarkError, match="Answer_label \\(v1\\) or Answer \\(v2\\)"):
+        load_benchmark("pmc-vqa", bad / "test.csv")
 
 
-@pytest.fixture(scope="module")
-def random_bundle(tmp_path_factory) -> Path:
-    from vital_core.bundle import save_bundle
-    from vital_core.model import build_model
-    from vital_core.presets import tiny
-
-    path = tmp_path_factory.mktemp("bundle") / "b"
-    save_bundle(build_model(tiny(), lora=True, scaffold=True), path)
-    return path
-
-
-def test_vital_eval_on_benchmarks_and_five_tuple(
-    random_bundle, vqa_rad, pmc_vqa, phantom_dir, tmp_path, capsys
-):
-    from vital_core.cli import main
-
-    out = tmp_path / "rad.json"
-    args = ["eval", "--bundle", str(random_bundle), "--max-new-tokens", "3"]
-    assert main([*args, "--benchmark", "vqa-rad", "--data", str(vqa_rad), "--out", str(out), "--k", "1"]) == 0
-    rep = json.loads(out.read_text())
-    assert (
-        rep["overall"]["n"] == 3
-        and rep["overall"]["closed_n"] == 1
-        and set(rep["by_modality"]) == {"CHEST", "HEAD"}
-    )
-    assert out.with_suffix(".md").read_text().startswith("### b on vqa-rad test")
-    assert main([*args, "--benchmark", "pmc-vqa", "--data", str(pmc_vqa / "test.csv")]) == 0
-    assert "| choice | 2 | 2 |" in capsys.readouterr().out
-    man = str(phantom_dir / "manifest.jsonl")
-    assert (
-        main([*args, "--manifest", man, "--limit", "4", "--k", "sample", "--out", str(tmp_path / "ft.json")])
-        == 0
-    )
-    assert json.loads((tmp_path / "ft.json").read_text())["overall"]["n"] == 4
-    assert main([*args, "--benchmark", "slake", "--data", str(tmp_path / "missing")]) == 2
-    assert main([*args, "--benchmark", "slake"]) == 2
+def test_five_tuple_manifest_as_benchmark(phantom_dir: Path):
+    items = load_benchmark("five-tuple", phantom_dir / "manifest.jsonl")
+    assert items and {it.benchmark for it in items} == {"five-tuple"}
+    assert {it.kind for it in items} <= {"yesno", "location_choice", "exact", "open"}
