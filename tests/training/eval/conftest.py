@@ -7,7 +7,7 @@ import pickle
 from pathlib import Path
 
 import pytest
-from eval_layouts import hf_parquet, pmc_csv, png
+from eval_layouts import GEMEX_IMAGE, GEMEX_ROWS, hf_parquet, pmc_csv, png
 
 
 @pytest.fixture(scope="session")
@@ -108,24 +108,6 @@ def pmc_vqa_v2(tmp_path_factory) -> Path:
     for name in ("PMC9_F1.jpg", "PMC9_F2.jpg"):
         png(root / "figures" / name)
     return root
-
-
-GEMEX_ROWS = {
-    "closed_ended": [{"question": "Is there evidence of pneumonia in this CXR?", "type": "disease", "answer": "No.",
-                      "visual_locations": [[43, 35, 212, 156]], "q_id": 0, "row_id": "row_0"}],
-    "open_ended": [{"question": "What condition is indicated by the low lung volume?", "type": "disease",
-                    "answer": "Restrictive lung disease.", "visual_locations": [[43, 35, 212, 156]], "q_id": 0,
-                    "row_id": "row_0"}],
-    "single_choice": [{"question": "What is the size of the calcified granuloma?", "type": "size",
-                       "choices": ["A: 0.5 cm", "B: 1.0 cm", "C: 1.2 cm", "D: 1.5 cm"], "answer": "C",
-                       "visual_locations": [[43, 126, 129, 150]], "q_id": 0, "row_id": "row_0"}],
-    "multi_choice": [{"question": "Which findings suggest the absence of significant lung disease?",
-                      "choices": ["A: No focal airspace consolidation", "B: No pleural effusions",
-                                  "C: Low lung volume", "D: No pulmonary edema"], "type": "finding",
-                      "answer": ["A", "B", "D"], "visual_locations": [[43, 38, 117, 147], [99, 105, 186, 154]],
-                      "q_id": 0, "row_id": "row_0"}],
-}  # fmt: skip
-GEMEX_IMAGE = "p10/p10046166/s50051329/abea5eb9-b7c32823.jpg"
 
 
 @pytest.fixture(scope="session")
