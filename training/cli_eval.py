@@ -1,4 +1,4 @@
-"""`vital eval`: answer quality on a benchmark, plus `eval ablations`, `eval collapse`, `eval grounding`.
+"""`vital eval`: answer quality on a benchmark, plus `eval ablations`, `eval collapse`, `eval grounding`, `eval rescore`.
 
 Definitions of every number: docs/evaluation.md.
 """
@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="closed-ended accuracy and token-F1 of a bundle on a benchmark; ablations, collapse, grounding",
         description="Answer every question of a benchmark (the five-tuple split of --manifest, or a published "
         "benchmark with --benchmark NAME --data PATH) and report closed-ended accuracy and token-F1 per "
-        "answer type, question type and modality. Subcommands: ablations, collapse, grounding. "
+        "answer type, question type and modality, with per-item predictions beside the report. Subcommands: ablations, collapse, grounding, rescore. "
         "Definitions: docs/evaluation.md.",
     )
     e.add_argument("--bundle", help="bundle directory")

@@ -111,14 +111,22 @@ def read_parquet(path: Path, columns: tuple[str, ...]) -> list[dict]:
 
 
 def parquet_files(path: Path, split: str) -> list[Path]:
-    """A parquet file, or a folder's `**/{split}-*.parquet` files (Hugging Face layout; split aliases)."""
+    """A parquet file, or a folder's `{split}-*.parquet` files at the top, in `data/` or one folder down (HF)."""
     if path.is_file():
         return [path]
+    folders = [
+        path,
+        path / "data",
+        *sorted(d for d in path.glob("*/") if d.is_dir()),
+    ]  # HF: data/ or <config>/
     for name in split_names(split):
-        files = sorted(path.glob(f"**/{name}-*.parquet")) + sorted(path.glob(f"**/{name}.parquet"))
-        if files:
-            return files
-    found = sorted({p.name.split("-")[0] for p in path.glob("**/*.parquet")})
+        for d in folders:
+            files = sorted(d.glob(f"{name}-*.parquet")) + sorted(d.glob(f"{name}.parquet"))
+            if files:
+                return files
+    found = sorted(
+        {p.name.split("-")[0].removesuffix(".parquet") for d in folders for p in d.glob("*.parquet")}
+    )
     raise BenchmarkError(
         f"{path}: no {split}-*.parquet files" + (f" (splits here: {', '.join(found)})" if found else "")
     )

@@ -62,7 +62,7 @@ def _yes_no_rule(answer: str) -> str:
 
 def _vqa_rad_json(path: Path, split: str, image_dir: Path | None) -> list[BenchItem]:
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.json") if not p.name.startswith("."))
+        files = _osf_jsons(path)
         if len(files) != 1:
             raise BenchmarkError(f"{path}: expected exactly one VQA-RAD JSON file, found {len(files)}")
         path = files[0]
@@ -296,8 +296,15 @@ FORMATS: dict[str, dict[str, Loader]] = {
 BENCHMARKS = tuple(FORMATS)
 
 
-def _has(path: Path, pattern: str) -> bool:
-    return any(path.glob(pattern))
+def _has(path: Path, *patterns: str) -> bool:
+    """Whether `path` or its `qas/`, `data/`, `test/` sub-folders match a pattern (no deep walk: image trees are big)."""
+    return any(
+        any(d.glob(pat)) for d in (path, path / "qas", path / "data", path / "test") for pat in patterns
+    )
+
+
+def _osf_jsons(path: Path) -> list[Path]:
+    return sorted(p for p in path.glob("*.json") if not p.name.startswith((".", "dataset_info")))
 
 
 def detect_format(name: str, path: Path, split: str = "test") -> str:
@@ -317,15 +324,15 @@ def detect_format(name: str, path: Path, split: str = "test") -> str:
             return "v1-jsonl"
     elif path.is_dir():
         if name == "pathvqa":
-            if _has(path, "**/*_vqa.pkl"):
+            if _has(path, "*_vqa.pkl"):
                 return "vqa-pkl"
-            if _has(path, "**/*_qa.pkl"):
+            if _has(path, "*_qa.pkl", "*/*_qa.pkl"):
                 return "qa-pkl"
-        if name == "vqa-rad" and _has(path, "*.json"):
+        if name == "vqa-rad" and _osf_jsons(path):
             return "osf-json"
-        if name == "gemex" and _has(path, "**/*_question.jsonl"):
+        if name == "gemex" and (_has(path, "*_question.jsonl") or any(path.glob("*/*_question.jsonl"))):
             return "v1-jsonl"
-        if _has(path, "**/*.parquet"):
+        if _has(path, "*.parquet"):
             return "thinkvg-parquet" if name == "gemex" else "hf-parquet"
     raise BenchmarkError(
         f"{path}: cannot tell which {name} layout this is; pass --format ({', '.join(formats)})"
