@@ -32,13 +32,22 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# System packages the suite needs: Debian's prometheus (the dashboard test scrapes a live server with it).
+# System packages the suite needs: Debian's prometheus (the dashboard test scrapes a live server with it),
+# orthanc + orthanc-dicomweb (the PACS tests run a real Orthanc, tests/server/test_pacs.py).
 test-deps:
 	@if command -v prometheus >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's prometheus package for the dashboard tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 	else echo "note: prometheus not installed and cannot apt-get here; the dashboard test will skip"; fi
+	@if [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's orthanc and orthanc-dicomweb packages for the PACS tests"; \
+		export DEBIAN_FRONTEND=noninteractive; pkgs="orthanc orthanc-dicomweb"; \
+		{ apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null 2>&1 \
+		  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; }; } \
+		|| echo "note: orthanc could not be installed; the PACS tests will skip"; \
+	else echo "note: orthanc not installed and cannot apt-get here; the PACS tests will skip"; fi
 
 test: lint test-deps
 	$(BIN)/python -m pytest -q

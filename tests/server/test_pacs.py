@@ -291,3 +291,18 @@ def test_orthanc_stopped_mid_test_is_502(pacs_client, orthanc):
         "/answer", json={"dicomweb": _ref(ct), "question": Q, "k": 0, "max_new_tokens": 2}
     )
     assert again.status_code == 200 and again.json()["answer"] == ok.json()["answer"]
+
+
+def test_compose_pacs_profile_wires_orthanc_to_vital():
+    import yaml
+
+    compose = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "docker" / "compose.pacs.yml").read_text()
+    )
+    orthanc, vital = compose["services"]["orthanc"], compose["services"]["vital"]
+    assert orthanc["profiles"] == ["pacs"] and orthanc["environment"]["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    root = orthanc["environment"]["ORTHANC__DICOM_WEB__ROOT"].strip("/")
+    assert vital["environment"]["VITAL_DICOMWEB_URL"] == f"http://orthanc:8042/{root}"
+    assert (
+        vital["environment"]["VITAL_DICOMWEB_USERNAME"] in orthanc["environment"]["ORTHANC__REGISTERED_USERS"]
+    )
