@@ -47,6 +47,7 @@ def client_for(settings: Settings):  # noqa: ANN201 - dicomweb_client.DICOMwebCl
     if settings.dicomweb_username:
         password = settings.dicomweb_password.get_secret_value() if settings.dicomweb_password else ""
         session.auth = (settings.dicomweb_username, password)
+    session.hooks["response"].append(_size_guard(settings.max_body_bytes))
     headers = {}
     if settings.dicomweb_auth_header:
         headers["Authorization"] = settings.dicomweb_auth_header.get_secret_value()
@@ -58,6 +59,19 @@ def client_for(settings: Settings):  # noqa: ANN201 - dicomweb_client.DICOMwebCl
     )
     client.set_http_retry_params(retry=False)  # the operator's timeouts hold: no hidden 5x backoff
     return client
+
+
+def _size_guard(limit: int) -> Callable:
+    """A response hook: a PACS reply declaring more than `limit` bytes gets 413 before it is read."""
+
+    def check(response: requests.Response, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+        size = int(response.headers.get("Content-Length") or 0)
+        if size > limit:
+            response.close()
+            raise APIError(413, f"the PACS instance is {size} bytes; the limit is {limit} (VITAL_MAX_BODY_BYTES)",
+                           "image_too_large")  # fmt: skip
+
+    return check
 
 
 def pacs_call(what: str, fn: Callable[[], T], *, not_found: str | None = None) -> T:

@@ -23,6 +23,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+AUTH = ("vital", "pacs-secret")  # Orthanc's HTTP basic user for these tests
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 Q = "Where is the liver?"
 
@@ -73,7 +74,8 @@ class Orthanc:
         self.config = tmp / "orthanc.json"
         self.config.write_text(json.dumps({
             "Name": "VITAL-test", "StorageDirectory": str(tmp / "db"), "IndexDirectory": str(tmp / "db"),
-            "HttpPort": self.port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "HttpPort": self.port, "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+            "RegisteredUsers": dict([AUTH]),
             "DicomServerEnabled": False, "DicomPort": _free_port(), "HttpCompressionEnabled": False,
             "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "LuaScripts": [str(lua)],
         }))  # fmt: skip
@@ -86,7 +88,7 @@ class Orthanc:
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
-                if requests.get(f"{self.url}/system", timeout=1).ok:
+                if requests.get(f"{self.url}/system", auth=AUTH, timeout=1).ok:
                     return
             except requests.ConnectionError:
                 time.sleep(0.05)
@@ -102,7 +104,7 @@ class Orthanc:
     def upload(self, ds: pydicom.Dataset) -> None:
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        requests.post(f"{self.url}/instances", data=buf.getvalue(), timeout=10).raise_for_status()
+        requests.post(f"{self.url}/instances", data=buf.getvalue(), auth=AUTH, timeout=10).raise_for_status()
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,8 @@ def orthanc(tmp_path_factory, dropped):
 def pacs_client(orthanc, tiny_bundle, wait_ready):
     from server import Settings, create_app
 
-    settings = Settings(bundle=tiny_bundle, dicomweb_url=f"{orthanc.url}/dicom-web", dicomweb_timeout_s=20)
+    settings = Settings(bundle=tiny_bundle, dicomweb_url=f"{orthanc.url}/dicom-web", dicomweb_timeout_s=20,
+                        dicomweb_username=AUTH[0], dicomweb_password=AUTH[1])  # fmt: skip
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
         yield c
@@ -181,7 +184,9 @@ def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
     assert stored["study_instance_uid"] == src.StudyInstanceUID
     kinds = [(i["kind"], i["step"]) for i in stored["instances"]]
     assert kinds == [("sr", None), ("heatmap", 1), ("heatmap", 2)]
-    wado = DICOMwebClient(f"{orthanc.url}/dicom-web")
+    session = requests.Session()
+    session.auth = AUTH
+    wado = DICOMwebClient(f"{orthanc.url}/dicom-web", session=session)
     got = {i["sop_instance_uid"]: wado.retrieve_instance(src.StudyInstanceUID, i["series_instance_uid"],
                                                          i["sop_instance_uid"]) for i in stored["instances"]}  # fmt: skip
     sr = got[stored["instances"][0]["sop_instance_uid"]]
@@ -253,6 +258,28 @@ def test_refused_store_is_502(pacs_client, dropped, how):
     r = pacs_client.post("/explain", json={"dicomweb": _ref(src), "question": Q, "k": 1, "max_new_tokens": 2,
                                            "store": True})  # fmt: skip
     _err(r, 502, "pacs_store_refused")
+
+
+def test_credentials_basic_or_header(pacs_client, monkeypatch):
+    import base64
+
+    from pydantic import SecretStr
+
+    settings = pacs_client.app.state.service.settings
+    body = {"dicomweb": _ref(_dataset("MR_small.dcm")), "question": Q, "k": 0, "max_new_tokens": 2}
+    monkeypatch.setattr(settings, "dicomweb_password", SecretStr("wrong"))
+    _err(pacs_client.post("/answer", json=body), 502, "pacs_error", "HTTP 401")
+    monkeypatch.setattr(settings, "dicomweb_username", None)
+    _err(pacs_client.post("/answer", json=body), 502, "pacs_error", "HTTP 401")
+    token = base64.b64encode(":".join(AUTH).encode()).decode()
+    monkeypatch.setattr(settings, "dicomweb_auth_header", SecretStr(f"Basic {token}"))
+    assert pacs_client.post("/answer", json=body).status_code == 200
+
+
+def test_instance_larger_than_the_body_limit_is_413(pacs_client, monkeypatch):
+    monkeypatch.setattr(pacs_client.app.state.service.settings, "max_body_bytes", 4096)
+    r = pacs_client.post("/answer", json={"dicomweb": _ref(_dataset("CT_small.dcm")), "question": Q})
+    _err(r, 413, "image_too_large", "VITAL_MAX_BODY_BYTES")
 
 
 def test_no_pacs_configured_is_400(pacs_client, monkeypatch):
