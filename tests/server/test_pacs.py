@@ -26,6 +26,7 @@ ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 AUTH = ("vital", "pacs-secret")  # Orthanc's HTTP basic user for these tests
 PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 Q = "Where is the liver?"
+MULTIFRAME = "SC_rgb_rle_2frame.dcm"  # RLE, 2 frames: retrieved as stored and decoded like an upload
 
 
 def _need_orthanc() -> tuple[str, str]:
@@ -118,7 +119,7 @@ def orthanc(tmp_path_factory, dropped):
                      dropped.StudyInstanceUID)  # fmt: skip
     server.start()
     try:
-        for ds in (_dataset("CT_small.dcm"), _dataset("MR_small.dcm"), dropped):
+        for ds in (_dataset("CT_small.dcm"), _dataset("MR_small.dcm"), _dataset(MULTIFRAME), dropped):
             server.upload(ds)
         yield server
     finally:
@@ -167,6 +168,18 @@ def test_answer_by_uid_equals_uploading_the_file(pacs_client, ask, name):
     )
     assert by_json.json()["answer"] == by_form.json()["answer"] == by_bytes.json()["answer"]
     assert by_json.json()["image"] == {"format": "dicom", "width": ds.Columns, "height": ds.Rows}
+
+
+def test_frame_is_numbered_from_one_as_in_dicom(pacs_client, ask):
+    ds, raw = _dataset(MULTIFRAME), Path(get_testdata_file(MULTIFRAME)).read_bytes()
+    for frame in (1, 2):
+        by_uid = pacs_client.post("/answer", json={"dicomweb": _ref(ds, frame=frame), "question": Q, "k": 1,
+                                                   "max_new_tokens": 4})  # fmt: skip
+        by_file = ask(pacs_client, raw, Q, frame=frame - 1, k=1, max_new_tokens=4)
+        assert by_uid.status_code == by_file.status_code == 200, by_uid.text
+        assert by_uid.json()["answer"] == by_file.json()["answer"]
+    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ds, frame=2), "question": Q, "frame": 1}), 422,
+         "invalid_request", "give it once")  # fmt: skip
 
 
 def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
