@@ -10,7 +10,7 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pydicom
 import requests
@@ -18,6 +18,9 @@ import requests
 from server.errors import APIError
 from server.protocol import DicomwebRef, StoredInstance, StoredResult
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.dicom_results import Explanation
 
 log = logging.getLogger("vital.dicomweb")
 T = TypeVar("T")
@@ -83,6 +86,7 @@ def pacs_call(what: str, fn: Callable[[], T], *, not_found: str | None = None) -
     except requests.Timeout as exc:
         raise APIError(504, f"the PACS did not answer in time ({what})", "pacs_timeout") from exc
     except requests.ConnectionError as exc:
+        log.warning("PACS %s: %s", what, exc)  # the PACS address stays in the log, not in the reply
         raise APIError(502, f"the PACS is unreachable ({what}): {_reason(exc)}", "pacs_unreachable") from exc
     except requests.HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else 0
@@ -91,15 +95,20 @@ def pacs_call(what: str, fn: Callable[[], T], *, not_found: str | None = None) -
         code = "pacs_store_refused" if what == "store" else "pacs_error"
         raise APIError(502, f"the PACS answered HTTP {status} ({what})", code) from exc
     except requests.RequestException as exc:
+        log.warning("PACS %s: %s", what, exc)
         raise APIError(502, f"PACS request failed ({what}): {_reason(exc)}", "pacs_error") from exc
     except Exception as exc:  # malformed multipart, unparsable DICOM from the PACS
-        log.warning("PACS %s failed: %r", what, exc)
+        log.exception("PACS %s: unusable reply", what)
         raise APIError(502, f"the PACS sent an unusable reply ({what}): {exc}", "pacs_error") from exc
 
 
 def _reason(exc: Exception) -> str:
-    text = str(exc.__context__ or exc)
-    return text.split("Caused by ")[-1][:200]
+    """The OS-level reason (e.g. 'connection refused'), without hosts or URLs."""
+    text = str(exc).lower()
+    for reason in ("connection refused", "connection reset", "name or service not known", "no route to host"):
+        if reason in text:
+            return reason
+    return type(exc).__name__
 
 
 def fetch_instance(settings: Settings, ref: DicomwebRef) -> SourceInstance:
@@ -164,7 +173,7 @@ def check_store(store: bool, by_reference: bool, *, explain: bool) -> None:
         )
 
 
-def store_explanation(settings: Settings, source: SourceInstance, exp) -> StoredResult:  # noqa: ANN001
+def store_explanation(settings: Settings, source: SourceInstance, exp: Explanation) -> StoredResult:
     """Build the SR and heatmap images for `exp` (an Explanation) and STOW them into the source's study."""
     from server.dicom_results import build_results
 
