@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from server.logs import request_id_var
 from server.protocol import AnswerParams
 from server.routes import require_key, require_ready, resolve_k, resolve_max_new_tokens, service_of
 
+log = logging.getLogger("vital.server")
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
 ROUTES = ("/v1/chat/completions", "/v1/models")
 
@@ -155,10 +157,16 @@ def openai_error(status: int, code: str, message: str, param: str | None = None)
     return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
 
 
-def _bad(message: str, param: str | None, code: str = "invalid_request", status: int = 400) -> APIError:
-    exc = APIError(status, f"{param}: {message}" if param else message, code)
-    exc.param = param
-    return exc
+class ParamError(APIError):
+    """An APIError that names the request field at fault (OpenAI's `param`)."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None):
+        super().__init__(status, message, code)
+        self.param = param
+
+
+def _bad(message: str, param: str | None, code: str = "invalid_request") -> ParamError:
+    return ParamError(400, f"{param}: {message}" if param else message, code, param)
 
 
 def _reply_error(svc, exc: APIError) -> JSONResponse:  # noqa: ANN001
@@ -244,6 +252,9 @@ async def chat_completions(request: Request) -> Response:
         )
     except APIError as exc:
         return _reply_error(svc, exc)
+    except Exception:  # a model failure fails this request (the app's 500 handler sits outside /v1's shape)
+        log.exception("chat completion failed")
+        return _reply_error(svc, APIError(500, "internal server error; see the server log", "internal_error"))
     finish = "length" if len(res.tokens) >= max_new else "stop"
     usage = Usage(
         prompt_tokens=prompt_tokens,
@@ -292,20 +303,17 @@ async def _read_request(request: Request) -> ChatCompletionRequest:
         raise _invalid(exc.errors()) from exc
 
 
-def _invalid(errors: list[dict]) -> APIError:
+def _invalid(errors: list[dict]) -> ParamError:
     """A 400 for pydantic errors, naming the first offending field as `param`."""
-    exc = APIError(400, describe_validation(errors), "invalid_request")
-    exc.param = ".".join(str(x) for x in errors[0].get("loc", ())) or None
-    return exc
+    param = ".".join(str(x) for x in errors[0].get("loc", ())) or None
+    return ParamError(400, describe_validation(errors), "invalid_request", param)
 
 
 def _check_model(model_id: str, svc, param: str | None) -> None:  # noqa: ANN001
     name = svc.model.config.name
     if model_id != name:
-        exc = APIError(404, f"the model {model_id!r} does not exist; this server serves {name!r}",
-                       "model_not_found")  # fmt: skip
-        exc.param = param
-        raise exc
+        message = f"the model {model_id!r} does not exist; this server serves {name!r}"
+        raise ParamError(404, message, "model_not_found", param)
 
 
 def _card(svc) -> ModelCard:  # noqa: ANN001
@@ -441,8 +449,8 @@ def _events(tokenizer, res, cid: str, created: int, model: str, finish: str, usa
 
 # -- error shape for /v1 responses made outside these handlers -------------------------------------
 class OpenAIErrorShape:
-    """ASGI middleware: under /v1/, rewrite `{"error": {"code", "message"}}` bodies (413 from the body
-    limit, 404/405 from routing, 500) into OpenAI's error object; the status is kept."""
+    """ASGI middleware: under /v1/, rewrite `{"error": {"code", "message"}}` bodies made outside the /v1
+    handlers (413 from the body limit, 404/405 from routing) into OpenAI's error object; status kept."""
 
     def __init__(self, app):  # noqa: ANN001 - ASGI app
         self.app = app

@@ -220,8 +220,9 @@ def test_errors_in_openai_shape(client, server, png):
     assert after == {c: before[c] + 2 for c in before}, (before, after)
 
 
-def test_not_ready_and_helpers(tiny_bundle):
-    """In process: a model that failed to load is a 503 in OpenAI's shape; data URIs; token deltas."""
+def test_failures_in_process_and_helpers(tiny_bundle, png):
+    """In process: a model that failed to load (503) or fails a request (500), in OpenAI's shape; data URIs;
+    token deltas."""
     from fastapi.testclient import TestClient
 
     from server import Settings, create_app
@@ -242,6 +243,18 @@ def test_not_ready_and_helpers(tiny_bundle):
         assert (
             c.get("/answer").status_code == 405 and "type" not in c.get("/answer").json()["error"]
         )  # others keep theirs
+    with TestClient(create_app(Settings(bundle=tiny_bundle))) as c:  # a model failure: 500, OpenAI's shape
+        while c.get("/ready").status_code != 200:
+            time.sleep(0.02)
+
+        def broken_answer(*args, **kwargs):
+            raise RuntimeError("CUDA error: device-side assert")
+
+        c.app.state.service.engine.model.answer = broken_answer
+        r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": user(data_uri(png))})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert r.json()["error"]["type"] == "server_error" and "CUDA" not in r.text
+        assert c.get("/ready").status_code == 200  # the server lives on
     assert decode_data_uri("data:application/octet-stream;base64,aGVsbG8=") == b"hello"
     for bad in ("data:image/png,hello", "ftp://x/y.png", "HTTPS://x/y.png", "/etc/passwd"):
         with pytest.raises(APIError) as info:
