@@ -13,6 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # a live server, then real requests (about a minute on 2 busy cores)
 openai = pytest.importorskip(
     "openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'"
 )
