@@ -33,21 +33,20 @@ format: install
 	$(BIN)/ruff format .
 
 # System packages the suite needs: Debian's prometheus (the dashboard test scrapes a live server with it),
-# orthanc + orthanc-dicomweb (the PACS tests run a real Orthanc, tests/server/test_pacs.py).
+# chromium and chromium-driver (the /ui test drives the viewer in a headless browser), orthanc and
+# orthanc-dicomweb (the PACS tests run a real Orthanc, tests/server/test_pacs.py). Tests skip without them.
 test-deps:
-	@if command -v prometheus >/dev/null 2>&1; then :; \
+	@missing=""; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's prometheus package for the dashboard tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	else echo "note: prometheus not installed and cannot apt-get here; the dashboard test will skip"; fi
-	@if [ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then :; \
-	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's orthanc and orthanc-dicomweb packages for the PACS tests"; \
-		export DEBIAN_FRONTEND=noninteractive; pkgs="orthanc orthanc-dicomweb"; \
-		{ apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null 2>&1 \
-		  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; }; } \
-		|| echo "note: orthanc could not be installed; the PACS tests will skip"; \
-	else echo "note: orthanc not installed and cannot apt-get here; the PACS tests will skip"; fi
+		echo "installing Debian's$$missing for the dashboard, browser and PACS tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "note:$$missing not installed and cannot apt-get here; the tests that need them will skip"; fi
 
 test: lint test-deps
 	$(BIN)/python -m pytest -q
