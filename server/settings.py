@@ -49,6 +49,16 @@ class Settings(BaseSettings):
         None, description="FAISS patch index for /explain (default: BUNDLE/index)"
     )
     drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: stay up, not ready, this long")
+    dicomweb_url: str | None = Field(
+        None, description="DICOMweb root of the PACS that /answer and /explain may read from and store to"
+    )
+    dicomweb_auth_header: SecretStr | None = Field(
+        None, description="Authorization header value sent to the PACS, e.g. 'Bearer abc'"
+    )
+    dicomweb_username: str | None = Field(None, description="HTTP basic user for the PACS")
+    dicomweb_password: SecretStr | None = Field(None, description="HTTP basic password for the PACS")
+    dicomweb_connect_timeout_s: float = Field(5.0, gt=0, description="PACS connect timeout (504 beyond)")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="PACS read timeout per request (504 beyond)")
     host: str = Field("127.0.0.1", description="bind address for `vital serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `vital serve`")
     log_level: str = Field("info", description="debug, info, warning, error")
