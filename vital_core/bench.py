@@ -55,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--scaling-k", type=int, default=4, help="K used for batch-size scaling")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's; 1 on a busy machine)",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument(
         "--serving",
@@ -139,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and save results."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError("--device cuda but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ks = [int(x) for x in args.k.split(",")]
     batches = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else []
     model, name = _load(args)

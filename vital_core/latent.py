@@ -118,12 +118,11 @@ def latent_forward(
     steps = torch.arange(1, kmax + 1, device=mask.device)
     mask[:, plen : plen + kmax] = (steps[None, :] <= ks[:, None]).to(mask.dtype)
 
-    static = runner is not None and serving
-    with (
-        runner.open(pre.cache, mask)
-        if static
-        else nullcontext(_DynamicSequence(text, pre.cache, mask)) as seq
-    ):
+    if runner is not None and serving:  # serving: the same steps on the runner's static cache
+        sequence = runner.open(pre.cache, mask)
+    else:
+        sequence = nullcontext(_DynamicSequence(text, pre.cache, mask))
+    with sequence as seq:
         h = pre.h0  # (B, 1, H)
         latents = [h]
         for i in range(kmax):
