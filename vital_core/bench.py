@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -229,6 +230,7 @@ def _save_serving(serving: dict, name: str, model, side: int, wb: dict, bw: floa
 
     m = machine()
     dtype = str(next(model.core.parameters()).dtype).replace("torch.", "")
+    m["load_avg_1m_end"] = os.getloadavg()[0]  # other work on the machine (ratios are interleaved)
     result = {"benchmark": "serving", "model": name, "device": args.device, "dtype": dtype, "image_size": side,
               "machine": m, "weight_bytes": wb, "bandwidth_bytes_per_s": bw, **serving}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -238,7 +240,8 @@ def _save_serving(serving: dict, name: str, model, side: int, wb: dict, bw: floa
     head = [
         f"# vital bench --serving only — {name} on {args.device} ({dtype})",
         "",
-        f"Machine: {m['gpu'] or m['cpu']} ({m['cores']} CPU threads), torch {m['torch']}. Image {side}². "
+        f"Machine: {m['gpu'] or m['cpu']} ({m['cores']} CPU threads), torch {m['torch']}, load average "
+        f"{m['load_avg_1m_end']:.1f} at the end (shared machine). Image {side}². "
         f"Step bound = {1000 * wb['latent_step'] / bw:.3f} ms, token bound = {1000 * wb['decode_token'] / bw:.3f} ms "
         f"(weight bytes / {bw / 1e9:.0f} GB/s).",
     ]
