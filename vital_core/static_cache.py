@@ -48,7 +48,8 @@ class StaticRunner:
     Args:
         core: the Qwen3-VL model (merged weights; inference only).
         mode: "eager", "graphs" (CUDA only; eager elsewhere) or "compile" (`torch.compile`).
-        length_multiple: cache lengths are rounded up to this, so few buckets cover all prompts.
+        length_multiple: the shortest cache length; longer ones double from it, so few buckets
+            cover every prompt and answer length (masked columns cost little next to the weights).
         max_buckets: buckets kept (least recently used dropped beyond).
         stop_every: decode checks the stop condition on the host every this many tokens.
         compile_backend: `torch.compile` backend for mode "compile" (default: inductor; on CUDA
@@ -95,8 +96,10 @@ class StaticRunner:
     def bucket_shape(self, batch: int, length: int) -> tuple[int, int]:
         """The (batch, cache length) bucket serving `batch` rows and `length` cache columns."""
         b = next((x for x in BATCH_BUCKETS if x >= batch), batch)
-        m = self.length_multiple
-        return b, -(-length // m) * m
+        s = self.length_multiple
+        while s < length:  # powers of two above the minimum: few buckets whatever max_new_tokens asks
+            s *= 2
+        return b, s
 
     def _bucket(self, batch: int, length: int) -> _Bucket:
         key = self.bucket_shape(batch, length)

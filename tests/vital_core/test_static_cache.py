@@ -39,7 +39,7 @@ def test_static_bucket_padding_and_stop_ids(tiny_model, images, questions):
     """Three rows run in the batch-4 bucket; with the model's stop set, answers end where the dynamic ones do."""
     runner = StaticRunner(tiny_model.core, stop_every=3)
     batch = tiny_model.encode(images[:3], questions[:3])
-    assert runner.bucket_shape(3, 10) == (4, 64)
+    assert runner.bucket_shape(3, 10) == (4, 64) and runner.bucket_shape(9, 300) == (16, 512)
     first = _pair(tiny_model, batch, [1, 3, 0], runner, n=4)[0].tokens
     stops = {first[0][1], first[2][0]}  # row 0 stops at its 2nd token, row 2 at once
     dyn, sta = _pair(tiny_model, batch, [1, 3, 0], runner, stop_ids=stops, n=8)
