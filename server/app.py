@@ -132,6 +132,8 @@ async def _load(service: Service, load: Callable) -> None:
             max_wait_ms=s.max_wait_ms if s.batching else 0.0,
             max_queue=s.max_queue,
             device=service.device,
+            step_mode=s.step_mode,
+            prefix_cache_bytes=s.prefix_cache_bytes,
         )
         service.engine.start()
         if service.draining:

@@ -73,7 +73,11 @@ class AnswerResponse(BaseModel):
     k: int
     model: str
     request_id: str
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float] = Field(
+        ...,
+        description="milliseconds per stage and total; `prefix_cache_hit` is 1 when the image's prefix "
+        "came from the prefix cache (no vision stage), 0 when it was computed (absent when the cache is off)",
+    )
     batch_size: int = Field(..., description="requests that shared this forward pass")
     image: dict[str, int | str] = Field(..., description="decoded image format and size")
 

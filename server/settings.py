@@ -6,6 +6,7 @@ Only deployment values live here; the model's own config is read from the bundle
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
     )
     batching: bool = Field(True, description="gather concurrent requests into batches (off: batch size 1)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond this get 429")
+    step_mode: Literal["dynamic", "static", "graphs"] = Field(
+        "static",
+        description="latent/decode steps: dynamic (the training cache), static (preallocated cache), "
+        "graphs (static + CUDA graphs per batch bucket; static on CPU)",
+    )
+    prefix_cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="bytes of image-prefix KV kept for repeat images (0: off)"
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_pixels: int = Field(
         40_000_000, ge=1, description="largest declared image size in pixels (413 beyond)"
