@@ -1,6 +1,14 @@
 """index_builder: the frozen medical vision encoder, adaptive ROI features, feature store, FAISS patch index, heatmaps."""
 
-from index_builder.encoder import EncoderError, PatchEncoder, load_encoder, model_view, preprocess, square_pad
+from index_builder.encoder import (
+    EncoderError,
+    PatchEncoder,
+    load_bundle_encoder,
+    load_encoder,
+    model_view,
+    preprocess,
+    square_pad,
+)
 from index_builder.faiss_index import (
     IndexBuilder,
     IndexError_,
@@ -10,7 +18,7 @@ from index_builder.faiss_index import (
     default_factory,
     merge_indexes,
 )
-from index_builder.heatmap import Heatmap, cosine_grid, heatmap
+from index_builder.heatmap import Heatmap, cosine_grid, heatmap, visual_queries
 from index_builder.quality import QualityRow, choose, grid_search, sample_quality
 from index_builder.roi import (
     ROIError,
@@ -51,6 +59,7 @@ __all__ = [
     "extract_to_store",
     "grid_search",
     "heatmap",
+    "load_bundle_encoder",
     "load_encoder",
     "load_image",
     "load_mask",
@@ -63,4 +72,5 @@ __all__ = [
     "read_manifest",
     "sample_quality",
     "square_pad",
+    "visual_queries",
 ]
