@@ -259,13 +259,21 @@ class Engine:
         return batch
 
     def _run(self, batch: list[Job]) -> list[Any]:
-        """Worker thread: one forward pass for the whole batch, or the one call job."""
+        """Worker thread: one forward pass for the batch's live jobs, or the one call job.
+
+        Jobs whose caller gave up (504, disconnect) while the batch waited for the thread are
+        skipped here; their result slot is None.
+        """
         started = time.perf_counter()
-        for job in batch:
+        live = [j for j in batch if not j.cancelled]
+        for job in live:
             self.metrics.queue_wait.observe(started - job.enqueued)
-        if batch[0].kind == "call":
-            return [batch[0].call()]
-        return self._run_answers(batch, started)
+        if not live:
+            return [None] * len(batch)
+        if live[0].kind == "call":
+            return [live[0].call()]
+        done = dict(zip(map(id, live), self._run_answers(live, started)))
+        return [done.get(id(j)) for j in batch]
 
     def _run_answers(self, batch: list[Job], started: float) -> list[Result]:
         timer = StageTimer(self.device)
