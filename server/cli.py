@@ -1,9 +1,9 @@
 """`vital serve`: run the service under uvicorn, draining on SIGTERM.
 
 Shutdown, step by step (docs/serving.md):
-1. SIGTERM (or Ctrl-C): `/ready` answers 503 at once and `vital_ready` drops to 0; requests are still
-   served for `VITAL_DRAIN_SECONDS` (default 15 s) so load balancers notice and stop routing here.
-   A second signal ends that wait early.
+1. SIGTERM: `/ready` answers 503 at once and `vital_ready` drops to 0; requests are still served for
+   `VITAL_DRAIN_SECONDS` (default 15 s) so load balancers notice and stop routing here. A second
+   signal ends that wait early; Ctrl-C (SIGINT) skips it.
 2. uvicorn stops listening and closes idle connections; every request whose headers arrived is
    answered (its body still has `VITAL_BODY_TIMEOUT_S` to arrive); later ones get 503 `draining`.
 3. The engine drains its queue, the lifespan ends, the process exits with status 0.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import time
 from typing import TYPE_CHECKING
 
@@ -111,7 +112,8 @@ def draining_server(config: uvicorn.Config, service: Service, drain_seconds: flo
         drain_until: float | None = None
 
         def handle_exit(self, sig: int, frame: object) -> None:
-            if self.drain_until is None and drain_seconds > 0:
+            # Ctrl-C at a terminal skips the window (no load balancer to tell); SIGTERM waits.
+            if self.drain_until is None and drain_seconds > 0 and sig != signal.SIGINT:
                 self.drain_until = time.monotonic() + drain_seconds
                 service.start_draining()
                 log.info(
