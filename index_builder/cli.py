@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from index_builder.roi import ROIParams
+from index_builder.roi_params import ROIParams
 from vital_core.cli import CLIError
 from vital_core.config import ConfigError, EncoderConfig, VitalConfig
 

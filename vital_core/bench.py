@@ -14,13 +14,12 @@ import platform
 import statistics
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from vital_core.cli import CLIError
-from vital_core.latent import latent_forward
+
+if TYPE_CHECKING:  # heavy modules load inside the functions: registering `vital bench` stays light
+    pass
 
 # Peak HBM bandwidth (bytes/s) by GPU name fragment, from vendor datasheets.
 GPU_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100": 2.0e12, "L40": 0.864e12}
@@ -36,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", default="tiny", help="tiny (default) or qwen3-vl-8b (random weights)")
     p.add_argument("--bundle", help="time a bundle instead of a preset")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the config's)")
     p.add_argument(
         "--image-size", type=int, default=None, help="square input side (default 128 tiny, 448 8B)"
@@ -61,6 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def machine() -> dict:
     """What this ran on."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -77,6 +78,8 @@ def machine() -> dict:
 
 def cpu_copy_bandwidth(nbytes: int = 256 << 20) -> float:
     """Measured bytes/s of a large tensor copy (read + write) on this CPU."""
+    import torch
+
     a = torch.empty(nbytes // 4, dtype=torch.float32)
     b = torch.empty_like(a)
     b.copy_(a)
@@ -113,6 +116,9 @@ def _time(
     model, images, questions, k: int, new_tokens: int, repeats: int, warmup: int, device: str
 ) -> list[dict]:  # noqa: ANN001
     """Per-stage durations of `repeats` runs (after `warmup`) of one forward pass."""
+    import torch
+
+    from vital_core.latent import latent_forward
     from vital_core.timing import StageTimer
 
     samples = []
@@ -130,6 +136,12 @@ def _time(
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and save results."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError("--device cuda but CUDA is not available")
     ks = [int(x) for x in args.k.split(",")]
@@ -187,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _bandwidth(device: str) -> float:
+    import torch
+
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(0)
         for frag, bw in GPU_BANDWIDTH.items():
@@ -276,6 +290,8 @@ def _markdown(result: dict) -> str:
 
 
 def _plot(result: dict, path: Path) -> None:
+    import numpy as np
+
     try:
         import matplotlib
 
