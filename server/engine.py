@@ -8,7 +8,11 @@ metrics cover them all. Two kinds of job share the queue:
   at most `max_batch_size` requests. Greedy decoding is row-independent, so a batch decodes up to the
   largest `max_new_tokens` asked and each request is cut to its own cap: every result equals what the
   request gets alone.
-- *call* jobs (/explain) run alone, in queue order, as one function call on the model thread.
+- *call* jobs (/explain) run alone, as one function call on the model thread.
+
+The kinds take turns: when both are waiting, a call job runs after an answer batch and an answer
+batch after a call job, each the oldest of its kind, so a burst of one route cannot make the other
+wait behind all of it.
 
 The queue is bounded: beyond `max_queue` waiting jobs, submitting fails fast with 429. A job not done
 within its timeout gets 504 and is dropped if it has not started. `drain()` stops intake (503 for
@@ -102,6 +106,7 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vital-model")
         self._task: asyncio.Task | None = None
         self.running = 0  # jobs in the batch on the model thread now
+        self._last_kind: str | None = None
 
     @property
     def queued(self) -> int:
@@ -200,7 +205,8 @@ class Engine:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            first = self._pending[0]
+            first = self._next_head()
+            self._last_kind = first.kind
             if first.kind == "answer":
                 await self._gather(first)
             batch = self._take(first.batch_key)
@@ -235,6 +241,10 @@ class Engine:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except asyncio.TimeoutError:
                 return
+
+    def _next_head(self) -> Job:
+        """The job the next batch starts from: the oldest one of the kind that did not run last, if any."""
+        return next((j for j in self._pending if j.kind != self._last_kind), self._pending[0])
 
     def _drop_cancelled(self) -> None:
         if any(j.cancelled for j in self._pending):

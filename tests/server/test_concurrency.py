@@ -322,3 +322,45 @@ def test_batching_switch(tiny_bundle, encode_image, batching):
 
     sizes = asyncio.run(main())
     assert (max(sizes) > 1) if batching else (max(sizes) == 1)
+
+
+def test_answers_and_explanations_take_turns(tiny_bundle, encode_image):
+    """Three explanations queued before two answers: an answer batch runs after the first explanation,
+    not after all three (the engine alternates kinds when both wait)."""
+
+    async def main():
+        app, release = _blocked_app(tiny_bundle, explain_preload=True, max_batch_size=8)
+        ctx = await _started(app)
+        engine = app.state.service.engine
+        blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
+        order: list[str] = []
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=120
+            ) as c:
+
+                async def tagged(name: str, coro):
+                    r = await coro
+                    order.append(name)
+                    return r
+
+                tasks = []
+                for i in range(3):
+                    tasks.append(asyncio.ensure_future(tagged(f"explain{i}", _explain(c, encode_image(i)))))
+                    await _until(lambda n=i + 1: engine.queued + engine.running == n)
+                for i in range(2):
+                    tasks.append(
+                        asyncio.ensure_future(tagged("answer", _post(c, encode_image(5 + i), "q", 1, 2)))
+                    )
+                await _until(lambda: engine.queued + engine.running == 5)
+                release.set()
+                await blocker
+                results = await asyncio.gather(*tasks)
+        finally:
+            release.set()
+            await ctx.__aexit__(None, None, None)
+        return order, results
+
+    order, results = asyncio.run(main())
+    assert all(r.status_code == 200 for r in results)
+    assert order == ["explain0", "answer", "answer", "explain1", "explain2"], order
