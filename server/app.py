@@ -194,9 +194,11 @@ class RequestContext:
                 message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.perf_counter()))
             except asyncio.TimeoutError:
                 raise APIError(
-                    408, f"request body not received within {settings.body_timeout_s:g} s", "body_timeout",
+                    408,
+                    f"request body not received within {settings.body_timeout_s:g} s",
+                    "body_timeout",
                     {"Connection": "close"},
-                ) from None  # fmt: skip
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from vital_core.cli import CLIError
 
 if TYPE_CHECKING:  # heavy modules load inside the functions: registering `vital bench` stays light
-    pass
+    from PIL import Image
+
+    from vital_core.model import VitalModel
 
 # Peak HBM bandwidth (bytes/s) by GPU name fragment, from vendor datasheets.
 GPU_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100": 2.0e12, "L40": 0.864e12}
@@ -99,7 +101,7 @@ def weight_bytes(model) -> dict[str, int]:
     return {"latent_step": layers, "decode_token": layers + head}
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def _load(args: argparse.Namespace) -> tuple[VitalModel, str]:
     from vital_core.bundle import load_bundle
     from vital_core.model import build_model
     from vital_core.presets import preset
@@ -113,8 +115,15 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _time(
-    model, images, questions, k: int, new_tokens: int, repeats: int, warmup: int, device: str
-) -> list[dict]:  # noqa: ANN001
+    model: VitalModel,
+    images: list[Image.Image],
+    questions: list[str],
+    k: int,
+    new_tokens: int,
+    repeats: int,
+    warmup: int,
+    device: str,
+) -> list[dict]:
     """Per-stage durations of `repeats` runs (after `warmup`) of one forward pass."""
     import torch
 
@@ -281,11 +290,18 @@ def _markdown(result: dict) -> str:
         ]
     sc = result.get("batch_scaling", {}).get("rows") or []
     if sc:
-        lines += ["", f"Batch-size scaling at K = {result['batch_scaling']['k']}:", "",
-                  "| batch | total ms | samples/s | vs batch 1 |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Batch-size scaling at K = {result['batch_scaling']['k']}:",
+            "",
+            "| batch | total ms | samples/s | vs batch 1 |",
+            "|---|---|---|---|",
+        ]
         for r in sc:
-            lines.append(f"| {r['batch']} | {r['total_ms']:.1f} | {r['samples_per_s']:.2f} | "
-                         f"{r['samples_per_s'] / sc[0]['samples_per_s']:.2f}× |")  # fmt: skip
+            lines.append(
+                f"| {r['batch']} | {r['total_ms']:.1f} | {r['samples_per_s']:.2f} | "
+                f"{r['samples_per_s'] / sc[0]['samples_per_s']:.2f}× |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -101,8 +101,12 @@ def test_compose_stack():
         """Compose's merge tags (!reset, !override) on top of plain YAML."""
 
     for tag in ("!reset", "!override"):
-        ComposeLoader.add_constructor(tag, lambda loader, node: loader.construct_yaml_seq(node)
-                                      if isinstance(node, yaml.SequenceNode) else None)  # fmt: skip
+        ComposeLoader.add_constructor(
+            tag,
+            lambda loader, node: (
+                loader.construct_yaml_seq(node) if isinstance(node, yaml.SequenceNode) else None
+            ),
+        )
     multi = yaml.load((ROOT / "docker" / "compose.multi-gpu.yaml").read_text(), Loader=ComposeLoader)  # noqa: S506
     assert {"vital-1", "lb"} <= set(multi["services"])
     assert multi["services"]["vital-1"]["stop_grace_period"] == svc["vital"]["stop_grace_period"]

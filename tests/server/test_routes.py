@@ -45,8 +45,15 @@ def test_answer_multipart_and_json_agree(client, ask, encode_image):
         body["timings_ms"]
     )
     assert a.headers["x-request-id"] == body["request_id"]
-    b = client.post("/answer", json={"image": base64.b64encode(data).decode(), "question": "Is there a lesion?",
-                                      "k": 2, "max_new_tokens": 6})  # fmt: skip
+    b = client.post(
+        "/answer",
+        json={
+            "image": base64.b64encode(data).decode(),
+            "question": "Is there a lesion?",
+            "k": 2,
+            "max_new_tokens": 6,
+        },
+    )
     assert b.status_code == 200 and b.json()["answer"] == body["answer"]
     data_url = "data:image/png;base64," + base64.b64encode(data).decode()
     c = client.post(
