@@ -82,11 +82,14 @@ def run_eval(args: argparse.Namespace) -> int:
     from training.benchmarks import BenchmarkError, load_benchmark
     from training.dataset import ManifestError
     from training.evaluate import markdown_table, predict, score
+    from vital_core.qtypes import parse_k
 
     if not args.bundle:
         raise CLIError("--bundle is required")
-    if args.k not in ("auto", "sample") and not args.k.isdigit():
-        raise CLIError(f'--k must be an integer, "auto" or "sample", not {args.k!r}')
+    try:
+        k = parse_k(args.k)
+    except ValueError as exc:
+        raise CLIError(f"--{exc}") from exc
     path = args.manifest if args.benchmark == "five-tuple" else args.data
     if not path:
         raise CLIError("--manifest is required" if args.benchmark == "five-tuple" else "--data is required")
@@ -104,7 +107,6 @@ def run_eval(args: argparse.Namespace) -> int:
     except (BenchmarkError, ManifestError) as exc:
         raise CLIError(str(exc)) from exc
     model = _load(args.bundle, args.device)
-    k: int | str = int(args.k) if args.k.isdigit() else args.k
     preds = predict(
         model, items[: args.limit], k=k, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
     )
