@@ -31,19 +31,17 @@ class JSONAnswerRequest(AnswerParams):
     image: str = Field(..., min_length=1, description="PNG, JPEG, DICOM or NIfTI file, base64-encoded")
 
 
-class Timings(BaseModel):
-    """Milliseconds per stage; stages of the batched forward pass are the batch's."""
-
-    model_config = ConfigDict(extra="allow")
-    total: float
-
-
 class AnswerResponse(BaseModel):
+    """The answer and how it was made."""
+
     answer: str
     k: int
     model: str
     request_id: str
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float] = Field(
+        ...,
+        description="milliseconds per stage and `total`; stages of a batched forward pass are the batch's",
+    )
     batch_size: int = Field(..., description="requests that shared this forward pass")
     image: dict[str, int | str] = Field(..., description="decoded image format and size")
 
