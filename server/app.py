@@ -188,8 +188,14 @@ class RequestContext:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
             await send(message)
 
+        body_done = False
+
         async def receive_wrapper() -> Message:
-            nonlocal received, gone
+            nonlocal received, gone, body_done
+            if body_done:  # only the body has a deadline (a later receive waits for a disconnect)
+                message = await receive()
+                gone = gone or (message["type"] == "http.disconnect" and not started)
+                return message
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.perf_counter()))
             except asyncio.TimeoutError:
@@ -201,6 +207,7 @@ class RequestContext:
                 ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > limit:
                     raise APIError(413, f"request body exceeds {limit} bytes", "body_too_large")
             elif message["type"] == "http.disconnect" and not started:

@@ -364,3 +364,29 @@ def test_answers_and_explanations_take_turns(tiny_bundle, encode_image):
     order, results = asyncio.run(main())
     assert all(r.status_code == 200 for r in results)
     assert order == ["explain0", "answer", "answer", "explain1", "explain2"], order
+
+
+def test_body_deadline_does_not_cut_a_slow_answer(tiny_bundle, encode_image):
+    """VITAL_BODY_TIMEOUT_S bounds receiving the body, not computing the answer."""
+
+    async def main():
+        app, release = _blocked_app(tiny_bundle, body_timeout_s=0.2)
+        ctx = await _started(app)
+        engine = app.state.service.engine
+        blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60
+            ) as c:
+                pending = asyncio.ensure_future(_post(c, encode_image(0), "q", 1, 2))
+                await _until(lambda: engine.queued + engine.running == 1)
+                await asyncio.sleep(0.5)  # well past the body deadline
+                release.set()
+                return await pending
+        finally:
+            release.set()
+            await blocker
+            await ctx.__aexit__(None, None, None)
+
+    r = asyncio.run(main())
+    assert r.status_code == 200, r.text
