@@ -14,11 +14,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import openai_api
 from server.docs import install_docs
 from server.engine import Engine
 from server.errors import CODES, APIError, install_handlers
@@ -44,6 +47,9 @@ KNOWN_ROUTES = {
     "/docs",
     "/redoc",
     "/openapi.json",
+    "/v1/chat/completions",
+    "/v1/models",
+    "/ui/",
 }
 PROBES = ("/metrics", "/health", "/ready")  # neither counted in flight nor logged per request
 CLIENT_CLOSED = 499  # nginx's code for "the client closed the connection before the response"
@@ -96,6 +102,8 @@ def create_app(
     app.include_router(router)
     install_docs(app, settings)
     app.add_middleware(RequestContext, service=service)
+    openai_api.install(app)  # /v1 routes; its error-shape middleware wraps RequestContext
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "static" / "ui", html=True), name="ui")
     return app
 
 
