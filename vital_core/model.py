@@ -13,7 +13,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from vital_core.config import VitalConfig
 from vital_core.heads import Scaffold, build_scaffold
-from vital_core.latent import LatentOutput, latent_forward
+from vital_core.latent import LatentOutput, TokenCallback, latent_forward
 from vital_core.lora import attach_lora, merge_lora, unwrap
 from vital_core.prefix_cache import PrefixCache
 from vital_core.preprocess import (
@@ -115,15 +115,17 @@ class VitalModel(nn.Module):
         timer: Callable = null_timer,
         runner: StaticRunner | None = None,
         prefix_cache: PrefixCache | None = None,
+        on_tokens: TokenCallback | None = None,
     ) -> list[Answer]:
-        """Answer a batch of questions (inference mode, greedy; optional static cache and prefix cache)."""
+        """Answer a batch of questions (inference mode, greedy; optional static cache, prefix cache and
+        per-step token callback, see `latent_forward`)."""
         k = self.config.latent.k_default if k is None else k
         with torch.inference_mode():
             with timer("preprocess"):
                 batch = self.encode(images, questions)
                 keys = [prefix_cache.key(im) for im in images] if prefix_cache is not None else None
             out = self(batch, k, max_new_tokens=max_new_tokens, timer=timer, runner=runner,
-                       prefix_cache=prefix_cache, image_keys=keys)  # fmt: skip
+                       prefix_cache=prefix_cache, image_keys=keys, on_tokens=on_tokens)  # fmt: skip
         return [
             Answer(
                 text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
