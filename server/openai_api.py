@@ -1,15 +1,18 @@
 """OpenAI-compatible routes: `POST /v1/chat/completions` and `GET /v1/models` over the same engine.
 
 A chat request carries one image (an `image_url` content part with a `data:` URI; remote URLs are
-refused, never fetched) and the question as text. VITAL's own options (`k`, `frame`, `slice`) ride
-as extra body fields. The request goes through the same path as `/answer`: image decoding and its
+refused, never fetched; or a `dicomweb` reference to an instance on the configured PACS, as a content
+part or an extra body field) and the question as text. VITAL's own options (`k`, `frame`, `slice`)
+ride as extra body fields. The request goes through the same path as `/answer`: image decoding and its
 limits, K resolution, and the engine's one bounded queue (batching, 429, 504, metrics, drain).
+With `stream: true` the answer's tokens are sent as server-sent events while the batch decodes.
 Errors keep their status but take OpenAI's shape `{"error": {"message", "type", "param", "code"}}`;
 invalid fields are 400, as OpenAI answers them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -25,10 +28,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from server.errors import APIError, describe_validation
-from server.images import decode_image
 from server.logs import request_id_var
-from server.protocol import AnswerParams
-from server.routes import arrived, require_key, require_ready, resolve_k, resolve_max_new_tokens, service_of
+from server.protocol import AnswerParams, DicomwebRef
+from server.routes import (
+    arrived,
+    decode_input,
+    require_key,
+    require_ready,
+    resolve_k,
+    resolve_max_new_tokens,
+    service_of,
+)
 
 log = logging.getLogger("vital.server")
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
@@ -51,7 +61,14 @@ class ImagePart(BaseModel):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class DicomwebPart(BaseModel):
+    """VITAL: the image is an instance on the configured DICOMweb server (as /answer's `dicomweb`)."""
+
+    type: Literal["dicomweb"]
+    dicomweb: DicomwebRef
+
+
+ContentPart = Annotated[TextPart | ImagePart | DicomwebPart, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
@@ -88,6 +105,10 @@ class ChatCompletionRequest(BaseModel):
     k: int | Literal["auto"] | None = Field(None, description='VITAL: latent steps 0..K_max or "auto"')
     frame: int | None = Field(None, ge=0, description="VITAL: frame of a multi-frame DICOM")
     slice: int | None = Field(None, ge=0, description="VITAL: slice of a NIfTI volume")
+    dicomweb: DicomwebRef | None = Field(
+        None,
+        description="VITAL: instead of an image part, an instance on the PACS (study/series/instance/frame)",
+    )
 
 
 class Usage(BaseModel):
@@ -241,48 +262,69 @@ async def chat_completions(request: Request) -> Response:
         require_ready(request)
         req = await _read_request(request)
         _check_model(req.model, svc, param="model")
-        data, question = _extract(req.messages)
+        data, question = _extract(req.messages, req.dicomweb)
         params = _params(req, question, svc)
         k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
-        decoded, decode_ms = await _decode(data, params, svc)
+        decoded, decode_ms, _source = await decode_input(data, params, svc)
         prompt_tokens = await run_in_threadpool(count_prompt_tokens, svc.model, decoded.image, question)
         rid = request_id_var.get()
-        res = await svc.loaded_engine().submit(
-            decoded.image, question, k, max_new, rid, svc.settings.request_timeout_s, arrived(request)
-        )
+        engine, timeout = svc.loaded_engine(), svc.settings.request_timeout_s
+        if req.stream:  # answer tokens go to `tokens` while the batch decodes; the result ends the stream
+            tokens: asyncio.Queue = asyncio.Queue()
+            job = asyncio.create_task(
+                engine.submit(
+                    decoded.image, question, k, max_new, rid, timeout, arrived(request), stream=tokens
+                )
+            )
+            job.add_done_callback(lambda _: tokens.put_nowait(None))  # after every token (same loop, FIFO)
+            first = await _first_token(tokens, job)  # errors before the first token keep their HTTP status
+        else:
+            res = await engine.submit(decoded.image, question, k, max_new, rid, timeout, arrived(request))
     except APIError as exc:
         return _reply_error(svc, exc)
     except Exception:  # a model failure fails this request (the app's 500 handler sits outside /v1's shape)
         log.exception("chat completion failed")
         return _reply_error(svc, APIError(500, "internal server error; see the server log", "internal_error"))
+    cid, created, name = f"chatcmpl-{rid}", int(time.time()), svc.model.config.name
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        stream = Stream(
+            svc.model.tokenizer, cid, created, name, max_new, prompt_tokens if include_usage else None
+        )
+        return StreamingResponse(
+            stream.events(first, tokens, job),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     finish = "length" if len(res.tokens) >= max_new else "stop"
-    usage = Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=len(res.tokens),
-        total_tokens=prompt_tokens + len(res.tokens),
-    )
+    usage = _usage(prompt_tokens, len(res.tokens))
     timings = {"decode_image": decode_ms, **res.timings_ms, "total": 1000 * (time.perf_counter() - t0)}
     vital = {
         "k": res.k, "request_id": rid, "batch_size": res.batch_size,
         "timings_ms": {k_: round(v, 3) for k_, v in timings.items()},
         "image": {"format": decoded.format, "width": decoded.width, "height": decoded.height},
     }  # fmt: skip
-    cid, created, name = f"chatcmpl-{rid}", int(time.time()), svc.model.config.name
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _events(
-            svc.model.tokenizer, res, cid, created, name, finish, usage if include_usage else None
-        )
-        return StreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
     body = ChatCompletion(
         id=cid, created=created, model=name, usage=usage, vital=vital,
         choices=[Choice(message=AssistantMessage(content=res.text), finish_reason=finish)],
     )  # fmt: skip
     return JSONResponse(body.model_dump())
+
+
+def _usage(prompt: int, completion: int) -> Usage:
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+async def _first_token(tokens: asyncio.Queue, job: asyncio.Task) -> int | None:
+    """The first streamed token, or None when the job ended without one (its error is raised here)."""
+    try:
+        first = await tokens.get()
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+    if first is None:
+        job.result()  # raises the job's APIError (429, 503, 504) or model failure
+    return first
 
 
 # -- request handling -----------------------------------------------------------------------------
@@ -320,9 +362,9 @@ def _card(svc) -> ModelCard:  # noqa: ANN001
     return ModelCard(id=svc.model.config.name, created=int(svc.started))
 
 
-def _extract(messages: list[ChatMessage]) -> tuple[bytes, str]:
-    """The one image's bytes and the question (the user messages' text parts, joined)."""
-    images: list[tuple[str, str]] = []
+def _extract(messages: list[ChatMessage], ref: DicomwebRef | None = None) -> tuple[bytes | DicomwebRef, str]:
+    """The one image (its bytes, or a PACS reference) and the question (the user messages' text, joined)."""
+    images: list[tuple[str | DicomwebRef, str]] = [(ref, "dicomweb")] if ref is not None else []
     texts: list[str] = []
     for i, msg in enumerate(messages):
         if msg.role in ("assistant", "tool"):
@@ -336,16 +378,18 @@ def _extract(messages: list[ChatMessage]) -> tuple[bytes, str]:
         for j, part in enumerate(msg.content):
             if isinstance(part, TextPart):
                 texts.append(part.text)
+            elif isinstance(part, DicomwebPart):
+                images.append((part.dicomweb, f"messages[{i}].content[{j}].dicomweb"))
             else:
                 images.append((part.image_url.url, f"messages[{i}].content[{j}].image_url.url"))
     if len(images) != 1:
-        raise _bad(f"exactly one image is needed (an image_url content part with a data: URI), got {len(images)}",
-                   "messages")  # fmt: skip
+        raise _bad(f"exactly one image is needed (an image_url content part with a data: URI, or a dicomweb "
+                   f"reference), got {len(images)}", "messages")  # fmt: skip
     question = "\n".join(t.strip() for t in texts if t.strip())
     if not question:
         raise _bad("the question is missing: add a text part to the user message", "messages")
-    url, where = images[0]
-    return decode_data_uri(url, where), question
+    source, where = images[0]
+    return (source if isinstance(source, DicomwebRef) else decode_data_uri(source, where)), question
 
 
 def decode_data_uri(url: str, param: str = "image_url.url") -> bytes:
@@ -385,16 +429,6 @@ def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:  # 
         raise _bad(describe_validation(exc.errors()), "messages") from exc
 
 
-async def _decode(data: bytes, params: AnswerParams, svc):  # noqa: ANN001, ANN202
-    t = time.perf_counter()
-    decoded = await run_in_threadpool(
-        decode_image, data, max_pixels=svc.settings.max_pixels, frame=params.frame, slice_index=params.slice
-    )
-    ms = 1000 * (time.perf_counter() - t)
-    svc.metrics.stage_latency.labels("decode_image").observe(ms / 1000)
-    return decoded, ms
-
-
 def count_prompt_tokens(model, image, question: str) -> int:  # noqa: ANN001
     """Tokens of the model's prompt for this image and question (image tokens included), no pixels."""
     from vital_core.preprocess import chat_prompt
@@ -405,46 +439,88 @@ def count_prompt_tokens(model, image, question: str) -> int:  # noqa: ANN001
 
 
 # -- streaming ------------------------------------------------------------------------------------
+class DeltaDecoder:
+    """Incremental detokenisation: feed token ids, get the new text, never half a multi-byte character."""
+
+    def __init__(self, tokenizer):  # noqa: ANN001
+        self.tokenizer, self.tokens, self.emitted = tokenizer, [], ""
+
+    def push(self, token: int) -> str:
+        """The text this token completes ("" while a character or a word's spacing is incomplete)."""
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).strip()
+        if text.endswith("\ufffd") or not text.startswith(self.emitted) or len(text) == len(self.emitted):
+            return ""  # an incomplete multi-byte character, or nothing new yet
+        piece, self.emitted = text[len(self.emitted) :], text
+        return piece
+
+    def finish(self, final: str) -> str:
+        """What is left of `final` (the whole answer's text) after the pieces sent so far."""
+        if not final.startswith(self.emitted):  # cannot happen with a prefix-stable tokenizer
+            log.warning("streamed text %r is not a prefix of the answer %r", self.emitted, final)
+            return ""
+        piece, self.emitted = final[len(self.emitted) :], final
+        return piece
+
+
 def token_deltas(tokenizer, tokens: list[int], final: str) -> list[str]:  # noqa: ANN001
     """Text pieces, one per token where it completes a character, that concatenate to `final`."""
-    deltas, emitted = [], ""
-    for i in range(1, len(tokens) + 1):
-        text = tokenizer.decode(tokens[:i], skip_special_tokens=True).strip()
-        if text.endswith("\ufffd") or not text.startswith(emitted) or len(text) == len(emitted):
-            continue  # an incomplete multi-byte character, or nothing new yet
-        deltas.append(text[len(emitted) :])
-        emitted = text
-    if not final.startswith(emitted):  # cannot happen with a prefix-stable tokenizer; stay correct anyway
-        return [final]
-    if final != emitted:
-        deltas.append(final[len(emitted) :])
-    return deltas
+    dec = DeltaDecoder(tokenizer)
+    pieces = [dec.push(t) for t in tokens]
+    return [p for p in (*pieces, dec.finish(final)) if p]
 
 
-def _events(tokenizer, res, cid: str, created: int, model: str, finish: str, usage: Usage | None):  # noqa: ANN001
-    """Server-sent events: a role chunk, one chunk per token delta, the finish chunk, usage, [DONE]."""
+class Stream:
+    """Server-sent events of one streamed completion: a role chunk, one chunk per text delta as the engine
+    decodes, the finish chunk, usage (when asked), [DONE]."""
 
-    def chunk(delta: dict, finish_reason: str | None = None, with_usage: Usage | None = None) -> str:
+    def __init__(
+        self, tokenizer, cid: str, created: int, model: str, max_new: int, prompt_tokens: int | None
+    ):  # noqa: ANN001
+        self.tokenizer, self.cid, self.created, self.model = tokenizer, cid, created, model
+        self.max_new, self.prompt_tokens = max_new, prompt_tokens
+
+    def chunk(self, delta: dict | None, finish_reason: str | None = None, usage: Usage | None = None) -> str:
+        """One `chat.completion.chunk` event."""
         body = {
-            "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "id": self.cid, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if delta is not None else [],
         }  # fmt: skip
-        if with_usage is not None:
-            body["usage"] = with_usage.model_dump()
-        elif usage is not None:
-            body["usage"] = None
+        if self.prompt_tokens is not None:
+            body["usage"] = usage.model_dump() if usage is not None else None
         return f"data: {json.dumps(body)}\n\n"
 
-    async def gen() -> AsyncIterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
-        for piece in token_deltas(tokenizer, res.tokens, res.text):
-            yield chunk({"content": piece})
-        yield chunk({}, finish)
-        if usage is not None:
-            yield chunk(None, with_usage=usage)
-        yield "data: [DONE]\n\n"
-
-    return gen()
+    async def events(self, first: int | None, tokens: asyncio.Queue, job: asyncio.Task) -> AsyncIterator[str]:
+        """The events, as tokens arrive on `tokens` (None: the job ended); a client gone cancels the job."""
+        dec = DeltaDecoder(self.tokenizer)
+        try:
+            yield self.chunk({"role": "assistant", "content": ""})
+            tok = first
+            while tok is not None:
+                piece = dec.push(tok)
+                if piece:
+                    yield self.chunk({"content": piece})
+                tok = await tokens.get()
+            try:
+                res = job.result()
+            except APIError as exc:  # e.g. the timeout, after the response started: an error event (OpenAI's)
+                yield f"data: {json.dumps(openai_error(exc.status, exc.code, exc.message))}\n\n"
+                return
+            except Exception:
+                log.exception("chat completion failed while streaming")
+                err = openai_error(500, "internal_error", "internal server error; see the server log")
+                yield f"data: {json.dumps(err)}\n\n"
+                return
+            piece = dec.finish(res.text)
+            if piece:
+                yield self.chunk({"content": piece})
+            yield self.chunk({}, "length" if len(res.tokens) >= self.max_new else "stop")
+            if self.prompt_tokens is not None:
+                yield self.chunk(None, usage=_usage(self.prompt_tokens, len(res.tokens)))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not job.done():  # the client went away mid-stream: drop the job (decoding stops if alone)
+                job.cancel()
 
 
 # -- error shape for /v1 responses made outside these handlers -------------------------------------
