@@ -5,7 +5,8 @@ refused, never fetched; or a `dicomweb` reference to an instance on the configur
 part or an extra body field) and the question as text. VITAL's own options (`k`, `frame`, `slice`)
 ride as extra body fields. The request goes through the same path as `/answer`: image decoding and its
 limits, K resolution, and the engine's one bounded queue (batching, 429, 504, metrics, drain).
-With `stream: true` the answer's tokens are sent as server-sent events while the batch decodes.
+With `stream: true` the answer's tokens are sent as server-sent events while the batch decodes
+(`server.openai_stream`). Errors: `server.openai_errors`.
 Errors keep their status but take OpenAI's shape `{"error": {"message", "type", "param", "code"}}`;
 invalid fields are 400, as OpenAI answers them.
 """
@@ -19,7 +20,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -29,6 +29,8 @@ from starlette.concurrency import run_in_threadpool
 
 from server.errors import APIError, describe_validation
 from server.logs import request_id_var
+from server.openai_errors import OpenAIErrorShape, openai_error
+from server.openai_stream import Stream, usage
 from server.protocol import AnswerParams, DicomwebRef
 from server.routes import (
     arrived,
@@ -162,22 +164,6 @@ class OpenAIErrorResponse(BaseModel):
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def error_type(status: int) -> str:
-    """OpenAI's error `type` for an HTTP status."""
-    if status == 401:
-        return "authentication_error"
-    if status == 404:
-        return "not_found_error"
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
-
-
-def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict:
-    """The error body in OpenAI's shape."""
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
-
-
 class ParamError(APIError):
     """An APIError that names the request field at fault (OpenAI's `param`)."""
 
@@ -312,7 +298,7 @@ async def chat_completions(request: Request) -> Response:
 
 
 def _usage(prompt: int, completion: int) -> Usage:
-    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return Usage(**usage(prompt, completion))
 
 
 async def _first_token(tokens: asyncio.Queue, job: asyncio.Task) -> int | None:
@@ -436,137 +422,6 @@ def count_prompt_tokens(model, image, question: str) -> int:  # noqa: ANN001
     proc = model.processor
     n_image = proc.get_number_of_image_patches(image.height, image.width, {}) // proc.merge_size**2
     return len(model.tokenizer(chat_prompt(question, n_image), add_special_tokens=False)["input_ids"])
-
-
-# -- streaming ------------------------------------------------------------------------------------
-class DeltaDecoder:
-    """Incremental detokenisation: feed token ids, get the new text, never half a multi-byte character."""
-
-    def __init__(self, tokenizer):  # noqa: ANN001
-        self.tokenizer, self.tokens, self.emitted = tokenizer, [], ""
-
-    def push(self, token: int) -> str:
-        """The text this token completes ("" while a character or a word's spacing is incomplete)."""
-        self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True).strip()
-        if text.endswith("\ufffd") or not text.startswith(self.emitted) or len(text) == len(self.emitted):
-            return ""  # an incomplete multi-byte character, or nothing new yet
-        piece, self.emitted = text[len(self.emitted) :], text
-        return piece
-
-    def finish(self, final: str) -> str:
-        """What is left of `final` (the whole answer's text) after the pieces sent so far."""
-        if not final.startswith(self.emitted):  # cannot happen with a prefix-stable tokenizer
-            log.warning("streamed text %r is not a prefix of the answer %r", self.emitted, final)
-            return ""
-        piece, self.emitted = final[len(self.emitted) :], final
-        return piece
-
-
-def token_deltas(tokenizer, tokens: list[int], final: str) -> list[str]:  # noqa: ANN001
-    """Text pieces, one per token where it completes a character, that concatenate to `final`."""
-    dec = DeltaDecoder(tokenizer)
-    pieces = [dec.push(t) for t in tokens]
-    return [p for p in (*pieces, dec.finish(final)) if p]
-
-
-class Stream:
-    """Server-sent events of one streamed completion: a role chunk, one chunk per text delta as the engine
-    decodes, the finish chunk, usage (when asked), [DONE]."""
-
-    def __init__(
-        self, tokenizer, cid: str, created: int, model: str, max_new: int, prompt_tokens: int | None
-    ):  # noqa: ANN001
-        self.tokenizer, self.cid, self.created, self.model = tokenizer, cid, created, model
-        self.max_new, self.prompt_tokens = max_new, prompt_tokens
-
-    def chunk(self, delta: dict | None, finish_reason: str | None = None, usage: Usage | None = None) -> str:
-        """One `chat.completion.chunk` event."""
-        body = {
-            "id": self.cid, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if delta is not None else [],
-        }  # fmt: skip
-        if self.prompt_tokens is not None:
-            body["usage"] = usage.model_dump() if usage is not None else None
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def events(self, first: int | None, tokens: asyncio.Queue, job: asyncio.Task) -> AsyncIterator[str]:
-        """The events, as tokens arrive on `tokens` (None: the job ended); a client gone cancels the job."""
-        dec = DeltaDecoder(self.tokenizer)
-        try:
-            yield self.chunk({"role": "assistant", "content": ""})
-            tok = first
-            while tok is not None:
-                piece = dec.push(tok)
-                if piece:
-                    yield self.chunk({"content": piece})
-                tok = await tokens.get()
-            try:
-                res = job.result()
-            except APIError as exc:  # e.g. the timeout, after the response started: an error event (OpenAI's)
-                yield f"data: {json.dumps(openai_error(exc.status, exc.code, exc.message))}\n\n"
-                return
-            except Exception:
-                log.exception("chat completion failed while streaming")
-                err = openai_error(500, "internal_error", "internal server error; see the server log")
-                yield f"data: {json.dumps(err)}\n\n"
-                return
-            piece = dec.finish(res.text)
-            if piece:
-                yield self.chunk({"content": piece})
-            yield self.chunk({}, "length" if len(res.tokens) >= self.max_new else "stop")
-            if self.prompt_tokens is not None:
-                yield self.chunk(None, usage=_usage(self.prompt_tokens, len(res.tokens)))
-            yield "data: [DONE]\n\n"
-        finally:
-            if not job.done():  # the client went away mid-stream: drop the job (decoding stops if alone)
-                job.cancel()
-
-
-# -- error shape for /v1 responses made outside these handlers -------------------------------------
-class OpenAIErrorShape:
-    """ASGI middleware: under /v1/, rewrite `{"error": {"code", "message"}}` bodies made outside the /v1
-    handlers (413 from the body limit, 404/405 from routing) into OpenAI's error object; status kept."""
-
-    def __init__(self, app):  # noqa: ANN001 - ASGI app
-        self.app = app
-
-    async def __call__(self, scope, receive, send):  # noqa: ANN001
-        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
-            return await self.app(scope, receive, send)
-        held: dict = {}
-
-        async def send_wrapper(message):  # noqa: ANN001
-            if message["type"] == "http.response.start":
-                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
-                if message["status"] >= 400 and ctype.startswith(b"application/json"):
-                    held["start"], held["body"] = message, b""
-                    return
-                return await send(message)
-            if message["type"] == "http.response.body" and "start" in held:
-                held["body"] += message.get("body", b"")
-                if message.get("more_body"):
-                    return
-                start = held.pop("start")
-                body = _reshape(held.pop("body"), int(start["status"]))
-                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({**start, "headers": headers})
-                return await send({"type": "http.response.body", "body": body})
-            return await send(message)
-
-        return await self.app(scope, receive, send_wrapper)
-
-
-def _reshape(body: bytes, status: int) -> bytes:
-    try:
-        doc = json.loads(body)
-        err = doc["error"]
-        if "type" in err:
-            return body  # already OpenAI's shape
-        return json.dumps(openai_error(status, err.get("code"), err.get("message", ""))).encode()
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return body
 
 
 def install(app: FastAPI) -> None:

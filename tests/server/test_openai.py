@@ -229,7 +229,8 @@ def test_failures_in_process_and_helpers(tiny_bundle, png):
 
     from server import Settings, create_app
     from server.errors import APIError
-    from server.openai_api import decode_data_uri, token_deltas
+    from server.openai_api import decode_data_uri
+    from server.openai_stream import token_deltas
 
     def broken(settings, device):
         raise RuntimeError("no weights here")
@@ -367,7 +368,7 @@ def _content(event: dict) -> str:
 
 def test_stream_sends_tokens_while_the_batch_decodes(inproc, png, monkeypatch):
     """Deterministic: the model thread is held inside decode step 1 while the client reads the first token."""
-    from server.openai_api import DeltaDecoder
+    from server.openai_stream import DeltaDecoder
 
     held = HeldDecode(inproc.engine, monkeypatch)
     ref = held.real([Image.open(io.BytesIO(png))], [QUESTION], k=2, max_new_tokens=24)[0]
