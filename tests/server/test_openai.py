@@ -277,7 +277,8 @@ def test_failures_in_process_and_helpers(tiny_bundle, png):
 # -- streaming as the engine decodes: an in-process uvicorn, so the tests can hold the model thread -----------
 @pytest.fixture(scope="module")
 def inproc():
-    """`vital-tiny` served by uvicorn on a thread of this process: `.base`, `.engine`, `.metric(name)`."""
+    """`vital-tiny` served by uvicorn on a thread of this process: `.base`, `.engine`, `.engine_settings`,
+    `.metric(name)`."""
     import socket
     import threading
     from types import SimpleNamespace
@@ -309,7 +310,8 @@ def inproc():
         return float(m.group(1)) if m else 0.0
 
     try:
-        yield SimpleNamespace(base=base, engine=app.state.service.engine, metric=metric)
+        svc = app.state.service
+        yield SimpleNamespace(base=base, engine=svc.engine, engine_settings=svc.settings, metric=metric)
     finally:
         srv.should_exit = True
         thread.join(timeout=30)
@@ -448,3 +450,27 @@ def test_stream_batched_with_plain_requests(inproc, png):
     texts = {out[0], out[2], out[1][0], out[3][0]}
     assert len(texts) == 1 and "" not in texts
     assert max(out[1][1], out[3][1]) > 1  # they did share a batch
+
+
+def test_timeout_after_the_stream_started_is_an_error_event(inproc, png, monkeypatch):
+    """The request timeout mid-answer: an OpenAI error event ends the stream (no [DONE]); the client raises it."""
+    held = HeldDecode(inproc.engine, monkeypatch)
+    monkeypatch.setattr(inproc.engine_settings, "request_timeout_s", 1.0)
+    chat = openai.OpenAI(base_url=f"{inproc.base}/v1", api_key="unused", max_retries=0, timeout=60)
+    stream = chat.chat.completions.create(
+        model=MODEL, messages=user(data_uri(png)), max_tokens=24, stream=True, extra_body={"k": 2}
+    )
+    try:
+        events = iter(stream)
+        assert next(events).choices[0].delta.role == "assistant"
+        assert next(events).choices[0].delta.content and len(held.steps) == 1  # decoding is held
+        with pytest.raises(openai.APIError, match="no answer within 1 s"):
+            next(events)  # the job timed out while held: its 504 arrives as an event
+    finally:
+        held.release()
+        stream.close()
+    deadline = time.time() + 30
+    while held.returned is None or inproc.metric("vital_in_flight_requests") != 0:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert held.stops[-1] is True  # the timed-out job was dropped: decoding stopped at the next step
