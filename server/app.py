@@ -176,12 +176,13 @@ class RequestContext:
         route = path if path in KNOWN_ROUTES else "other"
         m = self.service.metrics
         limit = self.service.settings.max_body_bytes
-        status_holder = {"status": 500}
+        status_holder: dict = {"status": 500}
         t0 = time.perf_counter()
 
         async def send_wrapper(message):  # noqa: ANN001
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
+                status_holder["started"] = True
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
             await send(message)
@@ -207,6 +208,15 @@ class RequestContext:
                 m.errors.labels("body_too_large", "413").inc()
             else:
                 await self.app(scope, receive_wrapper, send_wrapper)
+        except Exception:
+            # Unhandled: log it here, while the request id is still set, and answer with it (a 500 from
+            # the outer error middleware would carry neither the header nor the id in its log line).
+            log.exception("unhandled error", extra={"method": scope.get("method"), "path": path})
+            m.errors.labels("internal_error", "500").inc()
+            if status_holder.get("started"):
+                raise
+            await _send_error(send_wrapper, 500, "internal_error",
+                              f"internal server error; see the server log for request {rid}")  # fmt: skip
         finally:
             m.in_flight.dec()
             dt = time.perf_counter() - t0

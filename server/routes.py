@@ -6,6 +6,7 @@ import base64
 import binascii
 import hmac
 import json
+import re
 import time
 from typing import Annotated
 
@@ -16,11 +17,12 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from server.errors import APIError, describe_validation
-from server.images import DecodedImage, decode_image
+from server.images import DecodedImage, decode_image, limits_from, spec_from
 from server.logs import request_id_var
 from server.protocol import AnswerParams, AnswerResponse, ErrorResponse, ExplainResponse, JSONAnswerRequest
 
 router = APIRouter()
+_WHITESPACE = re.compile(r"\s+")
 
 _ERRORS = {
     s: {"model": ErrorResponse, "description": d}
@@ -242,12 +244,15 @@ async def _read_multipart(request: Request) -> tuple[bytes, AnswerParams]:
 async def _read_json(request: Request) -> tuple[bytes, AnswerParams]:
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:  # nesting deeper than the parser's stack
+        raise APIError(400, "body is not valid JSON: nested too deeply", "bad_request") from exc
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, integers beyond Python's digit limit
         raise APIError(400, f"body is not valid JSON: {exc}", "bad_request") from exc
     if not isinstance(body, dict):
         raise APIError(422, "JSON body must be an object with 'image' and 'question'", "invalid_request")
     req = _validate(JSONAnswerRequest, body)
     b64 = req.image.split(",", 1)[1] if req.image.startswith("data:") else req.image
+    b64 = _WHITESPACE.sub("", b64)  # line-wrapped base64 (what `base64` prints by default) is fine
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -264,9 +269,9 @@ def _validate(model, data: dict):  # noqa: ANN001, ANN202
 
 async def _decode(data: bytes, params: AnswerParams, svc) -> tuple[DecodedImage, float]:  # noqa: ANN001
     t = time.perf_counter()
-    decoded = await run_in_threadpool(
-        decode_image, data, max_pixels=svc.settings.max_pixels, frame=params.frame, slice_index=params.slice
-    )
+    spec = spec_from(axis=params.axis, slice=params.slice, frame=params.frame, window=params.window,
+                     window_center=params.window_center, window_width=params.window_width)  # fmt: skip
+    decoded = await run_in_threadpool(decode_image, data, spec=spec, limits=limits_from(svc.settings))
     ms = 1000 * (time.perf_counter() - t)
     svc.metrics.stage_latency.labels("decode_image").observe(ms / 1000)
     return decoded, ms
