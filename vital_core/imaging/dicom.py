@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from vital_core.imaging.spec import ImagingError, ImagingLimits, ImagingSpec, ModelImage
-from vital_core.imaging.streams import InflateStream
+from vital_core.imaging.streams import CountingBytesIO, InflateStream
 from vital_core.imaging.windows import Window, render_grey, to_uint8
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -76,7 +76,7 @@ def _read_head(data: bytes) -> tuple[Any, Any, Any]:
     try:
         if syntax == DEFLATED:
             return None, meta, syntax  # read by _deflated
-        head = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        head = pydicom.dcmread(CountingBytesIO(data, "DICOM header"), stop_before_pixels=True)
     except ImagingError:
         raise
     except Exception as exc:
@@ -169,7 +169,9 @@ def _decode_frame(data: bytes, head: Any, geo: dict[str, int]) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     try:
-        return pixel_array(io.BytesIO(data), index=geo["frame"] if geo["frames"] > 1 else None)
+        return pixel_array(CountingBytesIO(data, "DICOM"), index=geo["frame"] if geo["frames"] > 1 else None)
+    except ImagingError:
+        raise
     except (NotImplementedError, RuntimeError) as exc:
         syntax = getattr(getattr(head, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))

@@ -15,6 +15,28 @@ from vital_core.imaging.spec import ImagingError
 CHUNK = 1 << 20
 HISTORY = 1 << 16
 """Bytes kept behind the read position so parsers may step back a little (pydicom rewinds ≤ 12 bytes)."""
+MAX_READS = 400_000
+"""Parser reads allowed on one file (pydicom reads about twice per element): a header of millions of tiny
+elements would otherwise cost minutes of CPU; real headers take a few hundred."""
+
+
+def _too_many_reads(what: str) -> ImagingError:
+    return ImagingError("too_large", f"{what} has too many elements to parse (more than {MAX_READS // 2})")
+
+
+class CountingBytesIO(io.BytesIO):
+    """BytesIO that refuses to serve more than MAX_READS reads (a parse-time bound for untrusted headers)."""
+
+    def __init__(self, data: bytes, what: str = "file"):
+        super().__init__(data)
+        self.what = what
+        self.reads = 0
+
+    def read(self, n: int | None = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_READS:
+            raise _too_many_reads(self.what)
+        return super().read(n)
 
 
 class ByteStream(io.RawIOBase):
@@ -26,6 +48,7 @@ class ByteStream(io.RawIOBase):
         self._buf = bytearray()  # history + unread bytes
         self._start = 0  # stream position of self._buf[0]
         self._pos = 0
+        self.reads = 0
 
     # -- producers override this ------------------------------------------------------------------
     def _produce(self, n: int) -> bytes:
@@ -58,6 +81,9 @@ class ByteStream(io.RawIOBase):
 
     def readinto(self, b) -> int:  # noqa: ANN001 - writable buffer
         """Copy up to len(b) bytes into b piece by piece (the buffer never holds more than ~2 chunks)."""
+        self.reads += 1
+        if self.reads > MAX_READS:
+            raise _too_many_reads(self.what)
         view = memoryview(b).cast("B")
         done = 0
         while done < len(view):
