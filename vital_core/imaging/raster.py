@@ -9,7 +9,6 @@ first frame. 16-bit and float greyscale goes through the same intensity rule as 
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 
@@ -45,34 +44,34 @@ def decode_raster(data: bytes, spec: ImagingSpec, limits: ImagingLimits) -> Mode
     """Decode a raster image; 413 before decoding when its header declares too much."""
     from PIL import Image, ImageOps
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data), formats=FORMATS)  # lazy: header only
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImagingError("too_large", f"image declares too many pixels: {exc}") from exc
-        except Exception as exc:
-            raise ImagingError("unreadable", f"unreadable image: {exc}") from exc
-        w, h = im.size
-        if w < 1 or h < 1:
-            raise ImagingError("unreadable", "image has no pixels")
-        limits.check_pixels(w, h, "image")
-        limits.check_decoded(w * h * _BYTES_PER_PIXEL.get(im.mode, 4), f"{im.format} image ({im.mode})")
-        fmt = (im.format or "image").lower()
-        try:
-            im.seek(0)  # animated GIF / multi-page TIFF: the first frame
-            im.load()
-            if im.getexif().get(0x0112, 1) != 1:
-                im = ImageOps.exif_transpose(im)
-            return _to_model(im, fmt, spec)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImagingError("too_large", f"image declares too many pixels: {exc}") from exc
-        except ImagingError:
-            raise
-        except Exception as exc:
-            raise ImagingError("unreadable", f"unreadable image: {exc}") from exc
-        finally:
-            im.close()
+    try:
+        # Lazy: header only. Our limits are checked before load(); no warnings filters here (they are
+        # process-global and the server decodes in several threads at once).
+        im = Image.open(io.BytesIO(data), formats=FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImagingError("too_large", f"image declares too many pixels: {exc}") from exc
+    except Exception as exc:
+        raise ImagingError("unreadable", f"unreadable image: {exc}") from exc
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImagingError("unreadable", "image has no pixels")
+    limits.check_pixels(w, h, "image")
+    limits.check_decoded(w * h * _BYTES_PER_PIXEL.get(im.mode, 4), f"{im.format} image ({im.mode})")
+    fmt = (im.format or "image").lower()
+    try:
+        im.seek(0)  # animated GIF / multi-page TIFF: the first frame
+        im.load()
+        if im.getexif().get(0x0112, 1) != 1:
+            im = ImageOps.exif_transpose(im)
+        return _to_model(im, fmt, spec)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImagingError("too_large", f"image declares too many pixels: {exc}") from exc
+    except ImagingError:
+        raise
+    except Exception as exc:
+        raise ImagingError("unreadable", f"unreadable image: {exc}") from exc
+    finally:
+        im.close()
 
 
 def _to_model(im, fmt: str, spec: ImagingSpec) -> ModelImage:  # noqa: ANN001 - PIL image
