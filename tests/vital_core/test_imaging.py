@@ -362,3 +362,20 @@ def test_every_bundled_file_decodes_or_is_refused():
         outcomes["ok"] += 1
         assert img.pixels.dtype == np.uint8 and img.pixels.ndim in (2, 3), path
     assert outcomes["ok"] >= 80 and outcomes[415] > 0, outcomes  # pydicom ~80 images, nibabel 8 volumes
+
+
+@pytest.mark.slow
+def test_dicom_header_of_millions_of_elements_is_refused():
+    """300k empty private elements (3.6 MB) would keep pydicom parsing for minutes; refused at 200k."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+
+    data = dicom_bytes("CT_small.dcm")
+    f = io.BytesIO(data)
+    read_preamble(f, False)
+    _read_file_meta_info(f)
+    junk = b"".join(
+        b"\x09\x00" + (0x1000 + i % 0xEFFF).to_bytes(2, "little") + b"UN\x00\x00\x00\x00\x00\x00"
+        for i in range(300_000)
+    )
+    e = refused(data[: f.tell()] + junk + data[f.tell() :])
+    assert e.status == 413 and "too many elements" in e.message
