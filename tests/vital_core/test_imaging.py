@@ -239,6 +239,24 @@ def test_dicom_monochrome1_rle_multiframe_and_limits():
     assert refused(dicom_bytes("CT_small.dcm"), ImagingLimits(max_pixels=100)).status == 413
 
 
+def test_dicom_voi_lut_sequence():
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import apply_voi_lut
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 8]  # 8-bit output: scaled 0..255 → 0..255
+    item.add_new(0x00283006, "US", (np.arange(4096) // 16).tolist())
+    ds.VOILUTSequence = Sequence([item])
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    img = load_model_image(buf.getvalue())
+    assert img.info["window"] == "dicom_voi_lut"
+    assert np.array_equal(img.pixels, apply_voi_lut(ds.pixel_array, ds).astype(np.uint8))
+    assert load_model_image(buf.getvalue(), ImagingSpec(window="percentile")).info["window"] == "percentile"
+
+
 def test_dicom_deflated_is_inflated_as_a_stream():
     path = get_testdata_file("image_dfl.dcm")
     ds = pydicom.dcmread(path)
