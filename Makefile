@@ -32,13 +32,21 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# System packages the suite needs: Debian's prometheus (the dashboard test scrapes a live server with it).
+# System packages the suite needs: Debian's prometheus (the dashboard test scrapes a live server with it),
+# chromium and chromium-driver (the /ui test drives the viewer in a headless browser), orthanc and
+# orthanc-dicomweb (the PACS tests run a real Orthanc, tests/server/test_pacs.py). Tests skip without them.
 test-deps:
-	@if command -v prometheus >/dev/null 2>&1; then :; \
+	@missing=""; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's prometheus package for the dashboard tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	else echo "note: prometheus not installed and cannot apt-get here; the dashboard test will skip"; fi
+		echo "installing Debian's$$missing for the dashboard, browser and PACS tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "note:$$missing not installed and cannot apt-get here; the tests that need them will skip"; fi
 
 test: lint test-deps
 	$(BIN)/python -m pytest -q

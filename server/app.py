@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -25,7 +26,8 @@ from server.settings import Settings
 
 log = logging.getLogger("vital.server")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-KNOWN_ROUTES = {"/answer", "/explain", "/health", "/ready", "/info", "/metrics", "/docs", "/openapi.json"}
+KNOWN_ROUTES = {"/answer", "/explain", "/health", "/ready", "/info", "/metrics", "/docs", "/openapi.json",
+                "/v1/chat/completions", "/v1/models", "/ui/"}  # fmt: skip
 
 
 @dataclass
@@ -100,6 +102,12 @@ def create_app(settings: Settings | None = None, *, loader: Callable | None = No
     install_handlers(app, on_error=lambda code, status: metrics.errors.labels(code, str(status)).inc())
     app.include_router(router)
     app.add_middleware(RequestContext, service=service)
+    from fastapi.staticfiles import StaticFiles
+
+    from server import openai_api
+
+    openai_api.install(app)  # /v1 routes; its error-shape middleware wraps RequestContext
+    app.mount("/ui", StaticFiles(directory=Path(__file__).parent / "static" / "ui", html=True), name="ui")
     return app
 
 
@@ -124,6 +132,8 @@ async def _load(service: Service, load: Callable) -> None:
             max_wait_ms=s.max_wait_ms if s.batching else 0.0,
             max_queue=s.max_queue,
             device=service.device,
+            step_mode=s.step_mode,
+            prefix_cache_bytes=s.prefix_cache_bytes,
         )
         service.engine.start()
         if service.draining:

@@ -26,6 +26,8 @@ from PIL import Image
 from server.errors import APIError
 from server.metrics import Metrics
 from vital_core.model import VitalModel
+from vital_core.prefix_cache import PrefixCache
+from vital_core.static_cache import StaticRunner
 from vital_core.timing import StageTimer
 
 log = logging.getLogger("vital.engine")
@@ -68,8 +70,21 @@ class Engine:
         max_wait_ms: float = 5.0,
         max_queue: int = 256,
         device: str = "cpu",
+        step_mode: str = "dynamic",
+        prefix_cache_bytes: int = 0,
     ):
         self.model = model
+        # issue 16: static-cache steps (CUDA graphs where asked and available) and the image-prefix cache
+        self.runner = (
+            StaticRunner(model.core, mode="graphs" if step_mode == "graphs" else "eager")
+            if step_mode != "dynamic"
+            else None
+        )
+        self.prefix_cache = (
+            PrefixCache(prefix_cache_bytes, f"{model.device}:{model.core.dtype}")
+            if prefix_cache_bytes
+            else None
+        )
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
@@ -197,7 +212,8 @@ class Engine:
         timer = StageTimer(self.device)
         cap = max(j.max_new_tokens for j in batch)
         answers = self.model.answer([j.image for j in batch], [j.question for j in batch], k=batch[0].k,
-                                    max_new_tokens=cap, timer=timer)  # fmt: skip
+                                    max_new_tokens=cap, timer=timer, runner=self.runner,
+                                    prefix_cache=self.prefix_cache)  # fmt: skip
         stages = timer.totals_ms()
         m = self.metrics
         m.batch_size.observe(len(batch))
@@ -211,7 +227,12 @@ class Engine:
             m.queue_wait.observe(wait)
             m.latent_steps.inc(ans.k)
             m.generated_tokens.inc(len(tokens))
-            results.append(Result(text, tokens, ans.k, {"queue": 1000.0 * wait, **stages}, len(batch)))
+            timings = {"queue": 1000.0 * wait, **stages}
+            if ans.prefix_hit is not None:
+                (m.prefix_hits if ans.prefix_hit else m.prefix_misses).inc()
+                m.prefix_bytes.set(self.prefix_cache.bytes)
+                timings["prefix_cache_hit"] = float(ans.prefix_hit)
+            results.append(Result(text, tokens, ans.k, timings, len(batch)))
         return results
 
     def _decode(self, tokens: list[int]) -> str:

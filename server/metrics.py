@@ -42,5 +42,12 @@ class Metrics:
         self.errors = Counter("vital_errors", "Error responses by code", ["code", "status"], registry=r)
         self.latent_steps = Counter("vital_latent_steps", "Latent reasoning steps run (sum of K)", registry=r)
         self.generated_tokens = Counter("vital_generated_tokens", "Answer tokens generated", registry=r)
+        self.prefix_hits = Counter(
+            "vital_prefix_cache_hits", "Requests whose image prefix came from the prefix cache", registry=r
+        )
+        self.prefix_misses = Counter(
+            "vital_prefix_cache_misses", "Requests whose image prefix was computed", registry=r
+        )
+        self.prefix_bytes = Gauge("vital_prefix_cache_bytes", "Bytes held by the prefix cache", registry=r)
         self.model_info = Info("vital_model", "The served model", registry=r)
         self.ready = Gauge("vital_ready", "1 when the model is loaded and not draining", registry=r)

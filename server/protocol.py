@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A DICOM UID (PS3.5 §9.1): digits and dots, no leading zero in a component, at most 64 characters.
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$"
 
 
 class AnswerParams(BaseModel):
@@ -36,12 +39,39 @@ class AnswerParams(BaseModel):
     )
     window_width: float | None = Field(None, gt=0, allow_inf_nan=False, description="explicit window width")
     top_k: int = Field(5, ge=1, le=50, description="/explain: nearest reference patches per step")
+    store: bool = Field(
+        False, description="/explain with a dicomweb reference: store an SR and heatmaps in the same study"
+    )
+
+
+class DicomwebRef(BaseModel):
+    """An instance on the configured DICOMweb server (never a URL: the server is the operator's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    study: str = Field(..., max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID")
+    series: str = Field(..., max_length=64, pattern=UID_PATTERN, description="SeriesInstanceUID")
+    instance: str = Field(..., max_length=64, pattern=UID_PATTERN, description="SOPInstanceUID")
+    frame: int | None = Field(
+        None, ge=1, description="frame of a multi-frame instance, numbered from 1 as in DICOM (default 1)"
+    )
 
 
 class JSONAnswerRequest(AnswerParams):
-    """JSON body: the image as base64 plus the fields above."""
+    """JSON body: the image as base64 (or a DICOMweb reference) plus the fields above."""
 
-    image: str = Field(..., min_length=1, description="PNG, JPEG, DICOM or NIfTI file, base64-encoded")
+    image: str | None = Field(
+        None, min_length=1, description="PNG, JPEG, DICOM or NIfTI file, base64-encoded"
+    )
+    dicomweb: DicomwebRef | None = Field(None, description="instead of image: an instance on the PACS")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> JSONAnswerRequest:
+        if (self.image is None) == (self.dicomweb is None):
+            raise ValueError(
+                "send exactly one of 'image' (base64 file) and 'dicomweb' (study/series/instance)"
+            )
+        return self
 
 
 class Timings(BaseModel):
@@ -56,7 +86,11 @@ class AnswerResponse(BaseModel):
     k: int
     model: str
     request_id: str
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float] = Field(
+        ...,
+        description="milliseconds per stage and total; `prefix_cache_hit` is 1 when the image's prefix "
+        "came from the prefix cache (no vision stage), 0 when it was computed (absent when the cache is off)",
+    )
     batch_size: int = Field(..., description="requests that shared this forward pass")
     image: dict[str, int | str] = Field(..., description="decoded image format and size")
 
@@ -81,8 +115,24 @@ class ExplainStep(BaseModel):
     nearest: list[Patch]
 
 
+class StoredInstance(BaseModel):
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    kind: str = Field(..., description="sr, or heatmap (with its step)")
+    step: int | None = None
+
+
+class StoredResult(BaseModel):
+    """What /explain wrote back to the PACS (store: true)."""
+
+    study_instance_uid: str
+    instances: list[StoredInstance] = Field(..., description="the SR, then one heatmap per step")
+
+
 class ExplainResponse(AnswerResponse):
     steps: list[ExplainStep]
+    stored: StoredResult | None = Field(None, description="the new DICOM series, when store was asked")
 
 
 class ErrorBody(BaseModel):

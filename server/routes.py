@@ -16,10 +16,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from server.dicomweb import check_store
 from server.errors import APIError, describe_validation
-from server.images import DecodedImage, decode_image, limits_from, spec_from
+from server.images import decode_image, limits_from, spec_from
 from server.logs import request_id_var
-from server.protocol import AnswerParams, AnswerResponse, ErrorResponse, ExplainResponse, JSONAnswerRequest
+from server.protocol import (
+    AnswerParams,
+    AnswerResponse,
+    DicomwebRef,
+    ErrorResponse,
+    ExplainResponse,
+    JSONAnswerRequest,
+)
 
 router = APIRouter()
 _WHITESPACE = re.compile(r"\s+")
@@ -29,12 +37,14 @@ _ERRORS = {
     for s, d in {
         400: "unreadable image or malformed body",
         401: "missing or wrong API key",
+        404: "dicomweb: no such instance on the PACS",
         413: "body or image too large",
         415: "unsupported content or image type",
         422: "invalid fields",
         429: "queue full",
+        502: "PACS unreachable, or it refused the store",
         503: "not ready, draining, or explanation not available",
-        504: "timed out",
+        504: "timed out (the model, or the PACS)",
     }.items()
 }
 _BODY_DOC = {
@@ -44,9 +54,13 @@ _BODY_DOC = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["image", "question"],
+                    "required": ["question"],
                     "properties": {
                         "image": {"type": "string", "format": "binary"},
+                        "dicomweb": {
+                            "type": "string",
+                            "description": "instead of image: JSON of DicomwebRef",
+                        },
                         **{k: v for k, v in AnswerParams.model_json_schema()["properties"].items()},
                     },
                 }
@@ -165,7 +179,8 @@ async def answer(request: Request, _: Authorized, svc: ReadyService) -> JSONResp
     """Decode the image, run K latent steps and decode the answer (scaffolding never loaded)."""
     t0 = time.perf_counter()
     data, params = await read_input(request)
-    decoded, decode_ms = await _decode(data, params, svc)
+    check_store(params.store, isinstance(data, DicomwebRef), explain=False)
+    decoded, decode_ms, _source = await _decode(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
     res = await svc.engine.submit(decoded.image, params.question, k, max_new, request_id_var.get(),
                                   svc.settings.request_timeout_s)  # fmt: skip
@@ -192,25 +207,27 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
     t0 = time.perf_counter()
     explainer = await get_explainer(svc)  # 404/503 when not configured
     data, params = await read_input(request)
-    decoded, decode_ms = await _decode(data, params, svc)
+    check_store(params.store, isinstance(data, DicomwebRef), explain=True)
+    decoded, decode_ms, source = await _decode(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
     result = await svc.engine.run_exclusive(
         explainer.explain, decoded.image, params.question, k, max_new, params.top_k
     )
     for stage, ms in result["timings_ms"].items():
         svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+    stored = await _store(svc, source, params, result, k) if params.store else None
     timings = {"decode_image": decode_ms, **result["timings_ms"], "total": 1000 * (time.perf_counter() - t0)}
     body = ExplainResponse(
         answer=result["answer"], k=k, model=svc.model.config.name, request_id=request_id_var.get(),
         timings_ms={k_: round(v, 3) for k_, v in timings.items()}, batch_size=1,
         image={"format": decoded.format, "width": decoded.width, "height": decoded.height},
-        steps=result["steps"],
+        steps=result["steps"], stored=stored,
     )  # fmt: skip
     return JSONResponse(body.model_dump())
 
 
-async def read_input(request: Request) -> tuple[bytes, AnswerParams]:
-    """Image bytes and validated fields from a multipart or JSON body (400/415/422 otherwise)."""
+async def read_input(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
+    """Image bytes (or a PACS reference) and validated fields from a multipart or JSON body."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _read_multipart(request)
@@ -220,7 +237,7 @@ async def read_input(request: Request) -> tuple[bytes, AnswerParams]:
                    "unsupported_media_type")  # fmt: skip
 
 
-async def _read_multipart(request: Request) -> tuple[bytes, AnswerParams]:
+async def _read_multipart(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
     except APIError:
@@ -230,8 +247,11 @@ async def _read_multipart(request: Request) -> tuple[bytes, AnswerParams]:
             400, f"malformed multipart body: {getattr(exc, 'detail', exc)}", "bad_request"
         ) from exc
     upload = form.get("image")
+    if upload is None and isinstance(form.get("dicomweb"), str):
+        return _multipart_ref(form)
     if upload is None or isinstance(upload, str):
-        raise APIError(422, "image: a file field named 'image' is required", "invalid_request")
+        raise APIError(422, "image: a file field named 'image' (or a 'dicomweb' field) is required",
+                       "invalid_request")  # fmt: skip
     fields = {k: v for k, v in form.multi_items() if k != "image"}
     if any(not isinstance(v, str) for v in fields.values()):
         raise APIError(422, "only the 'image' field may be a file", "invalid_request")
@@ -241,7 +261,7 @@ async def _read_multipart(request: Request) -> tuple[bytes, AnswerParams]:
     return data, params
 
 
-async def _read_json(request: Request) -> tuple[bytes, AnswerParams]:
+async def _read_json(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
     try:
         body = json.loads(await request.body())
     except RecursionError as exc:  # nesting deeper than the parser's stack
@@ -251,13 +271,28 @@ async def _read_json(request: Request) -> tuple[bytes, AnswerParams]:
     if not isinstance(body, dict):
         raise APIError(422, "JSON body must be an object with 'image' and 'question'", "invalid_request")
     req = _validate(JSONAnswerRequest, body)
+    if req.dicomweb is not None:
+        return req.dicomweb, AnswerParams(**req.model_dump(exclude={"image", "dicomweb"}))
     b64 = req.image.split(",", 1)[1] if req.image.startswith("data:") else req.image
     b64 = _WHITESPACE.sub("", b64)  # line-wrapped base64 (what `base64` prints by default) is fine
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise APIError(400, f"image is not valid base64: {exc}", "unreadable_image") from exc
-    return data, AnswerParams(**req.model_dump(exclude={"image"}))
+    return data, AnswerParams(**req.model_dump(exclude={"image", "dicomweb"}))
+
+
+def _multipart_ref(form) -> tuple[DicomwebRef, AnswerParams]:  # noqa: ANN001 - starlette FormData
+    fields = {k: v for k, v in form.multi_items() if k != "dicomweb"}
+    if any(not isinstance(v, str) for v in fields.values()):
+        raise APIError(422, "with 'dicomweb', no field may be a file", "invalid_request")
+    try:
+        ref = json.loads(form["dicomweb"])
+    except json.JSONDecodeError as exc:
+        raise APIError(422, f"dicomweb: not valid JSON: {exc}", "invalid_request") from exc
+    if not isinstance(ref, dict):
+        raise APIError(422, "dicomweb: a JSON object with study, series, instance", "invalid_request")
+    return _validate(DicomwebRef, ref), _validate(AnswerParams, fields)
 
 
 def _validate(model, data: dict):  # noqa: ANN001, ANN202
@@ -267,14 +302,39 @@ def _validate(model, data: dict):  # noqa: ANN001, ANN202
         raise APIError(422, describe_validation(exc.errors()), "invalid_request") from exc
 
 
-async def _decode(data: bytes, params: AnswerParams, svc) -> tuple[DecodedImage, float]:  # noqa: ANN001
+async def _decode(data: bytes | DicomwebRef, params: AnswerParams, svc):  # noqa: ANN001, ANN202
+    """(DecodedImage, ms, SourceInstance | None): a PACS reference is fetched first, then decoded."""
     t = time.perf_counter()
-    spec = spec_from(axis=params.axis, slice=params.slice, frame=params.frame, window=params.window,
+    source, frame = None, params.frame
+    if isinstance(data, DicomwebRef):
+        from server.dicomweb import fetch_instance, frame_index
+
+        frame = frame_index(data, params.frame)
+        source = await run_in_threadpool(fetch_instance, svc.settings, data)
+        data = source.part10
+    spec = spec_from(axis=params.axis, slice=params.slice, frame=frame, window=params.window,
                      window_center=params.window_center, window_width=params.window_width)  # fmt: skip
     decoded = await run_in_threadpool(decode_image, data, spec=spec, limits=limits_from(svc.settings))
     ms = 1000 * (time.perf_counter() - t)
     svc.metrics.stage_latency.labels("decode_image").observe(ms / 1000)
-    return decoded, ms
+    return decoded, ms, source
+
+
+async def _store(svc, source, params: AnswerParams, result: dict, k: int):  # noqa: ANN001, ANN202
+    """Write the explanation back to the PACS as DICOM (SR + heatmaps); the new UIDs."""
+    from server.dicom_results import Explanation
+    from server.dicomweb import store_explanation
+
+    exp = Explanation(question=params.question, answer=result["answer"], k=k, model=svc.model.config.name,
+                      version=service_version(), steps=result["steps"])  # fmt: skip
+    return await run_in_threadpool(store_explanation, svc.settings, source, exp)
+
+
+def service_version() -> str:
+    """The VITAL version written into stored DICOM objects."""
+    from vital_core import __version__
+
+    return __version__
 
 
 def resolve_k(params: AnswerParams, svc) -> int:  # noqa: ANN001

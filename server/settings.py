@@ -6,6 +6,7 @@ Only deployment values live here; the model's own config is read from the bundle
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
     )
     batching: bool = Field(True, description="gather concurrent requests into batches (off: batch size 1)")
     max_queue: int = Field(256, ge=1, description="requests waiting beyond this get 429")
+    step_mode: Literal["dynamic", "static", "graphs"] = Field(
+        "static",
+        description="latent/decode steps: dynamic (the training cache), static (preallocated cache), "
+        "graphs (static + CUDA graphs per batch bucket; static on CPU)",
+    )
+    prefix_cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=0, description="bytes of image-prefix KV kept for repeat images (0: off)"
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_pixels: int = Field(
         40_000_000, ge=1, description="largest declared image size in pixels (413 beyond)"
@@ -59,6 +68,16 @@ class Settings(BaseSettings):
         None, description="FAISS patch index for /explain (default: BUNDLE/index)"
     )
     drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: stay up, not ready, this long")
+    dicomweb_url: str | None = Field(
+        None, description="DICOMweb root of the PACS that /answer and /explain may read from and store to"
+    )
+    dicomweb_auth_header: SecretStr | None = Field(
+        None, description="Authorization header value sent to the PACS, e.g. 'Bearer abc'"
+    )
+    dicomweb_username: str | None = Field(None, description="HTTP basic user for the PACS")
+    dicomweb_password: SecretStr | None = Field(None, description="HTTP basic password for the PACS")
+    dicomweb_connect_timeout_s: float = Field(5.0, gt=0, description="PACS connect timeout (504 beyond)")
+    dicomweb_timeout_s: float = Field(30.0, gt=0, description="PACS read timeout per request (504 beyond)")
     host: str = Field("127.0.0.1", description="bind address for `vital serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `vital serve`")
     log_level: str = Field("info", description="debug, info, warning, error")

@@ -12,6 +12,16 @@ from PIL import Image
 torch.set_num_threads(2)
 
 
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001
+    """`@pytest.mark.gpu` tests skip (with the reason) where CUDA is absent."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: no GPU on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
     from vital_core.presets import tiny

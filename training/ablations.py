@@ -215,7 +215,7 @@ def run_arm(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
 def evaluate_arm(model: Any, samples: list, spec: dict[str, Any], k0: bool = False) -> dict[str, Any]:
     """Answer metrics on `spec['n']` samples, then collapse and grounding at the analysis K."""
     from training.analysis import collapse_summary, encoder_for, grounding_from_predictions, step_similarity
-    from training.evaluate import predict, score
+    from training.eval.evaluate import predict, score
 
     k: int | str = 0 if k0 else spec["k"]
     k = int(k) if str(k).isdigit() else k

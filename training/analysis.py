@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from training.evaluate import Prediction
+from training.eval.evaluate import Prediction
 
 MASK_THRESHOLD = 0.3
 """A grid cell is in the mask when at least this fraction of its area is mask (same as ROI extraction)."""

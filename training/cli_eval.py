@@ -1,4 +1,4 @@
-"""`vital eval`: answer quality on a benchmark, plus `eval ablations`, `eval collapse`, `eval grounding`.
+"""`vital eval`: answer quality on a benchmark, plus `eval ablations`, `eval collapse`, `eval grounding`, `eval rescore`.
 
 Definitions of every number: docs/evaluation.md.
 """
@@ -20,21 +20,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="closed-ended accuracy and token-F1 of a bundle on a benchmark; ablations, collapse, grounding",
         description="Answer every question of a benchmark (the five-tuple split of --manifest, or a published "
         "benchmark with --benchmark NAME --data PATH) and report closed-ended accuracy and token-F1 per "
-        "answer type, question type and modality. Subcommands: ablations, collapse, grounding. "
+        "answer type, question type and modality, with per-item predictions beside the report. Subcommands: ablations, collapse, grounding, rescore. "
         "Definitions: docs/evaluation.md.",
     )
     e.add_argument("--bundle", help="bundle directory")
     e.add_argument("--manifest", help="five-tuple JSONL manifest (for --benchmark five-tuple)")
     e.add_argument("--benchmark", default="five-tuple",
-                   help="five-tuple (default), vqa-rad, slake, pathvqa or pmc-vqa")  # fmt: skip
-    e.add_argument("--data", help="benchmark file or folder in its published layout (docs/evaluation.md)")
-    e.add_argument("--split", default="test", help="split to evaluate (default test)")
+                   help="five-tuple (default), vqa-rad, slake, pathvqa, pmc-vqa or gemex")  # fmt: skip
+    e.add_argument("--data", help="benchmark file or folder in a published layout (docs/evaluation.md)")
+    e.add_argument("--format", dest="fmt", help="force the layout instead of detecting it from --data "
+                   "(vqa-rad: osf-json|hf-parquet; pathvqa: vqa-pkl|qa-pkl|hf-parquet; gemex: v1-jsonl|thinkvg-parquet)")  # fmt: skip
+    e.add_argument("--image-dir", help="image folder when it is not where the layout puts it "
+                   "(GEMeX: the MIMIC-CXR-JPG files/ folder)")  # fmt: skip
+    e.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
     e.add_argument("--k", default="auto", help='K: an integer, "auto" (question classifier) or "sample"')
     e.add_argument("--limit", type=int, help="evaluate only the first N questions")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-new-tokens", type=int, help="cap on answer tokens (default: the bundle's)")
+    e.add_argument("--grounding", action="store_true",
+                   help="also score each latent step's heatmap against the items' boxes (GEMeX; loads the scaffolding)")  # fmt: skip
     e.add_argument("--device", default="cpu")
-    e.add_argument("--out", help="write the JSON report here (and a .md table beside it)")
+    e.add_argument(
+        "--out", help="write the JSON report here, a .md table and FILE.predictions.jsonl beside it"
+    )
     e.set_defaults(func=run_eval)
     esub = e.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
 
@@ -45,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--arms", help="comma-separated arm names to run (default: the config's)")
     a.add_argument("--list", action="store_true", help="print the arms and exit")
     a.set_defaults(func=run_ablations_cmd)
+
+    r = esub.add_parser("rescore", help="re-score a per-item predictions file without the model",
+                        description="Recompute the report of a FILE.predictions.jsonl written by `vital eval --out` "
+                        "with the current metrics (no model, no images).")  # fmt: skip
+    r.add_argument("predictions", help="the .predictions.jsonl file")
+    r.add_argument("--out", help="write the JSON report here (and a .md table beside it)")
+    r.set_defaults(func=run_rescore)
 
     for name, helptext in (("collapse", "inter-step cosine similarity of h_1..h_K (paper §C.6)"),
                            ("grounding", "per-step pointing accuracy and IoU of the /explain heatmaps (§C.7)")):  # fmt: skip
@@ -77,42 +92,81 @@ def _write(out: str | Path, report: dict, table: str) -> None:
     out.with_suffix(".md").write_text(table)
 
 
+def _eval_items(args: argparse.Namespace) -> list:
+    """The questions to ask (five-tuple samples or benchmark items), all checked before any model loads."""
+    from training.dataset import ManifestError, load_manifest
+    from training.eval.vqa_datasets import BenchmarkError, load_benchmark
+
+    path = args.manifest if args.benchmark == "five-tuple" and not args.data else args.data
+    if not path:
+        raise CLIError("--manifest is required" if args.benchmark == "five-tuple" else "--data is required")
+    if args.k == "sample" and args.benchmark != "five-tuple":
+        raise CLIError("--k sample needs --benchmark five-tuple (it uses each sample's reasoning depth)")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError("--limit must be >= 1")
+    try:
+        if args.benchmark == "five-tuple" and not args.data:
+            items: list = [s for s in load_manifest(path) if s.split == args.split]
+            if not items:
+                raise CLIError(f"{path}: no samples in split {args.split!r}")
+            return items[: args.limit]
+        items = load_benchmark(args.benchmark, path, args.split, fmt=args.fmt, image_dir=args.image_dir)
+    except (BenchmarkError, ManifestError, FileNotFoundError) as exc:
+        raise CLIError(str(exc).splitlines()[0]) from exc
+    items = items[: args.limit]
+    if args.grounding and not any(getattr(it, "boxes", ()) for it in items):
+        raise CLIError(f"--grounding needs items with reference boxes; {args.benchmark} has none")
+    return items
+
+
 def run_eval(args: argparse.Namespace) -> int:
-    """Evaluate a bundle on a benchmark and print (and save) the report."""
-    from training.benchmarks import BenchmarkError, load_benchmark
-    from training.dataset import ManifestError
-    from training.evaluate import markdown_table, predict, score
+    """Evaluate a bundle on a benchmark and print (and save) the report and per-item predictions."""
+    from training.eval.evaluate import markdown_table, predict, predictions_path, score, write_predictions
+    from training.eval.items import BenchmarkError
 
     if not args.bundle:
         raise CLIError("--bundle is required")
     if args.k not in ("auto", "sample") and not args.k.isdigit():
         raise CLIError(f'--k must be an integer, "auto" or "sample", not {args.k!r}')
-    path = args.manifest if args.benchmark == "five-tuple" else args.data
-    if not path:
-        raise CLIError("--manifest is required" if args.benchmark == "five-tuple" else "--data is required")
-    if args.k == "sample" and args.benchmark != "five-tuple":
-        raise CLIError("--k sample needs --benchmark five-tuple (it uses each sample's reasoning depth)")
-    try:
-        if args.benchmark == "five-tuple":
-            from training.dataset import load_manifest
-
-            items: list = [s for s in load_manifest(path) if s.split == args.split]
-            if not items:
-                raise CLIError(f"{path}: no samples in split {args.split!r}")
-        else:
-            items = load_benchmark(args.benchmark, path, args.split)
-    except (BenchmarkError, ManifestError) as exc:
-        raise CLIError(str(exc)) from exc
-    model = _load(args.bundle, args.device)
+    if args.grounding and args.k == "0":
+        raise CLIError("--grounding needs --k >= 1 (the heatmaps come from the latent steps)")
+    items = _eval_items(args)
+    model = _load(args.bundle, args.device, scaffold=args.grounding)
     k: int | str = int(args.k) if args.k.isdigit() else args.k
-    preds = predict(
-        model, items[: args.limit], k=k, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
-    )
+    try:
+        preds = predict(model, items, k=k, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                        keep_latents=args.grounding, progress=len(items) > args.batch_size)  # fmt: skip
+        if args.grounding:
+            from training.analysis import encoder_for
+            from training.eval.gemex import grounding_per_item
+
+            encoder = encoder_for(model.config, args.bundle, device=args.device)
+            for p, g in zip(preds, grounding_per_item(preds, model.scaffold.vp, encoder)):
+                p.grounding, p.latents = g, None
+    except BenchmarkError as exc:
+        raise CLIError(str(exc)) from exc
     report = score(preds)
-    report.update(
-        bundle=str(args.bundle), benchmark=args.benchmark, data=str(path), split=args.split, k=args.k
-    )
+    report.update(bundle=str(args.bundle), benchmark=args.benchmark, data=str(args.data or args.manifest),
+                  format=args.fmt, split=args.split, k=args.k)  # fmt: skip
     table = markdown_table(report, f"{Path(args.bundle).name} on {args.benchmark} {args.split} (k={args.k})")
+    print(table)
+    if args.out:
+        report["predictions"] = str(write_predictions(preds, predictions_path(args.out)))
+        _write(args.out, report, table)
+        print(f"report: {args.out}; per-item predictions: {report['predictions']}")
+    return 0
+
+
+def run_rescore(args: argparse.Namespace) -> int:
+    """Re-score a predictions file with the current metrics (no model)."""
+    from training.eval.evaluate import markdown_table, rescore
+    from training.eval.items import BenchmarkError
+
+    try:
+        report = rescore(args.predictions)
+    except BenchmarkError as exc:
+        raise CLIError(str(exc)) from exc
+    table = markdown_table(report, f"rescored {Path(args.predictions).name}")
     print(table)
     if args.out:
         _write(args.out, report, table)
@@ -161,7 +215,7 @@ def _samples(args: argparse.Namespace) -> list:
 def run_collapse(args: argparse.Namespace) -> int:
     """Inter-step cosine similarity matrix of a bundle's latent states."""
     from training.analysis import collapse_png, collapse_summary, collapse_table, step_similarity
-    from training.evaluate import predict
+    from training.eval.evaluate import predict
 
     samples = _samples(args)
     if args.k < 2:
@@ -182,7 +236,7 @@ def run_collapse(args: argparse.Namespace) -> int:
 def run_grounding(args: argparse.Namespace) -> int:
     """Per-step pointing accuracy and IoU of the /explain heatmaps against the phantom masks."""
     from training.analysis import encoder_for, grounding_from_predictions, grounding_table
-    from training.evaluate import predict
+    from training.eval.evaluate import predict
 
     samples = _samples(args)
     model = _load(args.bundle, args.device, scaffold=True)

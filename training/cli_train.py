@@ -56,7 +56,7 @@ def run_train(args: argparse.Namespace) -> int:
 def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int | None = None) -> dict:  # noqa: ANN001
     """Score a model on one split of a manifest."""
     from training.dataset import load_manifest
-    from training.evaluate import predict, score
+    from training.eval.evaluate import predict, score
 
     samples = [s for s in load_manifest(manifest) if s.split == split][:limit]
     if not samples:

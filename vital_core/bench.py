@@ -1,7 +1,8 @@
 """`vital bench`: time per stage of the latent loop — preprocessing, vision, prefill, each latent
 step, each decoded token — for K = 0..4; explicit chain-of-thought (the same backbone generating its
 reasoning as text before answering) in the same run, as ratios; batch-size scaling; each step beside
-the memory-bandwidth bound (weight bytes / bandwidth).
+the memory-bandwidth bound (weight bytes / bandwidth); serving arms: dynamic cache vs static cache vs
+CUDA graphs, and the prefix cache cold vs warm for ten questions on one image (`--serving`).
 
 A benchmark, not a test: it prints and saves measured figures (JSON + markdown) naming the machine.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -54,7 +56,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--scaling-k", type=int, default=4, help="K used for batch-size scaling")
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's; 1 on a busy machine)",
+    )
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--serving",
+        choices=("on", "off", "only"),
+        default="on",
+        help="serving arms (step modes, prefix cache): with the rest, skipped, or alone (own result file)",
+    )
     p.add_argument("--out", default="bench/results", help="directory for JSON + markdown results")
     p.set_defaults(func=run)
 
@@ -132,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the benchmark and save results."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError("--device cuda but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ks = [int(x) for x in args.k.split(",")]
     batches = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else []
     model, name = _load(args)
@@ -147,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
     def timed(k: int, n: int, b: int = 1) -> list[dict]:
         return _time(model, images[:b], [question] * b, k, n, args.repeats, args.warmup, args.device)
 
+    serving = _serving(args, model, images[0], question) if args.serving != "off" else None
+    if args.serving == "only":
+        _save_serving(serving, name, model, side, wb, bw, args, Path(args.out))
+        return 0
     rows = []
     for k in ks:
         rows.append(_summarise(k, timed(k, args.answer_tokens), wb, bw))
@@ -181,9 +201,52 @@ def run(args: argparse.Namespace) -> int:
         "rows": rows,
         "cot": cot,
         "batch_scaling": {"k": args.scaling_k, "rows": scaling},
+        "serving": serving,
     }
     _save(result, Path(args.out))
     return 0
+
+
+def _serving(args: argparse.Namespace, model, image, question: str) -> dict:  # noqa: ANN001
+    """Step-mode and prefix-cache arms at K = `--scaling-k`."""
+    from vital_core.bench_serving import prefix_arm, step_modes
+
+    kw = {"k": args.scaling_k, "tokens": args.answer_tokens, "repeats": args.repeats, "warmup": args.warmup,
+          "device": args.device}  # fmt: skip
+    modes = step_modes(model, image, question, **kw)
+    for r in modes:
+        print(f"step mode {r['mode']}: {r['e2e_ms']:.2f} ms e2e ({r['e2e_vs_dynamic']:.3f}× dynamic), "
+              f"decode/token {r['decode_token_ms']:.3f} ms")  # fmt: skip
+    prefix = prefix_arm(model, image, **kw)
+    print(f"prefix cache, {prefix['questions']} questions: cold {prefix['cold_total_ms']:.1f} ms, warm "
+          f"{prefix['warm_total_ms']:.1f} ms ({prefix['warm_vs_cold']:.3f}×)")  # fmt: skip
+    return {"k": args.scaling_k, "answer_tokens": args.answer_tokens, "repeats": args.repeats,
+            "step_modes": modes, "prefix": prefix}  # fmt: skip
+
+
+def _save_serving(serving: dict, name: str, model, side: int, wb: dict, bw: float, args, out: Path) -> None:  # noqa: ANN001
+    """Serving arms alone: their own JSON + markdown (the full latency file is left as it is)."""
+    from vital_core.bench_serving import serving_markdown
+
+    m = machine()
+    dtype = str(next(model.core.parameters()).dtype).replace("torch.", "")
+    m["load_avg_1m_end"] = os.getloadavg()[0]  # other work on the machine (ratios are interleaved)
+    result = {"benchmark": "serving", "model": name, "device": args.device, "dtype": dtype, "image_size": side,
+              "machine": m, "weight_bytes": wb, "bandwidth_bytes_per_s": bw, **serving}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    tag = (m["gpu"] or "cpu").replace(" ", "-").lower()
+    stem = out / f"serving-{name}-{args.device.split(':')[0]}-{tag}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    head = [
+        f"# vital bench --serving only — {name} on {args.device} ({dtype})",
+        "",
+        f"Machine: {m['gpu'] or m['cpu']} ({m['cores']} CPU threads), torch {m['torch']}, load average "
+        f"{m['load_avg_1m_end']:.1f} at the end (shared machine). Image {side}². "
+        f"Step bound = {1000 * wb['latent_step'] / bw:.3f} ms, token bound = {1000 * wb['decode_token'] / bw:.3f} ms "
+        f"(weight bytes / {bw / 1e9:.0f} GB/s).",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(head + serving_markdown(serving)) + "\n")
+    print(f"saved {stem}.json and .md")
 
 
 def _bandwidth(device: str) -> float:
@@ -272,6 +335,10 @@ def _markdown(result: dict) -> str:
         for r in sc:
             lines.append(f"| {r['batch']} | {r['total_ms']:.1f} | {r['samples_per_s']:.2f} | "
                          f"{r['samples_per_s'] / sc[0]['samples_per_s']:.2f}× |")  # fmt: skip
+    if result.get("serving"):
+        from vital_core.bench_serving import serving_markdown
+
+        lines += serving_markdown(result["serving"])
     return "\n".join(lines) + "\n"
 
 

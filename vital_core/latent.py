@@ -9,6 +9,12 @@ state and rebuilds 3-D M-RoPE positions only on a fresh prefix; passing `positio
 means the module's state is never read or written, so concurrent/interleaved requests cannot
 leak into each other.
 
+Every latent step and every decode step is the same call, `vital_core.step.step`, on one of two
+caches: training (and the default eager path) appends to a `DynamicCache` with autograd; serving
+may pass a `StaticRunner`, which runs the very same step on a preallocated static cache (optionally
+as a CUDA graph), and a `PrefixCache`, which reuses an image's prefix across questions. Both give
+the same tokens (tests/vital_core/test_static_cache.py).
+
 Per-sample K in one batch is done by masking: the batch runs max(K) steps; a sample whose K is
 smaller gets its extra steps' cache columns masked out (attention mask 0), its answer starts
 from its own h_K at its own position. Rows never interact, so a batch equals one-by-one.
@@ -17,13 +23,18 @@ from its own h_K at its own position. Rows never interact, so a batch equals one
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache, Qwen3VLForConditionalGeneration
 
+from vital_core.prefill import prefill
+from vital_core.prefix_cache import PrefixCache, prefill_cached
 from vital_core.preprocess import PromptBatch
+from vital_core.static_cache import StaticRunner
+from vital_core.step import positions3, step
 from vital_core.timing import null_timer
 
 
@@ -36,6 +47,7 @@ class LatentOutput:
     logits: torch.Tensor | None = None  # (B, T, V) teacher-forced answer logits (training)
     loss: torch.Tensor | None = None  # scalar next-token CE over answer tokens (training)
     tokens: list[list[int]] | None = None  # greedy answer tokens without the stop token (inference)
+    prefix_hits: list[bool] | None = None  # per sample: image prefix reused from the prefix cache
 
     @property
     def step_valid(self) -> torch.Tensor:
@@ -63,9 +75,12 @@ def latent_forward(
     answer_ids: torch.Tensor | None = None,
     answer_mask: torch.Tensor | None = None,
     max_new_tokens: int = 32,
-    stop_ids: Sequence[int] = (),
+    stop_ids: Sequence[int] | set[int] = (),
     pad_id: int = 0,
     timer: Callable = null_timer,
+    runner: StaticRunner | None = None,
+    prefix_cache: PrefixCache | None = None,
+    image_keys: Sequence[str] | None = None,
 ) -> LatentOutput:
     """Run prefix → K latent steps → answer on one left-padded batch.
 
@@ -76,66 +91,87 @@ def latent_forward(
         answer_ids, answer_mask: (B, T) right-padded answer tokens (ending in the stop token). Given:
             teacher-forced training pass returning logits and loss. None: greedy decoding.
         max_new_tokens: decoding cap (inference).
-        stop_ids: token ids that end an answer (inference).
+        stop_ids: token ids that end an answer (inference), any iterable of ints.
         pad_id: token fed for already-finished rows while others decode.
         timer: `StageTimer` (or compatible) for per-stage timing.
+        runner: serve the latent and decode steps on its static cache (greedy decoding without
+            autograd only; ignored otherwise).
+        prefix_cache: reuse image prefixes across calls (greedy decoding without autograd only).
+        image_keys: one `prefix_cache.key(image)` per row; default: hashes of the pixel values.
     """
     vl = core.model
     text = vl.language_model
-    ids, attn = batch.input_ids, batch.attention_mask
-    bsz, plen = ids.shape
-    ks = as_k_tensor(k, bsz, ids.device)
+    bsz = batch.input_ids.shape[0]
+    ks = as_k_tensor(k, bsz, batch.input_ids.device)
     kmax = int(ks.max())
+    serving = answer_ids is None and not torch.is_grad_enabled()
+    if serving and prefix_cache is not None:
+        keys = list(image_keys) if image_keys is not None else _pixel_keys(batch, prefix_cache.model_key)
+        pre = prefill_cached(vl, batch, prefix_cache, keys, timer)
+    else:
+        pre = prefill(vl, batch, timer)
     n_answer = answer_ids.shape[1] - 1 if answer_ids is not None else max_new_tokens
-    # One mask buffer for the whole sequence; each call sees the prefix of it that exists so far.
-    mask = torch.ones(bsz, plen + kmax + max(n_answer, 0), dtype=attn.dtype, device=ids.device)
-    mask[:, :plen] = attn
-    steps = torch.arange(1, kmax + 1, device=ids.device)
-    mask[:, plen : plen + kmax] = (steps[None, :] <= ks[:, None]).to(attn.dtype)
-    cache = DynamicCache(config=text.config)
+    plen = pre.mask.shape[1]
+    # One mask over the whole sequence: prefix, latent columns (0 past a sample's K), answer.
+    mask = torch.ones(bsz, plen + kmax + max(n_answer, 0), dtype=pre.mask.dtype, device=pre.mask.device)
+    mask[:, :plen] = pre.mask
+    steps = torch.arange(1, kmax + 1, device=mask.device)
+    mask[:, plen : plen + kmax] = (steps[None, :] <= ks[:, None]).to(mask.dtype)
 
-    with timer("vision"):
-        # (3, B, L) M-RoPE positions; 0 on padding. Never stored on the module.
-        pos, _ = vl.get_rope_index(ids, batch.mm_token_type_ids, batch.image_grid_thw, attention_mask=attn)
-        image = vl.get_image_features(batch.pixel_values, batch.image_grid_thw, return_dict=True)
-    with timer("prefill"):
-        out = vl(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=pos,
-            past_key_values=cache,
-            use_cache=True,
-            mm_encoder_outputs={"image": image},
-        )
-    h = out.last_hidden_state[:, -1:]  # (B, 1, H) — left padding: last column is real for every row
-    next_pos = pos.amax(dim=(0, 2)) + 1  # (B,) first position after the prefix
-
-    latents = [h]
-    for step in range(1, kmax + 1):
-        with timer("latent"):
-            p = (next_pos + step - 1).view(1, bsz, 1).expand(3, bsz, 1)
-            h = text(
-                inputs_embeds=h,
-                attention_mask=mask[:, : plen + step],
-                position_ids=p,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state  # (B, 1, H)
-            latents.append(h)
-    lat = torch.cat(latents, dim=1)  # (B, Kmax+1, H)
-    h_k = lat[torch.arange(bsz, device=ids.device), ks].unsqueeze(1)  # (B, 1, H): each sample's own h_K
-    start = next_pos + ks  # (B,) position of the first fed answer token
-    seen = plen + kmax
-
-    if answer_ids is not None:
-        return _teacher_forced(
-            core, text, cache, mask, seen, h_k, start, lat, ks, answer_ids, answer_mask, timer
-        )
-    tokens = _greedy(core, text, cache, mask, seen, h_k, start, max_new_tokens, stop_ids, pad_id, timer)
-    return LatentOutput(latents=lat, k=ks, tokens=tokens)
+    if runner is not None and serving:  # serving: the same steps on the runner's static cache
+        sequence = runner.open(pre.cache, mask)
+    else:
+        sequence = nullcontext(_DynamicSequence(text, pre.cache, mask))
+    with sequence as seq:
+        h = pre.h0  # (B, 1, H)
+        latents = [h]
+        for i in range(kmax):
+            with timer("latent"):
+                h = seq.step(h, pre.next_pos + i)  # (B, 1, H)
+                latents.append(h)
+        lat = torch.cat(latents, dim=1)  # (B, Kmax+1, H)
+        h_k = lat[torch.arange(bsz, device=lat.device), ks].unsqueeze(1)  # (B, 1, H): each sample's own h_K
+        start = pre.next_pos + ks  # (B,) position of the first fed answer token
+        if answer_ids is not None:
+            return _teacher_forced(core, text, seq, h_k, start, lat, ks, answer_ids, answer_mask, timer)
+        tokens = _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer)
+    return LatentOutput(latents=lat, k=ks, tokens=tokens, prefix_hits=pre.hits)
 
 
-def _teacher_forced(core, text, cache, mask, seen, h_k, start, lat, ks, answer_ids, answer_mask, timer):
+class _DynamicSequence:
+    """Single-position steps on a `DynamicCache` (training, and the eager path)."""
+
+    stop_every = 1
+
+    def __init__(self, text: torch.nn.Module, cache: DynamicCache, mask: torch.Tensor):
+        self.text, self.cache, self.mask = text, cache, mask
+        self.seen = cache.get_seq_length()
+
+    def step(self, embeds: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) embeddings at (B,) first positions → (B, T, H) last hidden state."""
+        t = embeds.shape[1]
+        p = positions3(pos[:, None] + torch.arange(t, device=pos.device)[None])  # (3, B, T)
+        h = step(self.text, embeds, p, self.mask[:, : self.seen + t], self.cache)
+        self.seen += t
+        return h
+
+
+def _pixel_keys(batch: PromptBatch, model_key: str) -> list[str]:
+    """Prefix-cache keys from each row's pixel values and grid (when the caller has no image keys)."""
+    import hashlib
+
+    n_patch = batch.image_grid_thw.prod(-1).tolist()
+    pixels = batch.pixel_values.detach().cpu()
+    keys, start = [], 0
+    for grid, n in zip(batch.image_grid_thw.tolist(), n_patch):
+        h = hashlib.blake2b(f"{model_key}|pixels|{grid}".encode(), digest_size=16)
+        h.update(pixels[start : start + n].contiguous().numpy().tobytes())
+        keys.append(h.hexdigest())
+        start += n
+    return keys
+
+
+def _teacher_forced(core, text, seq, h_k, start, lat, ks, answer_ids, answer_mask, timer):
     """All answer tokens in one pass; the first is predicted from h_K (paper eq. 2)."""
     bsz, t = answer_ids.shape
     if answer_mask is None:
@@ -143,19 +179,8 @@ def _teacher_forced(core, text, cache, mask, seen, h_k, start, lat, ks, answer_i
     with timer("decode"):
         logits = [core.lm_head(h_k)]  # (B, 1, V)
         if t > 1:
-            mask[:, seen : seen + t - 1] = answer_mask[:, :-1]
-            p = (
-                (start[:, None] + torch.arange(t - 1, device=start.device)[None])
-                .unsqueeze(0)
-                .expand(3, -1, -1)
-            )
-            hid = text(
-                inputs_embeds=text.embed_tokens(answer_ids[:, :-1]),  # (B, T-1, H)
-                attention_mask=mask[:, : seen + t - 1],
-                position_ids=p,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
+            seq.mask[:, seq.seen : seq.seen + t - 1] = answer_mask[:, :-1]
+            hid = seq.step(text.embed_tokens(answer_ids[:, :-1]), start)  # (B, T-1, H)
             logits.append(core.lm_head(hid))
         logits = torch.cat(logits, dim=1)  # (B, T, V)
         labels = answer_ids.masked_fill(answer_mask == 0, -100)
@@ -163,32 +188,27 @@ def _teacher_forced(core, text, cache, mask, seen, h_k, start, lat, ks, answer_i
     return LatentOutput(latents=lat, k=ks, logits=logits, loss=loss)
 
 
-def _greedy(core, text, cache, mask, seen, h_k, start, max_new_tokens, stop_ids, pad_id, timer):
-    """Greedy decoding with a stop set; finished rows feed `pad_id` and are ignored."""
-    bsz = h_k.shape[0]
-    stops = torch.tensor(list(stop_ids) or [-1], device=h_k.device)
+def _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer):
+    """Greedy decoding with a stop set; finished rows feed `pad_id` and are ignored.
+
+    The host looks at the stop condition every `seq.stop_every` tokens (the only sync in the loop).
+    """
+    stop_set = {int(s) for s in stop_ids}
+    stops = torch.tensor(sorted(stop_set) or [-1], device=h_k.device)
     with timer("decode"):
         tok = core.lm_head(h_k[:, -1]).argmax(-1)  # (B,)
     done = torch.isin(tok, stops)
     out = [tok]
     for i in range(1, max_new_tokens):
-        if bool(done.all()):
+        if (i - 1) % seq.stop_every == 0 and bool(done.all()):
             break
         with timer("decode"):
-            p = (start + i - 1).view(1, bsz, 1).expand(3, bsz, 1)
-            hid = text(
-                inputs_embeds=text.embed_tokens(tok[:, None]),
-                attention_mask=mask[:, : seen + i],
-                position_ids=p,
-                past_key_values=cache,
-                use_cache=True,
-            ).last_hidden_state
+            hid = seq.step(text.embed_tokens(tok[:, None]), start + i - 1)  # (B, 1, H)
             tok = core.lm_head(hid[:, -1]).argmax(-1)
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
             done = done | torch.isin(tok, stops)
             out.append(tok)
     seqs = torch.stack(out, dim=1).tolist()  # (B, T)
-    stop_set = set(stop_ids)
     result = []
     for row in seqs:
         cut = next((j for j, t in enumerate(row) if t in stop_set), len(row))

@@ -15,6 +15,7 @@ from vital_core.config import VitalConfig
 from vital_core.heads import Scaffold, build_scaffold
 from vital_core.latent import LatentOutput, latent_forward
 from vital_core.lora import attach_lora, merge_lora, unwrap
+from vital_core.prefix_cache import PrefixCache
 from vital_core.preprocess import (
     ANSWER_STOP,
     PromptBatch,
@@ -22,6 +23,7 @@ from vital_core.preprocess import (
     load_image_processor,
     make_image_processor,
 )
+from vital_core.static_cache import StaticRunner
 from vital_core.timing import null_timer
 from vital_core.tokenizer import corpus, load_tokenizer, train_bpe_tokenizer
 
@@ -36,6 +38,7 @@ class Answer:
     tokens: list[int]
     k: int
     latents: torch.Tensor  # (k+1, H): h_0..h_k
+    prefix_hit: bool | None = None  # image prefix reused from a prefix cache (None: no cache)
 
 
 class VitalModel(nn.Module):
@@ -87,6 +90,7 @@ class VitalModel(nn.Module):
         answer_mask: torch.Tensor | None = None,
         max_new_tokens: int | None = None,
         timer: Callable = null_timer,
+        **serving,  # noqa: ANN003 - runner / prefix_cache / image_keys (see latent_forward)
     ) -> LatentOutput:
         """The latent loop (see `vital_core.latent.latent_forward`)."""
         return latent_forward(
@@ -99,6 +103,7 @@ class VitalModel(nn.Module):
             stop_ids=self.stop_ids,
             pad_id=self.tokenizer.pad_token_id or 0,
             timer=timer,
+            **serving,
         )
 
     def answer(
@@ -108,19 +113,24 @@ class VitalModel(nn.Module):
         k: int | Sequence[int] | None = None,
         max_new_tokens: int | None = None,
         timer: Callable = null_timer,
+        runner: StaticRunner | None = None,
+        prefix_cache: PrefixCache | None = None,
     ) -> list[Answer]:
-        """Answer a batch of questions (inference mode, greedy)."""
+        """Answer a batch of questions (inference mode, greedy; optional static cache and prefix cache)."""
         k = self.config.latent.k_default if k is None else k
         with torch.inference_mode():
             with timer("preprocess"):
                 batch = self.encode(images, questions)
-            out = self(batch, k, max_new_tokens=max_new_tokens, timer=timer)
+                keys = [prefix_cache.key(im) for im in images] if prefix_cache is not None else None
+            out = self(batch, k, max_new_tokens=max_new_tokens, timer=timer, runner=runner,
+                       prefix_cache=prefix_cache, image_keys=keys)  # fmt: skip
         return [
             Answer(
                 text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
                 tokens=toks,
                 k=int(kb),
                 latents=out.latents[i, : int(kb) + 1].float().cpu(),
+                prefix_hit=out.prefix_hits[i] if out.prefix_hits is not None else None,
             )
             for i, (toks, kb) in enumerate(zip(out.tokens, out.k.tolist()))
         ]

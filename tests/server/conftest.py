@@ -46,3 +46,51 @@ def ask():
         return client.post(route, files={"image": ("img", data, "application/octet-stream")}, data=form)
 
     return post
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory):
+    """A real `vital serve` (uvicorn) of the committed vital-tiny bundle with an API key, shared by the
+    /v1 and /ui tests: `.base` URL, `.key`, `.max_body`, `.max_new_tokens`, `.bundle`, `.log`."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import httpx
+
+    bundle = Path(__file__).resolve().parents[2] / "bundles" / "vital-tiny"
+    if not (bundle / "vital.yaml").is_file():
+        pytest.skip(f"the committed bundle is missing at {bundle}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    live = SimpleNamespace(base=f"http://127.0.0.1:{port}", key="live-test-key", max_body=2 * 1024 * 1024,
+                           max_new_tokens=32, bundle=bundle, log=tmp_path_factory.mktemp("live") / "server.log")  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VITAL_API_KEY": live.key, "VITAL_MAX_WAIT_MS": "0",
+           "VITAL_MAX_BODY_BYTES": str(live.max_body), "VITAL_MAX_NEW_TOKENS": str(live.max_new_tokens)}  # fmt: skip
+    with open(live.log, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vital_core.cli", "serve", "--bundle", str(bundle), "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, live.log.read_text()
+            try:
+                if httpx.get(f"{live.base}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server never became ready:\n" + live.log.read_text()
+            time.sleep(0.1)
+        yield live
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from training.evaluate import closed_correct
+from training.eval.evaluate import closed_correct
 from training.phantom import make_sample
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "vital-tiny"

@@ -187,3 +187,25 @@ def test_invalid_k_is_rejected(tiny_model, images, questions):
         tiny_model(batch, [1, 2, 3])
     with pytest.raises(ValueError, match="k must be"):
         tiny_model(batch, -1)
+
+
+@pytest.mark.slow
+def test_train_mode_latents_equal_static_served_path(tiny_model, images, questions):
+    """One loop: the training pass (dynamic cache, autograd) and the static-cache serving path agree."""
+    from vital_core.prefix_cache import PrefixCache
+    from vital_core.static_cache import StaticRunner
+
+    ks = [4, 0, 2, 1]
+    aid, am = encode_answers(["Yes."] * 4, tiny_model.tokenizer)
+    batch = tiny_model.encode(images, questions)
+    runner, pcache = StaticRunner(tiny_model.core), PrefixCache(1 << 30)
+    with torch.inference_mode():
+        served = tiny_model(batch, ks, max_new_tokens=2, runner=runner, prefix_cache=pcache)
+    tiny_model.train()
+    try:
+        trained = tiny_model(batch, ks, answer_ids=aid, answer_mask=am, runner=runner, prefix_cache=pcache)
+    finally:
+        tiny_model.eval()
+    assert trained.latents.requires_grad and trained.prefix_hits is None, "training never uses the caches"
+    torch.testing.assert_close(trained.latents.detach(), served.latents, atol=ATOL, rtol=1e-4)
+    assert trained.logits[:, 0].argmax(-1).tolist() == [t[0] for t in served.tokens]

@@ -1,0 +1,272 @@
+"""The OpenAI-compatible routes, driven by the real `openai` client against a real `vital serve` process."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.slow  # a live server, then real requests (about a minute on 2 busy cores)
+openai = pytest.importorskip(
+    "openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'"
+)
+
+BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "vital-tiny"
+KEY = "live-test-key"  # the live_server fixture's (tests/server/conftest.py)
+MAX_BODY = 2 * 1024 * 1024
+MODEL = "vital-tiny"
+QUESTION = "Describe the appearance of the aorta in this CT scan."
+
+
+def phantom_png(index: int = 36) -> bytes:
+    """A phantom CT slice like the ones the bundle was trained on."""
+    from training.phantom.generate import make_sample
+
+    buf = io.BytesIO()
+    Image.fromarray(make_sample(index, seed=0).scene.to_uint8()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(data: bytes, media: str = "image/png") -> str:
+    return f"data:{media};base64,{base64.b64encode(data).decode()}"
+
+
+def user(image_url: str | None, text: str | None = QUESTION) -> list[dict]:
+    parts = []
+    if image_url is not None:
+        parts.append({"type": "image_url", "image_url": {"url": image_url}})
+    if text is not None:
+        parts.append({"type": "text", "text": text})
+    return [{"role": "user", "content": parts}]
+
+
+@pytest.fixture(scope="module")
+def server(live_server):
+    return live_server.base
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def png():
+    return phantom_png()
+
+
+def _answer(base: str, data: bytes, question: str = QUESTION, **fields) -> dict:
+    r = httpx.post(f"{base}/answer", files={"image": ("img", data)}, data={"question": question, **fields},
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_models(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    card = client.models.retrieve(MODEL)
+    assert card.id == MODEL and card.owned_by == "vital" and card.created > 0
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_chat_completion_equals_answer(client, server, png):
+    resp = client.chat.completions.create(
+        model=MODEL, messages=user(data_uri(png)), max_tokens=24, extra_body={"k": 3}
+    )
+    ref = _answer(server, png, k="3", max_new_tokens="24")
+    choice = resp.choices[0]
+    assert choice.message.role == "assistant" and choice.message.content == ref["answer"] != ""
+    assert resp.model == MODEL and resp.object == "chat.completion" and resp.id.startswith("chatcmpl-")
+    assert resp.vital["k"] == 3 and resp.vital["image"] == {"format": "png", "width": 128, "height": 128}
+    assert choice.finish_reason == ("length" if resp.usage.completion_tokens == 24 else "stop")
+    # prompt tokens are the model's real prompt length (image tokens included)
+    from vital_core.bundle import load_bundle
+
+    model = load_bundle(BUNDLE, device="cpu", scaffold=False)
+    prompt = model.encode([Image.open(io.BytesIO(png))], [QUESTION])
+    assert resp.usage.prompt_tokens == prompt.input_ids.shape[1] > 20
+    assert 0 < resp.usage.completion_tokens <= 24
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+def test_streaming_matches_non_streaming(client, png):
+    kw = {"model": MODEL, "messages": user(data_uri(png)), "max_tokens": 24, "extra_body": {"k": 2}}
+    whole = client.chat.completions.create(**kw)
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(pieces) == whole.choices[0].message.content
+    assert len(pieces) > 1  # token by token, not one blob
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+    assert len({c.id for c in chunks}) == 1
+
+
+def test_max_tokens_auto_k_and_dicom(client, server, png):
+    short = client.chat.completions.create(model=MODEL, messages=user(data_uri(png)), max_completion_tokens=2)
+    assert short.choices[0].finish_reason == "length" and short.usage.completion_tokens == 2
+    from vital_core.qtypes import auto_k
+
+    q = "Is there a spleen in this CT scan?"
+    auto = client.chat.completions.create(
+        model=MODEL, messages=user(data_uri(png), q), extra_body={"k": "auto"}
+    )
+    assert auto.vital["k"] == auto_k(q, 4) == 1
+    from pydicom.data import get_testdata_file
+
+    dcm = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    # image first, question in a second user message, a system prompt (not used) and a plain string part
+    messages = [{"role": "system", "content": "You are a radiologist."}, *user(data_uri(dcm, "application/dicom"), None),
+                {"role": "user", "content": "Is there a lesion?"}]  # fmt: skip
+    resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, extra_body={"k": 1})
+    assert resp.vital["image"]["format"] == "dicom"
+    assert (
+        resp.choices[0].message.content
+        == _answer(server, dcm, "Is there a lesion?", k="1", max_new_tokens="8")["answer"]
+    )
+
+
+def test_same_engine_batches_chat_with_answer(server, png):
+    """Concurrent /v1 and /answer requests go through the one queue: they can share a batch."""
+    chat = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+    with ThreadPoolExecutor(8) as pool:
+        futs = [pool.submit(chat.chat.completions.create, model=MODEL, messages=user(data_uri(png)), max_tokens=4,
+                            extra_body={"k": 2}) for _ in range(6)]  # fmt: skip
+        futs += [pool.submit(_answer, server, png, k="2", max_new_tokens="4") for _ in range(2)]
+        results = [f.result() for f in futs]
+    sizes = [r.vital["batch_size"] for r in results[:6]] + [r["batch_size"] for r in results[6:]]
+    assert max(sizes) > 1, sizes  # 8 concurrent requests on one worker: later ones wait and batch
+    answers = {r.choices[0].message.content for r in results[:6]} | {r["answer"] for r in results[6:]}
+    assert len(answers) == 1  # batched or not, the same answer
+
+
+def _error(exc_info) -> dict:
+    body = exc_info.value.response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return body["error"]
+
+
+def _counter(metrics: str, code: str, status: int) -> float:
+    m = re.search(rf'^vital_errors_total\{{code="{code}",status="{status}"\}} (\S+)', metrics, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_errors_in_openai_shape(client, server, png):
+    uri = data_uri(png)
+    metrics = httpx.get(f"{server}/metrics").text
+    before = {c: _counter(metrics, c, s) for c, s in (("remote_image_url", 400), ("unauthorized", 401))}
+    cases = [  # (kwargs, exception, status, code, param)
+        ({"messages": user("https://example.org/scan.png")}, openai.BadRequestError, 400, "remote_image_url",
+         "messages[0].content[0].image_url.url"),
+        ({"messages": user("file:///etc/passwd")}, openai.BadRequestError, 400, "invalid_image_url",
+         "messages[0].content[0].image_url.url"),
+        ({"messages": user(None)}, openai.BadRequestError, 400, "invalid_request", "messages"),
+        ({"messages": user(uri, None)}, openai.BadRequestError, 400, "invalid_request", "messages"),
+        ({"messages": user(uri) + user(uri)}, openai.BadRequestError, 400, "invalid_request", "messages"),
+        ({"messages": [*user(uri), {"role": "assistant", "content": "hi"}]}, openai.BadRequestError, 400,
+         "invalid_request", "messages[1].role"),
+        ({"messages": user(uri), "model": "gpt-4o"}, openai.NotFoundError, 404, "model_not_found", "model"),
+        ({"messages": user(uri), "extra_body": {"k": 9}}, openai.BadRequestError, 400, "invalid_request", "k"),
+        ({"messages": user(uri), "max_tokens": 33}, openai.BadRequestError, 400, "invalid_request", "max_tokens"),
+        ({"messages": user(uri), "n": 2}, openai.BadRequestError, 400, "invalid_request", "n"),
+        ({"messages": user(uri), "frequency_penalty": 0.5}, openai.BadRequestError, 400, "invalid_request",
+         "frequency_penalty"),
+        ({"messages": user("data:image/png;base64,@@@")}, openai.BadRequestError, 400, "unreadable_image",
+         "messages[0].content[0].image_url.url"),
+        ({"messages": user(data_uri(b"GIF89a" + b"\0" * 64))}, openai.APIStatusError, 415, "unsupported_image", None),
+        ({"messages": user(data_uri(b"\0" * (MAX_BODY + 1)))}, openai.APIStatusError, 413, "body_too_large", None),
+        ({"messages": user(uri), "stream": True}, None, 200, None, None),  # control: the same body streams fine
+        ({"messages": user("http://127.0.0.1:1/x.png"), "stream": True}, openai.BadRequestError, 400,
+         "remote_image_url", "messages[0].content[0].image_url.url"),
+    ]  # fmt: skip
+    for kwargs, exc, status, code, param in cases:
+        kwargs = {"model": MODEL, **kwargs}
+        if exc is None:
+            assert list(client.chat.completions.create(**kwargs))
+            continue
+        with pytest.raises(exc) as info:
+            client.chat.completions.create(**kwargs)
+        assert info.value.status_code == status, (kwargs.keys(), info.value)
+        err = _error(info)
+        assert (err["code"], err["param"]) == (code, param), err
+        assert err["type"] == ("not_found_error" if status == 404 else "invalid_request_error")
+    bad_key = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    for call in (
+        lambda: bad_key.models.list(),
+        lambda: bad_key.chat.completions.create(model=MODEL, messages=user(uri)),
+    ):
+        with pytest.raises(openai.AuthenticationError) as info:
+            call()
+        assert _error(info)["type"] == "authentication_error"
+        assert info.value.response.headers["www-authenticate"] == "Bearer"
+    r = httpx.post(f"{server}/v1/chat/completions", content=b"{not json", headers={
+        "Authorization": f"Bearer {KEY}", "content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
+    r = httpx.get(f"{server}/v1/completions", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"  # routing errors too
+    metrics = httpx.get(f"{server}/metrics").text
+    assert re.search(
+        r'^vital_requests_total\{route="/v1/chat/completions",status="200"\} [1-9]', metrics, re.M
+    )
+    after = {c: _counter(metrics, c, s) for c, s in (("remote_image_url", 400), ("unauthorized", 401))}
+    assert after == {c: before[c] + 2 for c in before}, (before, after)
+
+
+def test_failures_in_process_and_helpers(tiny_bundle, png):
+    """In process: a model that failed to load (503) or fails a request (500), in OpenAI's shape; data URIs;
+    token deltas."""
+    from fastapi.testclient import TestClient
+
+    from server import Settings, create_app
+    from server.errors import APIError
+    from server.openai_api import decode_data_uri, token_deltas
+
+    def broken(settings, device):
+        raise RuntimeError("no weights here")
+
+    with TestClient(create_app(Settings(bundle=tiny_bundle), loader=broken)) as c:
+        deadline = time.time() + 30
+        while "no weights" not in c.get("/v1/models").text:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": user(data_uri(b"x"))})
+        assert r.status_code == 503 and r.json()["error"]["type"] == "server_error"
+        assert r.json()["error"]["code"] == "not_ready"
+        assert (
+            c.get("/answer").status_code == 405 and "type" not in c.get("/answer").json()["error"]
+        )  # others keep theirs
+    with TestClient(create_app(Settings(bundle=tiny_bundle))) as c:  # a model failure: 500, OpenAI's shape
+        while c.get("/ready").status_code != 200:
+            time.sleep(0.02)
+
+        def broken_answer(*args, **kwargs):
+            raise RuntimeError("CUDA error: device-side assert")
+
+        c.app.state.service.engine.model.answer = broken_answer
+        r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": user(data_uri(png))})
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        assert r.json()["error"]["type"] == "server_error" and "CUDA" not in r.text
+        assert c.get("/ready").status_code == 200  # the server lives on
+    assert decode_data_uri("data:application/octet-stream;base64,aGVsbG8=") == b"hello"
+    for bad in ("data:image/png,hello", "ftp://x/y.png", "HTTPS://x/y.png", "/etc/passwd"):
+        with pytest.raises(APIError) as info:
+            decode_data_uri(bad)
+        assert info.value.status == 400
+    from vital_core.bundle import load_bundle
+
+    tok = load_bundle(BUNDLE, device="cpu", scaffold=False).tokenizer
+    for text in ("The liver is in the left part.", "Größe 5 mm — ok ✓", "  spaced   out  "):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        final = tok.decode(ids, skip_special_tokens=True).strip()
+        deltas = token_deltas(tok, ids, final)
+        assert "".join(deltas) == final and all(deltas)
+        assert "\ufffd" not in "".join(deltas)

@@ -1,0 +1,348 @@
+"""PACS integration against a real Orthanc (Debian's orthanc + orthanc-dicomweb): ask by UID, store as DICOM.
+
+Orthanc runs on a free loopback port with a temporary storage directory. A Lua script makes it refuse
+STOW-RS into one study (HTTP 403) and silently drop results sent to another, so refusals are real.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+AUTH = ("vital", "pacs-secret")  # Orthanc's HTTP basic user for these tests
+PLUGIN_DIRS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
+Q = "Where is the liver?"
+MULTIFRAME = "SC_rgb_rle_2frame.dcm"  # RLE, 2 frames: retrieved as stored and decoded like an upload
+
+
+def _need_orthanc() -> tuple[str, str]:
+    plugin = next((str(p) for d in PLUGIN_DIRS for p in sorted(Path(d).glob("libOrthancDicomWeb.so*"))), None)
+    if os.access(ORTHANC, os.X_OK) and plugin:
+        return ORTHANC, plugin
+    msg = "Orthanc with its DICOMweb plugin is not installed (Debian packages orthanc, orthanc-dicomweb)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{msg}: `make test` installs them (target test-deps)")
+    pytest.skip(f"{msg}; `make test-deps` installs them")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _dataset(name: str) -> pydicom.Dataset:
+    return pydicom.dcmread(get_testdata_file(name))
+
+
+def _dropped_copy() -> pydicom.Dataset:
+    """CT_small in a study of its own: Orthanc keeps it but drops anything VITAL stores there."""
+    ds = _dataset("CT_small.dcm")
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return ds
+
+
+class Orthanc:
+    """One Orthanc process: start, stop, upload."""
+
+    def __init__(self, tmp: Path, refuse_study: str, drop_study: str):
+        self.binary, plugin = _need_orthanc()
+        self.port, self.tmp = _free_port(), tmp
+        lua = tmp / "filters.lua"
+        lua.write_text(
+            "function IncomingHttpRequestFilter(method, uri, ip, username, headers)\n"
+            f"  return not (method == 'POST' and string.find(uri, '{refuse_study}', 1, true) ~= nil)\n"
+            "end\n"
+            "function ReceivedInstanceFilter(dicom, origin, info)\n"
+            f"  return not (dicom.StudyInstanceUID == '{drop_study}' and dicom.Modality ~= 'CT')\n"
+            "end\n"
+        )
+        self.config = tmp / "orthanc.json"
+        self.config.write_text(json.dumps({
+            "Name": "VITAL-test", "StorageDirectory": str(tmp / "db"), "IndexDirectory": str(tmp / "db"),
+            "HttpPort": self.port, "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
+            "RegisteredUsers": dict([AUTH]),
+            "DicomServerEnabled": False, "DicomPort": _free_port(), "HttpCompressionEnabled": False,
+            "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "LuaScripts": [str(lua)],
+        }))  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        log = open(self.tmp / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([self.binary, str(self.config)], stdout=log, stderr=log)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if requests.get(f"{self.url}/system", auth=AUTH, timeout=1).ok:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+            if self.proc.poll() is not None:
+                break
+        raise RuntimeError(f"Orthanc did not start; see {self.tmp / 'orthanc.log'}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+
+    def upload(self, ds: pydicom.Dataset) -> None:
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        requests.post(f"{self.url}/instances", data=buf.getvalue(), auth=AUTH, timeout=10).raise_for_status()
+
+
+@pytest.fixture(scope="module")
+def dropped():
+    return _dropped_copy()
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory, dropped):
+    server = Orthanc(tmp_path_factory.mktemp("orthanc"), _dataset("MR_small.dcm").StudyInstanceUID,
+                     dropped.StudyInstanceUID)  # fmt: skip
+    server.start()
+    try:
+        for ds in (_dataset("CT_small.dcm"), _dataset("MR_small.dcm"), _dataset(MULTIFRAME), dropped):
+            server.upload(ds)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def pacs_client(orthanc, tiny_bundle, wait_ready):
+    from server import Settings, create_app
+
+    settings = Settings(bundle=tiny_bundle, dicomweb_url=f"{orthanc.url}/dicom-web", dicomweb_timeout_s=20,
+                        dicomweb_username=AUTH[0], dicomweb_password=AUTH[1])  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        wait_ready(c)
+        yield c
+
+
+def _ref(ds: pydicom.Dataset, **extra) -> dict:
+    return {
+        "study": ds.StudyInstanceUID,
+        "series": ds.SeriesInstanceUID,
+        "instance": ds.SOPInstanceUID,
+        **extra,
+    }
+
+
+def _err(r, status: int, code: str, text: str | None = None) -> None:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert text is None or text in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_answer_by_uid_equals_uploading_the_file(pacs_client, ask, name):
+    ds = _dataset(name)
+    by_bytes = ask(pacs_client, Path(get_testdata_file(name)).read_bytes(), Q, k=2, max_new_tokens=4)
+    by_json = pacs_client.post(
+        "/answer", json={"dicomweb": _ref(ds), "question": Q, "k": 2, "max_new_tokens": 4}
+    )
+    by_form = pacs_client.post("/answer", files={"dicomweb": (None, json.dumps(_ref(ds)))},
+                               data={"question": Q, "k": "2", "max_new_tokens": "4"})  # fmt: skip
+    assert by_bytes.status_code == by_json.status_code == by_form.status_code == 200, (
+        by_json.text,
+        by_form.text,
+    )
+    assert by_json.json()["answer"] == by_form.json()["answer"] == by_bytes.json()["answer"]
+    assert by_json.json()["image"] == {"format": "dicom", "width": ds.Columns, "height": ds.Rows}
+
+
+def test_frame_is_numbered_from_one_as_in_dicom(pacs_client, ask):
+    ds, raw = _dataset(MULTIFRAME), Path(get_testdata_file(MULTIFRAME)).read_bytes()
+    for frame in (1, 2):
+        by_uid = pacs_client.post("/answer", json={"dicomweb": _ref(ds, frame=frame), "question": Q, "k": 1,
+                                                   "max_new_tokens": 4})  # fmt: skip
+        by_file = ask(pacs_client, raw, Q, frame=frame - 1, k=1, max_new_tokens=4)
+        assert by_uid.status_code == by_file.status_code == 200, by_uid.text
+        assert by_uid.json()["answer"] == by_file.json()["answer"]
+    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ds, frame=2), "question": Q, "frame": 1}), 422,
+         "invalid_request", "give it once")  # fmt: skip
+
+
+def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
+    from dicomweb_client import DICOMwebClient
+
+    from server.dicom_results import EMPTY
+    from server.images import decode_image
+
+    src = _dataset("CT_small.dcm")
+    r = pacs_client.post("/explain", json={"dicomweb": _ref(src), "question": Q, "k": 2, "max_new_tokens": 4,
+                                           "store": True})  # fmt: skip
+    assert r.status_code == 200, r.text
+    body = r.json()
+    stored = body["stored"]
+    assert stored["study_instance_uid"] == src.StudyInstanceUID
+    kinds = [(i["kind"], i["step"]) for i in stored["instances"]]
+    assert kinds == [("sr", None), ("heatmap", 1), ("heatmap", 2)]
+    session = requests.Session()
+    session.auth = AUTH
+    wado = DICOMwebClient(f"{orthanc.url}/dicom-web", session=session)
+    got = {i["sop_instance_uid"]: wado.retrieve_instance(src.StudyInstanceUID, i["series_instance_uid"],
+                                                         i["sop_instance_uid"]) for i in stored["instances"]}  # fmt: skip
+    sr = got[stored["instances"][0]["sop_instance_uid"]]
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" and sr.Modality == "SR"  # Comprehensive SR
+    assert (sr.StudyInstanceUID, sr.PatientID) == (src.StudyInstanceUID, src.PatientID)
+    assert sr.SeriesInstanceUID not in (src.SeriesInstanceUID,) and sr.Manufacturer == "VITAL"
+    assert sr.ManufacturerModelName == body["model"] and "vital" in str(sr.SoftwareVersions)
+    texts = _texts(sr)
+    said = [body["answer"], *(s["sentence"] for s in body["steps"])]
+    assert Q in texts and all((t or EMPTY) in texts for t in said), (texts, said)
+    refs = _image_refs(sr)
+    assert src.SOPInstanceUID in refs and {i["sop_instance_uid"] for i in stored["instances"][1:]} <= refs
+    evidence = {it.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
+                for se in st.ReferencedSeriesSequence for it in se.ReferencedSOPSequence}  # fmt: skip
+    assert src.SOPInstanceUID in evidence
+    assert 2 in [n.MeasuredValueSequence[0].NumericValue for n in _items(sr) if n.ValueType == "NUM"]
+    for info in stored["instances"][1:]:
+        sc = got[info["sop_instance_uid"]]
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.Manufacturer == "VITAL"
+        assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.SeriesInstanceUID != sr.SeriesInstanceUID
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        pixels = sc.pixel_array  # (H, W, 3) uint8: the heatmap decodes
+        assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 0
+        buf = io.BytesIO()
+        sc.save_as(buf, enforce_file_format=True)
+        assert decode_image(buf.getvalue(), max_pixels=10**7).format == "dicom"
+
+
+def _items(ds: pydicom.Dataset) -> list:
+    out = []
+    for it in ds.get("ContentSequence", []):
+        out += [it, *_items(it)]
+    return out
+
+
+def _texts(sr: pydicom.Dataset) -> set[str]:
+    return {str(it.TextValue) for it in _items(sr) if it.ValueType == "TEXT"}
+
+
+def _image_refs(sr: pydicom.Dataset) -> set[str]:
+    return {
+        it.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for it in _items(sr) if it.ValueType == "IMAGE"
+    }
+
+
+def test_bad_references(pacs_client):
+    ct = _dataset("CT_small.dcm")
+    unknown = _ref(ct, instance="1.2.826.0.1.3680043.8.498.1")
+    _err(pacs_client.post("/answer", json={"dicomweb": unknown, "question": Q}), 404, "dicomweb_not_found")
+    for bad in ({**_ref(ct), "study": "1.2.03"}, {**_ref(ct), "series": "1.2.x"}, {**_ref(ct), "instance": "9" * 65},
+                {**_ref(ct), "url": "http://evil.example/"}, {"study": ct.StudyInstanceUID}):  # fmt: skip
+        _err(pacs_client.post("/answer", json={"dicomweb": bad, "question": Q}), 422, "invalid_request")
+    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct, frame=2), "question": Q}), 422, "invalid_request",
+         "frame 1 out of range")  # fmt: skip
+    _err(pacs_client.post("/answer", files={"dicomweb": (None, "{not json")}, data={"question": Q}), 422,
+         "invalid_request", "dicomweb")  # fmt: skip
+    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct), "image": "aGk=", "question": Q}), 422,
+         "invalid_request", "exactly one")  # fmt: skip
+    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q, "store": True}), 422,
+         "invalid_request", "only /explain")  # fmt: skip
+    data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    _err(pacs_client.post("/explain", files={"image": ("a", data)}, data={"question": Q, "store": "true"}), 422,
+         "invalid_request", "needs a 'dicomweb' reference")  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["http-403", "silently-dropped"])
+def test_refused_store_is_502(pacs_client, dropped, how):
+    src = _dataset("MR_small.dcm") if how == "http-403" else dropped
+    r = pacs_client.post("/explain", json={"dicomweb": _ref(src), "question": Q, "k": 1, "max_new_tokens": 2,
+                                           "store": True})  # fmt: skip
+    _err(r, 502, "pacs_store_refused")
+
+
+def test_credentials_basic_or_header(pacs_client, monkeypatch):
+    import base64
+
+    from pydantic import SecretStr
+
+    settings = pacs_client.app.state.service.settings
+    body = {"dicomweb": _ref(_dataset("MR_small.dcm")), "question": Q, "k": 0, "max_new_tokens": 2}
+    monkeypatch.setattr(settings, "dicomweb_password", SecretStr("wrong"))
+    _err(pacs_client.post("/answer", json=body), 502, "pacs_error", "HTTP 401")
+    monkeypatch.setattr(settings, "dicomweb_username", None)
+    _err(pacs_client.post("/answer", json=body), 502, "pacs_error", "HTTP 401")
+    token = base64.b64encode(":".join(AUTH).encode()).decode()
+    monkeypatch.setattr(settings, "dicomweb_auth_header", SecretStr(f"Basic {token}"))
+    assert pacs_client.post("/answer", json=body).status_code == 200
+
+
+def test_instance_larger_than_the_body_limit_is_413(pacs_client, monkeypatch):
+    monkeypatch.setattr(pacs_client.app.state.service.settings, "max_body_bytes", 4096)
+    r = pacs_client.post("/answer", json={"dicomweb": _ref(_dataset("CT_small.dcm")), "question": Q})
+    _err(r, 413, "image_too_large", "VITAL_MAX_BODY_BYTES")
+
+
+def test_no_pacs_configured_is_400(pacs_client, monkeypatch):
+    monkeypatch.setattr(pacs_client.app.state.service.settings, "dicomweb_url", None)
+    ct = _dataset("CT_small.dcm")
+    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q}), 400, "dicomweb_not_configured",
+         "VITAL_DICOMWEB_URL")  # fmt: skip
+
+
+def test_slow_pacs_is_504(pacs_client, monkeypatch):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel does) and never answers
+    settings = pacs_client.app.state.service.settings
+    monkeypatch.setattr(settings, "dicomweb_url", f"http://127.0.0.1:{silent.getsockname()[1]}/dicom-web")
+    monkeypatch.setattr(settings, "dicomweb_timeout_s", 0.3)
+    try:
+        t0 = time.perf_counter()
+        r = pacs_client.post("/answer", json={"dicomweb": _ref(_dataset("CT_small.dcm")), "question": Q})
+        _err(r, 504, "pacs_timeout")
+        assert time.perf_counter() - t0 < 5
+    finally:
+        silent.close()
+
+
+def test_orthanc_stopped_mid_test_is_502(pacs_client, orthanc):
+    ct = _dataset("CT_small.dcm")
+    ok = pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q, "k": 0, "max_new_tokens": 2})
+    assert ok.status_code == 200, ok.text
+    orthanc.stop()
+    try:
+        _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q}), 502, "pacs_unreachable")
+    finally:
+        orthanc.start()
+    again = pacs_client.post(
+        "/answer", json={"dicomweb": _ref(ct), "question": Q, "k": 0, "max_new_tokens": 2}
+    )
+    assert again.status_code == 200 and again.json()["answer"] == ok.json()["answer"]
+
+
+def test_compose_pacs_profile_wires_orthanc_to_vital():
+    import yaml
+
+    compose = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "docker" / "compose.pacs.yml").read_text()
+    )
+    orthanc, vital = compose["services"]["orthanc"], compose["services"]["vital"]
+    assert orthanc["profiles"] == ["pacs"] and orthanc["environment"]["DICOM_WEB_PLUGIN_ENABLED"] == "true"
+    root = orthanc["environment"]["ORTHANC__DICOM_WEB__ROOT"].strip("/")
+    assert vital["environment"]["VITAL_DICOMWEB_URL"] == f"http://orthanc:8042/{root}"
+    assert (
+        vital["environment"]["VITAL_DICOMWEB_USERNAME"] in orthanc["environment"]["ORTHANC__REGISTERED_USERS"]
+    )
