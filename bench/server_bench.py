@@ -2,9 +2,12 @@
 
 For 1, 4, 16 and 64 concurrent clients, with batching on and off (ratio in the same run): p50/p99
 latency and throughput of POST /answer. Also HTTP overhead (end-to-end latency of one client over the
-in-process model call for the same request) and /explain over /answer latency.
+in-process model call for the same request), /explain over /answer latency, and /answer latency under
+mixed load (answer clients alongside /explain clients, ratio to the same answer clients alone, on
+the same server in the same run; `--mixed-only` runs just that part).
 
     python bench/server_bench.py --bundle bundles/vital-tiny --out bench/results
+    python bench/server_bench.py --mixed-only --out bench/results
 """
 
 from __future__ import annotations
@@ -53,15 +56,25 @@ def _free_port() -> int:
 class Server:
     """A `vital serve` subprocess."""
 
-    def __init__(self, bundle: str, batching: bool, max_batch: int, wait_ms: float):
+    def __init__(self, bundle: str, batching: bool, max_batch: int, wait_ms: float, preload: bool = False):
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "VITAL_BATCHING": str(batching).lower(), "VITAL_MAX_BATCH_SIZE": str(max_batch),
-               "VITAL_MAX_WAIT_MS": str(wait_ms), "VITAL_LOG_LEVEL": "warning", "VITAL_MAX_QUEUE": "1024"}  # fmt: skip
+        env = {
+            **os.environ,
+            "VITAL_BATCHING": str(batching).lower(),
+            "VITAL_MAX_BATCH_SIZE": str(max_batch),
+            "VITAL_MAX_WAIT_MS": str(wait_ms),
+            "VITAL_LOG_LEVEL": "warning",
+            "VITAL_MAX_QUEUE": "1024",
+            "VITAL_EXPLAIN_PRELOAD": str(preload).lower(),
+            "VITAL_DRAIN_SECONDS": "0",
+        }
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vital_core.cli", "serve", "--bundle", bundle, "--port", str(self.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def __enter__(self) -> Server:
         deadline = time.time() + 180
@@ -74,7 +87,7 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError("server did not become ready")
 
-    def __exit__(self, *exc) -> None:  # noqa: ANN002
+    def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=60)
 
@@ -108,6 +121,50 @@ async def _load(base: str, clients: int, requests: int, images: list[bytes], rou
     }
 
 
+async def _mixed(
+    base: str, answer_clients: int, explain_clients: int, requests: int, images: list[bytes]
+) -> dict:
+    """/answer p50/p99 with `explain_clients` /explain loops running alongside (until the answers are done)."""
+    stop = asyncio.Event()
+    explained = 0
+
+    async def explain_loop(c: httpx.AsyncClient, seed: int) -> None:
+        nonlocal explained
+        i = seed
+        while not stop.is_set():
+            files = {"image": ("x.png", images[i % len(images)], "image/png")}
+            data = {"question": QUESTION, "k": "4", "max_new_tokens": "16"}
+            (await c.post(f"{base}/explain", files=files, data=data)).raise_for_status()
+            explained += 1
+            i += 1
+
+    async def answers() -> dict:
+        try:
+            return await _load(base, answer_clients, requests, images)
+        finally:
+            stop.set()
+
+    async with httpx.AsyncClient(timeout=300) as c:
+        row, *_ = await asyncio.gather(answers(), *[explain_loop(c, j) for j in range(explain_clients)])
+    return {**row, "explain_clients": explain_clients, "explains_done": explained}
+
+
+def mixed_load(
+    bundle: str, answer_clients: int, explain_clients: int, requests: int, images: list[bytes]
+) -> dict:
+    """Answer-only vs mixed /answer + /explain load on one server (explain modules preloaded)."""
+    with Server(bundle, True, 16, 0.0, preload=True) as srv:
+        asyncio.run(_load(srv.base, 4, 16, images))  # warm-up
+        asyncio.run(_load(srv.base, 1, 4, images, route="/explain"))
+        alone = asyncio.run(_load(srv.base, answer_clients, requests, images))
+        mixed = asyncio.run(_mixed(srv.base, answer_clients, explain_clients, requests, images))
+        again = asyncio.run(_load(srv.base, answer_clients, requests, images))  # drift check
+    out = {"answer_only": alone, "mixed": mixed, "answer_only_after": again}
+    out["p50_ratio_mixed_over_alone"] = mixed["p50_ms"] / alone["p50_ms"]
+    out["p99_ratio_mixed_over_alone"] = mixed["p99_ms"] / alone["p99_ms"]
+    return out
+
+
 def _in_process_ms(bundle: str, images: list[bytes], n: int) -> float:
     """Median latency of the same request through the model directly (decode + answer), no HTTP."""
     from server.images import decode_image
@@ -132,9 +189,19 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=128, help="requests per concurrency level")
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--wait-ms", type=float, default=5.0)
+    p.add_argument("--mixed-answer-clients", type=int, default=8)
+    p.add_argument("--mixed-explain-clients", type=int, default=8)
+    p.add_argument("--mixed-requests", type=int, default=64, help="/answer requests per mixed-load phase")
+    p.add_argument("--mixed-only", action="store_true", help="run only the mixed /answer + /explain part")
     args = p.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     images = [_png(i) for i in range(16)]
+    mixed_args = (args.mixed_answer_clients, args.mixed_explain_clients, args.mixed_requests, images)
+    if args.mixed_only:
+        result = {"benchmark": "server-mixed", "bundle": args.bundle, "machine": _machine()}
+        result["mixed"] = mixed_load(args.bundle, *mixed_args)
+        _save_mixed(result, Path(args.out))
+        return 0
     result: dict = {"benchmark": "server", "bundle": args.bundle, "machine": _machine(), "levels": {}}
     for batching in (True, False):
         key = "batching_on" if batching else "batching_off"
@@ -144,14 +211,17 @@ def main() -> int:
             for n in levels:
                 row = asyncio.run(_load(srv.base, n, max(args.requests, 2 * n), images))
                 rows.append(row)
-                print(f"{key:13s} clients={n:3d}  p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
-                      f"{row['throughput_rps']:6.2f} req/s")  # fmt: skip
+                print(
+                    f"{key:13s} clients={n:3d}  p50 {row['p50_ms']:8.1f} ms  p99 {row['p99_ms']:8.1f} ms  "
+                    f"{row['throughput_rps']:6.2f} req/s"
+                )
             result["levels"][key] = rows
             if batching:
                 single = asyncio.run(_load(srv.base, 1, 32, images))
                 explain = asyncio.run(_load(srv.base, 1, 16, images, route="/explain"))
                 result["single_client_answer_p50_ms"] = single["p50_ms"]
                 result["single_client_explain_p50_ms"] = explain["p50_ms"]
+    result["mixed"] = mixed_load(args.bundle, *mixed_args)
     result["in_process_p50_ms"] = _in_process_ms(args.bundle, images, 32)
     result["http_overhead_ratio"] = result["single_client_answer_p50_ms"] / result["in_process_p50_ms"]
     result["explain_over_answer_ratio"] = (
@@ -189,7 +259,43 @@ def _save(result: dict, out: Path) -> None:
         f"- /explain vs /answer (single client, p50): {result['single_client_explain_p50_ms']:.1f} ms vs "
         f"{result['single_client_answer_p50_ms']:.1f} ms → ratio {result['explain_over_answer_ratio']:.2f}.",
     ]
+    lines += ["", *_mixed_lines(result)]
     (out / "server-cpu.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _mixed_lines(result: dict) -> list[str]:
+    mx = result["mixed"]
+    a, m, b = mx["answer_only"], mx["mixed"], mx["answer_only_after"]
+    return [
+        f"/answer under mixed load: {a['clients']} /answer clients, alone and with "
+        f"{m['explain_clients']} /explain clients running alongside ({m['explains_done']} explanations "
+        "done meanwhile); one server, explain modules preloaded, K = 4, 16 tokens.",
+        "",
+        "| /answer load | p50 ms | p99 ms | answers/s |",
+        "|---|---|---|---|",
+        f"| alone | {a['p50_ms']:.1f} | {a['p99_ms']:.1f} | {a['throughput_rps']:.2f} |",
+        f"| with /explain clients | {m['p50_ms']:.1f} | {m['p99_ms']:.1f} | {m['throughput_rps']:.2f} |",
+        f"| alone, again (drift check) | {b['p50_ms']:.1f} | {b['p99_ms']:.1f} | {b['throughput_rps']:.2f} |",
+        "",
+        f"Ratio mixed / alone: p50 {mx['p50_ratio_mixed_over_alone']:.2f}×, "
+        f"p99 {mx['p99_ratio_mixed_over_alone']:.2f}×.",
+    ]
+
+
+def _save_mixed(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "server-cpu-mixed.json").write_text(json.dumps(result, indent=2))
+    m = result["machine"]
+    lines = [
+        f"# Server benchmark, mixed /answer + /explain — {Path(result['bundle']).name} on CPU",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs while measured). A real "
+        "`vital serve` process; clients are asyncio httpx loops.",
+        "",
+        *_mixed_lines(result),
+    ]
+    (out / "server-cpu-mixed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -12,10 +12,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from index_builder.roi import ROIParams
+from index_builder.roi_params import ROIParams
 from vital_core.cli import CLIError
 from vital_core.config import ConfigError, EncoderConfig, VitalConfig
+
+if TYPE_CHECKING:
+    from index_builder.encoder import PatchEncoder
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ def encoder_config(args: argparse.Namespace) -> EncoderConfig:
     return cfg
 
 
-def _encoder(args: argparse.Namespace, device: str | None = None):  # noqa: ANN202
+def _encoder(args: argparse.Namespace, device: str | None = None) -> PatchEncoder:
     from index_builder.encoder import EncoderError, PatchEncoder
 
     try:

@@ -8,16 +8,18 @@ Preprocessing follows the MedSigLIP model card: zero-pad to a square (content ce
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vital_core.config import EncoderConfig
+from vital_core.config import EncoderConfig, VitalConfig
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +182,13 @@ def load_encoder(config: EncoderConfig, device: str | None = None, seed: int = 0
         enc.dtype,
     )
     return enc
+
+
+def load_bundle_encoder(
+    config: VitalConfig, bundle: str | Path | None = None, device: str | None = None
+) -> PatchEncoder:
+    """The encoder a bundle's /explain uses: BUNDLE/encoder when the bundle ships one, else the config's."""
+    enc_cfg = config.encoder
+    if bundle is not None and (Path(bundle) / "encoder").is_dir():
+        enc_cfg = dataclasses.replace(enc_cfg, path=str(Path(bundle) / "encoder"))
+    return load_encoder(enc_cfg, device=device, seed=config.seed)

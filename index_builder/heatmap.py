@@ -47,6 +47,16 @@ def cosine_grid(query: np.ndarray | torch.Tensor, grid: np.ndarray | torch.Tenso
     return (g @ q).numpy().astype(np.float32)  # (G, G)
 
 
+def visual_queries(vp: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Latents [..., H] -> the visual projector's L2-normalised queries [..., D] (float32, on the CPU).
+
+    What a latent step "looks at": `VP(h_k)`, compared by cosine with an image's patch grid
+    (`cosine_grid`, `heatmap`) and searched in the patch index.
+    """
+    with torch.inference_mode():
+        return torch.nn.functional.normalize(vp(latents).float(), dim=-1).cpu()  # (..., D)
+
+
 def heatmap(
     query: np.ndarray | torch.Tensor,
     grid: np.ndarray | torch.Tensor,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from index_builder.encoder import PatchEncoderLike
 from index_builder.roi import ROIParams, ROIPlan, plan_roi
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def sample_quality(plan: ROIPlan, raw: np.ndarray) -> SampleQuality:
 
 
 def grid_search(
-    encoder,  # noqa: ANN001 - a PatchEncoderLike
+    encoder: PatchEncoderLike,
     samples: Sequence[tuple[Image.Image, np.ndarray]],
     taus: Sequence[float] = DEFAULT_TAUS,
     margins: Sequence[float] = DEFAULT_MARGINS,

@@ -19,16 +19,21 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from index_builder.encoder import PatchEncoderLike
 from index_builder.roi import ROIError, ROIParams, ROIResult, extract_rois, plan_roi
 from index_builder.samples import SampleError, SampleRef, load_image, load_mask
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +112,13 @@ def shard_done(path: Path, planned: Sequence[str], fp: str) -> bool:
     )
 
 
-def extract_shard(encoder, refs: Sequence[SampleRef], params: ROIParams, batch_size: int, bar=None):  # noqa: ANN001, ANN201
+def extract_shard(
+    encoder: PatchEncoderLike,
+    refs: Sequence[SampleRef],
+    params: ROIParams,
+    batch_size: int,
+    bar: tqdm | None = None,
+) -> tuple[dict[str, ROIResult], dict[str, str]]:
     """ROI features for one shard's samples -> (results by id, skipped {id: reason})."""
     results: dict[str, ROIResult] = {}
     skipped: dict[str, str] = {}
@@ -139,7 +150,7 @@ class ExtractionReport:
 
 
 def extract_to_store(
-    encoder,  # noqa: ANN001 - a PatchEncoderLike
+    encoder: PatchEncoderLike,
     refs: Sequence[SampleRef],
     out_dir: str | Path,
     params: ROIParams,
@@ -149,7 +160,7 @@ def extract_to_store(
     world: int = 1,
     batch_size: int = 16,
     progress: bool = True,
-    barrier=None,  # noqa: ANN001 - callable run before rank 0 writes the manifest
+    barrier: Callable[[], object] | None = None,
 ) -> ExtractionReport:
     """Build this rank's shards (shard i -> rank i % world), skip finished ones; rank 0 writes the manifest."""
     from tqdm import tqdm

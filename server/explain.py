@@ -1,31 +1,59 @@
 """/explain: re-attach the scaffolding and show, per latent step, what it says and where it looks.
 
-Loaded once, lazily (or at start-up with VITAL_EXPLAIN_PRELOAD=true): the bundle's scaffolding
-(visual projector, pj_in, auxiliary decoder), the frozen medical encoder that gives the query
-image's patch grid, and — when present — the FAISS index of reference patches.
+Loaded once (lazily, or at start-up with VITAL_EXPLAIN_PRELOAD=true) on a helper thread, never on the
+model thread, so /answer keeps running while the scaffolding (visual projector, pj_in, auxiliary
+decoder), the frozen medical encoder that gives the query image's patch grid and — when present — the
+FAISS index of reference patches load. Each explanation then runs as one job in the engine's queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from index_builder.encoder import PatchEncoderLike, load_bundle_encoder
+from index_builder.heatmap import heatmap, visual_queries
 from server.errors import APIError
+from server.protocol import ExplainStep, Heatmap, Patch
+from vital_core.bundle import load_scaffold
+from vital_core.heads import Scaffold
+from vital_core.model import VitalModel
 from vital_core.timing import StageTimer
 
+if TYPE_CHECKING:  # only for annotations: the index module pulls in faiss, loaded when an index exists
+    from index_builder.faiss_index import PatchIndex
+    from server.service import Service
+
 log = logging.getLogger("vital.explain")
+
+
+@dataclass
+class Explanation:
+    """The answer and what each latent step h_1..h_K says and looks at."""
+
+    answer: str
+    k: int
+    steps: list[ExplainStep]
+    timings_ms: dict[str, float]
 
 
 class Explainer:
     """The /explain pipeline on top of the serving model."""
 
-    def __init__(self, model, scaffold, encoder, index=None):  # noqa: ANN001
+    def __init__(
+        self,
+        model: VitalModel,
+        scaffold: Scaffold,
+        encoder: PatchEncoderLike,
+        index: PatchIndex | None = None,
+    ):
         self.model = model
         self.scaffold = scaffold.eval()
         self.encoder = encoder
@@ -33,55 +61,47 @@ class Explainer:
 
     def explain(
         self, image: Image.Image, question: str, k: int, max_new_tokens: int, top_k: int
-    ) -> dict[str, Any]:
+    ) -> Explanation:
         """Answer, then decode/project/search each latent h_1..h_K (runs on the model thread)."""
-        from index_builder.heatmap import heatmap
-
         timer = StageTimer(self.model.device)
         ans = self.model.answer([image], [question], k=k, max_new_tokens=max_new_tokens, timer=timer)[0]
-        steps = []
+        steps: list[ExplainStep] = []
         with timer("explain"), torch.inference_mode():
             lat = ans.latents[1:].to(self.model.device)  # (K, H): h_1..h_K
             if lat.shape[0]:
                 sentences = self.scaffold.decode(lat, self.model.tokenizer)
-                queries = F.normalize(self.scaffold.vp(lat).float(), dim=-1).cpu()  # (K, D)
+                queries = visual_queries(self.scaffold.vp, lat)  # (K, D)
                 grid = self.encoder.encode([image])[0]  # (G, G, D)
-                nearest = (
-                    self.index.search(queries.numpy(), top_k)
-                    if self.index is not None
-                    else [[]] * len(queries)
-                )
+                nearest = self.index.search(queries.numpy(), top_k) if self.index is not None else None
                 for i, q in enumerate(queries):
                     hm = heatmap(q, grid, image)
+                    hits = nearest[i] if nearest is not None else []
                     steps.append(
-                        {
-                            "step": i + 1,
-                            "sentence": sentences[i],
-                            "heatmap": {
-                                "png_base64": base64.b64encode(hm.png).decode(),
-                                "grid": [[round(float(v), 5) for v in row] for row in hm.grid],
-                                "peak": [int(hm.peak[0]), int(hm.peak[1])],
-                            },
-                            "nearest": [
-                                {
-                                    "image_id": h.image_id,
-                                    "row": int(h.row),
-                                    "col": int(h.col),
-                                    "score": float(h.score),
-                                }
-                                for h in nearest[i]
+                        ExplainStep(
+                            step=i + 1,
+                            sentence=sentences[i],
+                            heatmap=Heatmap(
+                                png_base64=base64.b64encode(hm.png).decode(),
+                                grid=[[round(float(v), 5) for v in row] for row in hm.grid],
+                                peak=(int(hm.peak[0]), int(hm.peak[1])),
+                            ),
+                            nearest=[
+                                Patch(
+                                    image_id=h.image_id, row=int(h.row), col=int(h.col), score=float(h.score)
+                                )
+                                for h in hits
                             ],
-                        }
+                        )
                     )
-        return {"answer": ans.text, "steps": steps, "timings_ms": timer.totals_ms()}
+        return Explanation(answer=ans.text, k=ans.k, steps=steps, timings_ms=timer.totals_ms())
 
 
-def index_dir(svc) -> Path:  # noqa: ANN001
+def index_dir(svc: Service) -> Path:
     """Where the FAISS index is read from: VITAL_INDEX_PATH, else BUNDLE/index."""
     return Path(svc.settings.index_path) if svc.settings.index_path else Path(svc.settings.bundle) / "index"
 
 
-def explain_unavailable_reason(svc) -> tuple[int, str, str] | None:  # noqa: ANN001
+def explain_unavailable_reason(svc: Service) -> tuple[int, str, str] | None:
     """(status, code, message) when /explain cannot be served, else None."""
     if not svc.settings.explain:
         return 404, "explain_disabled", "explanation is disabled on this server (VITAL_EXPLAIN=false)"
@@ -96,8 +116,8 @@ def explain_unavailable_reason(svc) -> tuple[int, str, str] | None:  # noqa: ANN
     return None
 
 
-async def get_explainer(svc) -> Explainer:  # noqa: ANN001
-    """The explainer, loading it on first use (once, under a lock)."""
+async def get_explainer(svc: Service) -> Explainer:
+    """The explainer, loading it on first use (once, under a lock, on a helper thread)."""
     reason = explain_unavailable_reason(svc)
     if reason:
         raise APIError(reason[0], reason[2], reason[1])
@@ -106,9 +126,8 @@ async def get_explainer(svc) -> Explainer:  # noqa: ANN001
     async with svc.explain_lock:
         if svc.explainer is None:
             try:
-                svc.explainer = await svc.engine.run_exclusive(load_explainer, svc)
-            except APIError:
-                raise
+                # Not the model thread: /answer batches keep running while the modules load.
+                svc.explainer = await asyncio.to_thread(load_explainer, svc)
             except Exception as exc:
                 log.exception("loading the explanation modules failed")
                 raise APIError(
@@ -117,24 +136,16 @@ async def get_explainer(svc) -> Explainer:  # noqa: ANN001
     return svc.explainer
 
 
-def load_explainer(svc) -> Explainer:  # noqa: ANN001
+def load_explainer(svc: Service) -> Explainer:
     """Scaffolding + encoder + optional index for the served bundle."""
-    from index_builder.encoder import load_encoder
-    from vital_core.bundle import load_scaffold
-
     bundle = Path(svc.settings.bundle)
-    model = svc.model
+    model = svc.loaded_model()
     scaffold = load_scaffold(bundle, device=svc.device)
-    enc_cfg = model.config.encoder
-    if (bundle / "encoder").is_dir():
-        import dataclasses
-
-        enc_cfg = dataclasses.replace(enc_cfg, path=str(bundle / "encoder"))
-    encoder = load_encoder(enc_cfg, device=svc.device, seed=model.config.seed)
+    encoder = load_bundle_encoder(model.config, bundle, device=svc.device)
     index = None
     idir = index_dir(svc)
     if (idir / "index.faiss").is_file():
-        from index_builder.faiss_index import PatchIndex
+        from index_builder.faiss_index import PatchIndex  # faiss only when an index exists
 
         index = PatchIndex.load(idir)
         log.info("explain: patch index with %d vectors from %s", len(index), idir)

@@ -6,9 +6,35 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 # Fine enough for tens of milliseconds, wide enough for explicit-CoT-like tails.
 LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4,
-    0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 30.0, 60.0,
-)  # fmt: skip
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    30.0,
+    60.0,
+)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 STAGES = ("decode_image", "preprocess", "vision", "prefill", "latent", "decode", "explain")
 
@@ -23,17 +49,25 @@ class Metrics:
             "vital_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
         self.request_latency = Histogram(
-            "vital_request_duration_seconds", "End-to-end request latency by route and status",
-            ["route", "status"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "vital_request_duration_seconds",
+            "End-to-end request latency by route and status",
+            ["route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.stage_latency = Histogram(
-            "vital_stage_duration_seconds", "Latency per stage of the forward pass (per batch)",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "vital_stage_duration_seconds",
+            "Latency per stage of the forward pass (per batch)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_wait = Histogram(
-            "vital_queue_wait_seconds", "Time a request waited before its batch started",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "vital_queue_wait_seconds",
+            "Time a request waited before its batch started",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "vital_batch_size", "Requests per executed batch", buckets=BATCH_BUCKETS, registry=r
         )

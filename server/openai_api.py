@@ -28,7 +28,7 @@ from server.errors import APIError, describe_validation
 from server.images import decode_image
 from server.logs import request_id_var
 from server.protocol import AnswerParams
-from server.routes import require_key, require_ready, resolve_k, resolve_max_new_tokens, service_of
+from server.routes import arrived, require_key, require_ready, resolve_k, resolve_max_new_tokens, service_of
 
 log = logging.getLogger("vital.server")
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
@@ -247,8 +247,8 @@ async def chat_completions(request: Request) -> Response:
         decoded, decode_ms = await _decode(data, params, svc)
         prompt_tokens = await run_in_threadpool(count_prompt_tokens, svc.model, decoded.image, question)
         rid = request_id_var.get()
-        res = await svc.engine.submit(
-            decoded.image, question, k, max_new, rid, svc.settings.request_timeout_s
+        res = await svc.loaded_engine().submit(
+            decoded.image, question, k, max_new, rid, svc.settings.request_timeout_s, arrived(request)
         )
     except APIError as exc:
         return _reply_error(svc, exc)

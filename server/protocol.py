@@ -74,22 +74,18 @@ class JSONAnswerRequest(AnswerParams):
         return self
 
 
-class Timings(BaseModel):
-    """Milliseconds per stage; stages of the batched forward pass are the batch's."""
-
-    model_config = ConfigDict(extra="allow")
-    total: float
-
-
 class AnswerResponse(BaseModel):
+    """The answer and how it was made."""
+
     answer: str
     k: int
     model: str
     request_id: str
     timings_ms: dict[str, float] = Field(
         ...,
-        description="milliseconds per stage and total; `prefix_cache_hit` is 1 when the image's prefix "
-        "came from the prefix cache (no vision stage), 0 when it was computed (absent when the cache is off)",
+        description="milliseconds per stage and `total`; stages of a batched forward pass are the batch's; "
+        "`prefix_cache_hit` is 1 when the image's prefix came from the prefix cache (no vision stage), 0 when "
+        "it was computed (absent when the cache is off)",
     )
     batch_size: int = Field(..., description="requests that shared this forward pass")
     image: dict[str, int | str] = Field(..., description="decoded image format and size")

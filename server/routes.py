@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import re
 import time
-from typing import Annotated
+from typing import Annotated, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+import peft
+import torch
+import transformers
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
-from server.dicomweb import check_store
+from server.dicom_results import Explanation as StoredExplanation
+from server.dicomweb import SourceInstance, check_store, fetch_instance, frame_index, store_explanation
+from server.docs import key_matches
 from server.errors import APIError, describe_validation
-from server.images import decode_image, limits_from, spec_from
+from server.explain import Explanation, explain_unavailable_reason, get_explainer
+from server.images import DecodedImage, decode_image, limits_from, spec_from
 from server.logs import request_id_var
 from server.protocol import (
     AnswerParams,
@@ -27,10 +34,20 @@ from server.protocol import (
     ErrorResponse,
     ExplainResponse,
     JSONAnswerRequest,
+    StoredResult,
 )
+from server.service import Service
+from vital_core import __version__
+from vital_core.qtypes import auto_k
 
 router = APIRouter()
 _WHITESPACE = re.compile(r"\s+")
+M = TypeVar("M", bound=BaseModel)
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="APIKey",
+    description="the server's API key (VITAL_API_KEY), required on model routes when one is set",
+)
 
 _ERRORS = {
     s: {"model": ErrorResponse, "description": d}
@@ -74,28 +91,33 @@ _BODY_DOC = {
 }
 
 
-def service_of(request: Request):  # noqa: ANN201 - server.app.Service
+def service_of(request: Request) -> Service:
     """The Service object the app was built with."""
     return request.app.state.service
 
 
-def require_key(request: Request) -> None:
+def arrived(request: Request) -> float | None:
+    """When the request's headers arrived (perf_counter), stamped by the middleware."""
+    return request.scope.get("state", {}).get("arrived")
+
+
+def require_key(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)] = None
+) -> None:
     """Bearer API key check (constant-time) when a key is configured."""
-    key = service_of(request).settings.api_key
-    if key is None:
-        return
-    auth = request.headers.get("authorization", "")
-    scheme, _, given = auth.partition(" ")
-    expected = key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-        raise APIError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')", "unauthorized",
-                       {"WWW-Authenticate": "Bearer"})  # fmt: skip
+    if not key_matches(request.headers.get("authorization", ""), service_of(request).settings):
+        raise APIError(
+            401,
+            "missing or invalid API key (send 'Authorization: Bearer <key>')",
+            "unauthorized",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
 
-def require_ready(request: Request):  # noqa: ANN201
-    """The service, once the model is loaded and not draining (else 503)."""
+def require_ready(request: Request) -> Service:
+    """The service, once the model is loaded (else 503); 503 for requests arriving after intake closed."""
     svc = service_of(request)
-    if svc.draining:
+    if svc.refuses(arrived(request)):
         raise APIError(503, "server is shutting down; retry on another replica", "draining")
     if not svc.ready:
         if svc.load_error:
@@ -105,7 +127,7 @@ def require_ready(request: Request):  # noqa: ANN201
 
 
 Authorized = Annotated[None, Depends(require_key)]
-ReadyService = Annotated[object, Depends(require_ready)]
+ReadyService = Annotated[Service, Depends(require_ready)]
 
 
 @router.get("/health", summary="Process is alive")
@@ -116,8 +138,10 @@ async def health() -> dict:
 
 @router.get("/ready", summary="Model loaded and accepting work", responses={503: _ERRORS[503]})
 async def ready(request: Request) -> dict:
-    """Readiness: 503 until the bundle is loaded and while draining."""
-    require_ready(request)
+    """Readiness: 503 until the bundle is loaded, and from the shutdown signal on."""
+    svc = require_ready(request)
+    if svc.draining:
+        raise APIError(503, "server is shutting down; retry on another replica", "draining")
     return {"status": "ready"}
 
 
@@ -132,10 +156,6 @@ async def metrics(request: Request) -> Response:
 )
 async def info(request: Request, _: Authorized) -> dict:
     """Model name, preset, K settings, versions, and whether /explain is available."""
-    import peft
-    import torch
-    import transformers
-
     svc = service_of(request)
     cfg = svc.model.config if svc.model is not None else None
     return {
@@ -152,7 +172,7 @@ async def info(request: Request, _: Authorized) -> dict:
             "enabled": svc.settings.batching,
             "max_batch_size": svc.settings.max_batch_size,
             "max_wait_ms": svc.settings.max_wait_ms,
-        },  # fmt: skip
+        },
         "versions": {
             "vital": request.app.version,
             "torch": torch.__version__,
@@ -162,9 +182,7 @@ async def info(request: Request, _: Authorized) -> dict:
     }
 
 
-def _explain_available(svc) -> bool:  # noqa: ANN001
-    from server.explain import explain_unavailable_reason
-
+def _explain_available(svc: Service) -> bool:
     return svc.model is not None and explain_unavailable_reason(svc) is None
 
 
@@ -182,14 +200,20 @@ async def answer(request: Request, _: Authorized, svc: ReadyService) -> JSONResp
     check_store(params.store, isinstance(data, DicomwebRef), explain=False)
     decoded, decode_ms, _source = await _decode(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
-    res = await svc.engine.submit(decoded.image, params.question, k, max_new, request_id_var.get(),
-                                  svc.settings.request_timeout_s)  # fmt: skip
+    engine, rid = svc.loaded_engine(), request_id_var.get()
+    res = await engine.submit(
+        decoded.image, params.question, k, max_new, rid, svc.settings.request_timeout_s, arrived(request)
+    )
     timings = {"decode_image": decode_ms, **res.timings_ms, "total": 1000 * (time.perf_counter() - t0)}
     body = AnswerResponse(
-        answer=res.text, k=res.k, model=svc.model.config.name, request_id=request_id_var.get(),
-        timings_ms={k_: round(v, 3) for k_, v in timings.items()}, batch_size=res.batch_size,
-        image={"format": decoded.format, "width": decoded.width, "height": decoded.height},
-    )  # fmt: skip
+        answer=res.text,
+        k=res.k,
+        model=svc.loaded_model().config.name,
+        request_id=rid,
+        timings_ms={k_: round(v, 3) for k_, v in timings.items()},
+        batch_size=res.batch_size,
+        image=_image_info(decoded),
+    )
     return JSONResponse(body.model_dump())
 
 
@@ -201,46 +225,69 @@ async def answer(request: Request, _: Authorized, svc: ReadyService) -> JSONResp
     openapi_extra=_BODY_DOC,
 )
 async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONResponse:
-    """Answer plus, per latent step: decoded sentence, heatmap, nearest reference patches."""
-    from server.explain import get_explainer
+    """Answer plus, per latent step: decoded sentence, heatmap, nearest reference patches.
 
+    Runs as one job in the engine's queue: the same 429 bound, 504 timeout and drain as /answer.
+    """
     t0 = time.perf_counter()
     explainer = await get_explainer(svc)  # 404/503 when not configured
     data, params = await read_input(request)
     check_store(params.store, isinstance(data, DicomwebRef), explain=True)
     decoded, decode_ms, source = await _decode(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
-    result = await svc.engine.run_exclusive(
-        explainer.explain, decoded.image, params.question, k, max_new, params.top_k
-    )
-    for stage, ms in result["timings_ms"].items():
+    engine, rid = svc.loaded_engine(), request_id_var.get()
+    queued, started = time.perf_counter(), []
+
+    def run() -> Explanation:  # on the model thread, when the job's turn comes
+        started.append(time.perf_counter())
+        return explainer.explain(decoded.image, params.question, k, max_new, params.top_k)
+
+    result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
+    for stage, ms in result.timings_ms.items():
         svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
-    stored = await _store(svc, source, params, result, k) if params.store else None
-    timings = {"decode_image": decode_ms, **result["timings_ms"], "total": 1000 * (time.perf_counter() - t0)}
+    stored = await _store(svc, source, params, result) if params.store else None
+    timings = {
+        "decode_image": decode_ms,
+        "queue": 1000 * (started[0] - queued),
+        **result.timings_ms,
+        "total": 1000 * (time.perf_counter() - t0),
+    }
     body = ExplainResponse(
-        answer=result["answer"], k=k, model=svc.model.config.name, request_id=request_id_var.get(),
-        timings_ms={k_: round(v, 3) for k_, v in timings.items()}, batch_size=1,
-        image={"format": decoded.format, "width": decoded.width, "height": decoded.height},
-        steps=result["steps"], stored=stored,
-    )  # fmt: skip
+        answer=result.answer,
+        k=result.k,
+        model=svc.loaded_model().config.name,
+        request_id=rid,
+        timings_ms={k_: round(v, 3) for k_, v in timings.items()},
+        batch_size=1,
+        image=_image_info(decoded),
+        steps=result.steps,
+        stored=stored,
+    )
     return JSONResponse(body.model_dump())
 
 
+def _image_info(decoded: DecodedImage) -> dict[str, int | str]:
+    return {"format": decoded.format, "width": decoded.width, "height": decoded.height}
+
+
 async def read_input(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
-    """Image bytes (or a PACS reference) and validated fields from a multipart or JSON body."""
+    """Image bytes (or a PACS reference) and validated fields from a multipart or JSON body (400/415/422)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _read_multipart(request)
     if ctype == "application/json":
         return await _read_json(request)
-    raise APIError(415, f"unsupported content type {ctype or '(none)'!r}; send multipart/form-data or application/json",
-                   "unsupported_media_type")  # fmt: skip
+    raise APIError(
+        415,
+        f"unsupported content type {ctype or '(none)'!r}; send multipart/form-data or application/json",
+        "unsupported_media_type",
+    )
 
 
 async def _read_multipart(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
     try:
         form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
-    except APIError:
+    except (APIError, ClientDisconnect):
         raise
     except Exception as exc:
         raise APIError(
@@ -288,27 +335,27 @@ def _multipart_ref(form) -> tuple[DicomwebRef, AnswerParams]:  # noqa: ANN001 - 
         raise APIError(422, "with 'dicomweb', no field may be a file", "invalid_request")
     try:
         ref = json.loads(form["dicomweb"])
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep, or integers beyond the digit limit
         raise APIError(422, f"dicomweb: not valid JSON: {exc}", "invalid_request") from exc
     if not isinstance(ref, dict):
         raise APIError(422, "dicomweb: a JSON object with study, series, instance", "invalid_request")
     return _validate(DicomwebRef, ref), _validate(AnswerParams, fields)
 
 
-def _validate(model, data: dict):  # noqa: ANN001, ANN202
+def _validate(model: type[M], data: dict) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise APIError(422, describe_validation(exc.errors()), "invalid_request") from exc
 
 
-async def _decode(data: bytes | DicomwebRef, params: AnswerParams, svc):  # noqa: ANN001, ANN202
+async def _decode(
+    data: bytes | DicomwebRef, params: AnswerParams, svc: Service
+) -> tuple[DecodedImage, float, SourceInstance | None]:
     """(DecodedImage, ms, SourceInstance | None): a PACS reference is fetched first, then decoded."""
     t = time.perf_counter()
     source, frame = None, params.frame
     if isinstance(data, DicomwebRef):
-        from server.dicomweb import fetch_instance, frame_index
-
         frame = frame_index(data, params.frame)
         source = await run_in_threadpool(fetch_instance, svc.settings, data)
         data = source.part10
@@ -320,28 +367,24 @@ async def _decode(data: bytes | DicomwebRef, params: AnswerParams, svc):  # noqa
     return decoded, ms, source
 
 
-async def _store(svc, source, params: AnswerParams, result: dict, k: int):  # noqa: ANN001, ANN202
+async def _store(
+    svc: Service, source: SourceInstance, params: AnswerParams, result: Explanation
+) -> StoredResult:
     """Write the explanation back to the PACS as DICOM (SR + heatmaps); the new UIDs."""
-    from server.dicom_results import Explanation
-    from server.dicomweb import store_explanation
-
-    exp = Explanation(question=params.question, answer=result["answer"], k=k, model=svc.model.config.name,
-                      version=service_version(), steps=result["steps"])  # fmt: skip
+    exp = StoredExplanation(
+        question=params.question,
+        answer=result.answer,
+        k=result.k,
+        model=svc.loaded_model().config.name,
+        version=__version__,
+        steps=[s.model_dump() for s in result.steps],
+    )
     return await run_in_threadpool(store_explanation, svc.settings, source, exp)
 
 
-def service_version() -> str:
-    """The VITAL version written into stored DICOM objects."""
-    from vital_core import __version__
-
-    return __version__
-
-
-def resolve_k(params: AnswerParams, svc) -> int:  # noqa: ANN001
+def resolve_k(params: AnswerParams, svc: Service) -> int:
     """The request's K: default, explicit (0..K_max), or auto (from the question type)."""
-    from vital_core.qtypes import auto_k
-
-    latent = svc.model.config.latent
+    latent = svc.loaded_model().config.latent
     if params.k is None:
         return latent.k_default
     if params.k == "auto":
@@ -351,11 +394,11 @@ def resolve_k(params: AnswerParams, svc) -> int:  # noqa: ANN001
     return params.k
 
 
-def resolve_max_new_tokens(params: AnswerParams, svc) -> int:  # noqa: ANN001
+def resolve_max_new_tokens(params: AnswerParams, svc: Service) -> int:
     """The request's token cap, bounded by the server's limit."""
     limit = svc.settings.max_new_tokens
     if params.max_new_tokens is None:
-        return min(svc.model.config.latent.max_new_tokens, limit)
+        return min(svc.loaded_model().config.latent.max_new_tokens, limit)
     if params.max_new_tokens > limit:
         raise APIError(422, f"max_new_tokens: must be at most {limit}", "invalid_request")
     return params.max_new_tokens

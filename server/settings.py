@@ -59,7 +59,24 @@ class Settings(BaseSettings):
         description="largest inflated stream / declared pixel data of one file in bytes (413 beyond)",
     )
     request_timeout_s: float = Field(60.0, gt=0, description="a request not answered by then gets 504")
-    api_key: SecretStr | None = Field(None, description="bearer key required on model routes when set")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection that has not sent a complete request head by then is closed"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body not fully received this long after its head gets 408"
+    )
+    max_discard_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="an oversize body up to this size is read and dropped before the 413, so the client "
+        "reads the 413 instead of a reset; a larger one gets the 413 and the connection closes",
+    )
+    api_key: SecretStr | None = Field(
+        None, description="bearer key required on model routes and the API docs when set"
+    )
+    docs_public: bool = Field(
+        False, description="serve /docs, /redoc and /openapi.json without the key even when one is set"
+    )
     explain: bool = Field(True, description="serve /explain (needs scaffolding in the bundle)")
     explain_preload: bool = Field(
         False, description="load the scaffolding at start-up instead of on first use"
@@ -67,7 +84,12 @@ class Settings(BaseSettings):
     index_path: Path | None = Field(
         None, description="FAISS patch index for /explain (default: BUNDLE/index)"
     )
-    drain_seconds: float = Field(0.0, ge=0, description="after SIGTERM: stay up, not ready, this long")
+    drain_seconds: float = Field(
+        15.0,
+        ge=0,
+        description="after SIGTERM: keep serving but fail /ready this long, so load balancers stop "
+        "routing here first (a second SIGTERM ends the wait); then finish accepted requests and exit",
+    )
     dicomweb_url: str | None = Field(
         None, description="DICOMweb root of the PACS that /answer and /explain may read from and store to"
     )

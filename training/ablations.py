@@ -216,9 +216,9 @@ def evaluate_arm(model: Any, samples: list, spec: dict[str, Any], k0: bool = Fal
     """Answer metrics on `spec['n']` samples, then collapse and grounding at the analysis K."""
     from training.analysis import collapse_summary, encoder_for, grounding_from_predictions, step_similarity
     from training.eval.evaluate import predict, score
+    from vital_core.qtypes import parse_k
 
-    k: int | str = 0 if k0 else spec["k"]
-    k = int(k) if str(k).isdigit() else k
+    k = 0 if k0 else parse_k(spec["k"])
     report = score(predict(model, samples[: spec["n"]], k=k))
     res: dict[str, Any] = {"eval": report, "collapse": None, "grounding": None}
     ka = 0 if k0 else int(spec["analysis_k"])

@@ -117,7 +117,7 @@ def grounding_from_predictions(
     preds: Sequence[Prediction], vp: torch.nn.Module, encoder: Any, examples: int = 0, out: Path | None = None
 ) -> dict[str, Any]:
     """Per-step grounding over predictions of five-tuple samples that kept their latents (same K for all)."""
-    from index_builder.heatmap import cosine_grid, heatmap
+    from index_builder.heatmap import cosine_grid, heatmap, visual_queries
 
     preds = [p for p in preds if p.latents is not None and p.sample is not None and p.k >= 1]
     if not preds:
@@ -131,8 +131,7 @@ def grounding_from_predictions(
         images = [p.item.load_image() for p in chunk]
         grids = encoder.encode(images)  # (b, G, G, D)
         lat = torch.stack([p.latents[1 : k + 1] for p in chunk]).to(device)  # (b, K, H)
-        with torch.inference_mode():
-            queries = F.normalize(vp(lat).float(), dim=-1).cpu()  # (b, K, D)
+        queries = visual_queries(vp, lat)  # (b, K, D)
         for i, p in enumerate(chunk):
             with Image.open(p.sample.mask) as im:
                 cells = mask_cells(np.asarray(im.convert("L")) > 127, encoder.grid)
@@ -174,11 +173,6 @@ def collapse_table(summary: dict[str, Any], title: str = "") -> str:
 
 def encoder_for(config: Any, bundle: str | Path | None = None, device: str = "cpu") -> Any:
     """The frozen patch encoder /explain would use: BUNDLE/encoder when present, else the config's."""
-    import dataclasses
+    from index_builder.encoder import load_bundle_encoder
 
-    from index_builder.encoder import load_encoder
-
-    enc_cfg = config.encoder
-    if bundle is not None and (Path(bundle) / "encoder").is_dir():
-        enc_cfg = dataclasses.replace(enc_cfg, path=str(Path(bundle) / "encoder"))
-    return load_encoder(enc_cfg, device=device, seed=config.seed)
+    return load_bundle_encoder(config, bundle, device=device)

@@ -123,16 +123,18 @@ def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a benchmark and print (and save) the report and per-item predictions."""
     from training.eval.evaluate import markdown_table, predict, predictions_path, score, write_predictions
     from training.eval.items import BenchmarkError
+    from vital_core.qtypes import parse_k
 
     if not args.bundle:
         raise CLIError("--bundle is required")
-    if args.k not in ("auto", "sample") and not args.k.isdigit():
-        raise CLIError(f'--k must be an integer, "auto" or "sample", not {args.k!r}')
+    try:
+        k = parse_k(args.k)
+    except ValueError as exc:
+        raise CLIError(f"--{exc}") from exc
     if args.grounding and args.k == "0":
         raise CLIError("--grounding needs --k >= 1 (the heatmaps come from the latent steps)")
     items = _eval_items(args)
     model = _load(args.bundle, args.device, scaffold=args.grounding)
-    k: int | str = int(args.k) if args.k.isdigit() else args.k
     try:
         preds = predict(model, items, k=k, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                         keep_latents=args.grounding, progress=len(items) > args.batch_size)  # fmt: skip

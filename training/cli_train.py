@@ -57,9 +57,13 @@ def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int
     """Score a model on one split of a manifest."""
     from training.dataset import load_manifest
     from training.eval.evaluate import predict, score
+    from vital_core.qtypes import parse_k
 
     samples = [s for s in load_manifest(manifest) if s.split == split][:limit]
     if not samples:
         raise CLIError(f"{manifest}: no samples in split {split!r}")
-    kk: int | str = int(k) if str(k).isdigit() else k
+    try:
+        kk = parse_k(k)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
     return score(predict(model, samples, k=kk))

@@ -16,13 +16,14 @@ import platform
 import statistics
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from vital_core.cli import CLIError
-from vital_core.latent import latent_forward
+
+if TYPE_CHECKING:  # heavy modules load inside the functions: registering `vital bench` stays light
+    from PIL import Image
+
+    from vital_core.model import VitalModel
 
 # Peak HBM bandwidth (bytes/s) by GPU name fragment, from vendor datasheets.
 GPU_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100": 2.0e12, "L40": 0.864e12}
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--preset", default="tiny", help="tiny (default) or qwen3-vl-8b (random weights)")
     p.add_argument("--bundle", help="time a bundle instead of a preset")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 / float16 (default: the config's)")
     p.add_argument(
         "--image-size", type=int, default=None, help="square input side (default 128 tiny, 448 8B)"
@@ -75,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def machine() -> dict:
     """What this ran on."""
+    import torch
+
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -91,6 +94,8 @@ def machine() -> dict:
 
 def cpu_copy_bandwidth(nbytes: int = 256 << 20) -> float:
     """Measured bytes/s of a large tensor copy (read + write) on this CPU."""
+    import torch
+
     a = torch.empty(nbytes // 4, dtype=torch.float32)
     b = torch.empty_like(a)
     b.copy_(a)
@@ -110,7 +115,7 @@ def weight_bytes(model) -> dict[str, int]:
     return {"latent_step": layers, "decode_token": layers + head}
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def _load(args: argparse.Namespace) -> tuple[VitalModel, str]:
     from vital_core.bundle import load_bundle
     from vital_core.model import build_model
     from vital_core.presets import preset
@@ -124,9 +129,19 @@ def _load(args: argparse.Namespace):  # noqa: ANN202
 
 
 def _time(
-    model, images, questions, k: int, new_tokens: int, repeats: int, warmup: int, device: str
-) -> list[dict]:  # noqa: ANN001
+    model: VitalModel,
+    images: list[Image.Image],
+    questions: list[str],
+    k: int,
+    new_tokens: int,
+    repeats: int,
+    warmup: int,
+    device: str,
+) -> list[dict]:
     """Per-stage durations of `repeats` runs (after `warmup`) of one forward pass."""
+    import torch
+
+    from vital_core.latent import latent_forward
     from vital_core.timing import StageTimer
 
     samples = []
@@ -144,6 +159,12 @@ def _time(
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and save results."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError("--device cuda but CUDA is not available")
     if args.threads:
@@ -250,6 +271,8 @@ def _save_serving(serving: dict, name: str, model, side: int, wb: dict, bw: floa
 
 
 def _bandwidth(device: str) -> float:
+    import torch
+
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(0)
         for frag, bw in GPU_BANDWIDTH.items():
@@ -330,11 +353,18 @@ def _markdown(result: dict) -> str:
         ]
     sc = result.get("batch_scaling", {}).get("rows") or []
     if sc:
-        lines += ["", f"Batch-size scaling at K = {result['batch_scaling']['k']}:", "",
-                  "| batch | total ms | samples/s | vs batch 1 |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"Batch-size scaling at K = {result['batch_scaling']['k']}:",
+            "",
+            "| batch | total ms | samples/s | vs batch 1 |",
+            "|---|---|---|---|",
+        ]
         for r in sc:
-            lines.append(f"| {r['batch']} | {r['total_ms']:.1f} | {r['samples_per_s']:.2f} | "
-                         f"{r['samples_per_s'] / sc[0]['samples_per_s']:.2f}× |")  # fmt: skip
+            lines.append(
+                f"| {r['batch']} | {r['total_ms']:.1f} | {r['samples_per_s']:.2f} | "
+                f"{r['samples_per_s'] / sc[0]['samples_per_s']:.2f}× |"
+            )
     if result.get("serving"):
         from vital_core.bench_serving import serving_markdown
 
@@ -343,6 +373,8 @@ def _markdown(result: dict) -> str:
 
 
 def _plot(result: dict, path: Path) -> None:
+    import numpy as np
+
     try:
         import matplotlib
 

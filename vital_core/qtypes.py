@@ -63,6 +63,20 @@ def depth_for(question_type: str, prefer: str = "max") -> int:
     return hi if prefer == "max" else lo
 
 
+K_WORDS = ("auto", "sample")
+"""What a K argument may be besides an integer: "auto" (from the question) or "sample" (the sample's depth)."""
+
+
+def parse_k(value: int | str, words: tuple[str, ...] = K_WORDS) -> int | str:
+    """A K argument (CLI, recipe, ablation spec) -> an int >= 0 or one of `words`; ValueError otherwise."""
+    text = str(value).strip()
+    if text.isdigit():
+        return int(text)
+    if text in words:
+        return text
+    raise ValueError(f"k must be an integer >= 0 or one of {', '.join(map(repr, words))}, not {value!r}")
+
+
 def auto_k(question: str, k_max: int) -> int:
     """K for `k="auto"`: the classified type's maximum depth, capped at k_max."""
     return min(depth_for(classify_question(question)), k_max)

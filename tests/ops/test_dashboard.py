@@ -82,8 +82,9 @@ def live_server(tiny_bundle, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("srv") / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "vital_core.cli", "serve", "--bundle", str(tiny_bundle), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait(f"{base}/ready")
@@ -100,8 +101,12 @@ def _traffic(base: str, png: bytes, rounds: int = 1) -> None:
         httpx.post(
             f"{base}/answer", files=files, data={"question": "Where?", "max_new_tokens": "4"}, timeout=60
         )
-        httpx.post(f"{base}/explain", files=files, data={"question": "Where?", "k": "2", "max_new_tokens": "2"},
-                   timeout=60)  # fmt: skip
+        httpx.post(
+            f"{base}/explain",
+            files=files,
+            data={"question": "Where?", "k": "2", "max_new_tokens": "2"},
+            timeout=60,
+        )
         httpx.post(f"{base}/answer", files={"image": ("x", b"junk")}, data={"question": "q"}, timeout=60)
 
 
@@ -151,10 +156,15 @@ def test_prometheus_scrapes_and_every_query_returns_data(live_server, encode_ima
         f"scrape_configs: [{{job_name: vital, static_configs: [{{targets: ['{target}']}}]}}]\n"
     )
     proc = subprocess.Popen(
-        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     api = f"http://127.0.0.1:{port}/api/v1"
     try:
         _wait(f"http://127.0.0.1:{port}/-/ready", 60)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 
 import httpx
 import pytest
@@ -60,9 +61,17 @@ def test_64_concurrent_requests_equal_their_sequential_answers(tiny_bundle, enco
                 for i in range(64):
                     r = await _post(c, images[i], QUESTIONS[i % 4], ks[i], caps[i])
                     sequential.append(r.json())
-                concurrent = await asyncio.gather(
-                    *[_post(c, images[i], QUESTIONS[i % 4], ks[i], caps[i]) for i in range(64)]
-                )
+                # Hold the model thread until all 64 are queued: batching no longer depends on timing.
+                engine, release = app.state.service.engine, threading.Event()
+                blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 60))
+                pending = [
+                    asyncio.ensure_future(_post(c, images[i], QUESTIONS[i % 4], ks[i], caps[i]))
+                    for i in range(64)
+                ]
+                await _until(lambda: engine.queued + engine.running == 64)
+                release.set()
+                await blocker
+                concurrent = await asyncio.gather(*pending)
                 metrics = (await c.get("/metrics")).text
         finally:
             await ctx.__aexit__(None, None, None)
@@ -76,7 +85,7 @@ def test_64_concurrent_requests_equal_their_sequential_answers(tiny_bundle, enco
     for seq, con, k in zip(sequential, bodies, ks):
         assert con["answer"] == seq["answer"] and con["k"] == k
     assert all(s["batch_size"] == 1 for s in sequential)
-    assert max(b["batch_size"] for b in bodies) > 1, "concurrent requests were never batched"
+    assert max(b["batch_size"] for b in bodies) == 16, "queued requests were not batched up to the limit"
     # the batch-size histogram saw batches larger than one
     count = float(re.search(r"^vital_batch_size_count (\S+)", metrics, re.M).group(1))
     assert count < 128  # 64 sequential batches + fewer than 64 concurrent ones
@@ -111,8 +120,6 @@ def test_metrics_expose_every_named_metric(client, ask, encode_image):
 
 def _blocked_app(tiny_bundle, **settings):
     """An app whose model thread is blocked until `release` is set (to fill the queue)."""
-    import threading
-
     app = create_app(Settings(bundle=tiny_bundle, **settings))
     release = threading.Event()
     return app, release
@@ -164,7 +171,7 @@ def test_queue_full_gives_429_and_timeout_504(tiny_bundle, encode_image):
     assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
 
 
-def test_draining_refuses_new_work_and_finishes_accepted(tiny_bundle, encode_image):
+def test_draining_fails_readiness_then_refuses_only_later_arrivals(tiny_bundle, encode_image):
     async def main():
         app, release = _blocked_app(tiny_bundle, max_batch_size=4, max_wait_ms=0)
         ctx = await _started(app)
@@ -175,20 +182,121 @@ def test_draining_refuses_new_work_and_finishes_accepted(tiny_bundle, encode_ima
         ) as c:
             accepted = [asyncio.ensure_future(_post(c, encode_image(i), "q", 2, 3)) for i in range(4)]
             await _until(lambda: svc.engine.queued + svc.engine.running == 4)
-            svc.start_draining()
+            svc.start_draining()  # the signal: readiness fails, work is still taken (drain window)
             ready = await c.get("/ready")
+            during = asyncio.ensure_future(_post(c, encode_image(5), "q", 2, 3))
+            await _until(lambda: svc.engine.queued + svc.engine.running == 5)
+            svc.close_intake()  # end of the window: later arrivals are refused
             refused = await _post(c, encode_image(7), "q", 2, 3)
             release.set()
             await blocker
             stopping = asyncio.ensure_future(ctx.__aexit__(None, None, None))
-            results = await asyncio.gather(*accepted)
+            results = await asyncio.gather(*accepted, during)
             await stopping
-        return ready, refused, results
+            metrics = svc.metrics
+        return ready, refused, results, metrics
 
-    ready, refused, results = asyncio.run(main())
+    ready, refused, results, metrics = asyncio.run(main())
     assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
-    assert [r.status_code for r in results] == [200] * 4
+    assert [r.status_code for r in results] == [200] * 5
+    assert metrics.ready._value.get() == 0
+
+
+def _explain(client, data: bytes, k: int = 2):
+    files = {"image": ("img", data)}
+    return client.post("/explain", files=files, data={"question": "q", "k": str(k), "max_new_tokens": "2"})
+
+
+def test_explain_shares_the_queue_bound_timeout_and_drain(tiny_bundle, encode_image):
+    async def main():
+        app, release = _blocked_app(tiny_bundle, max_queue=2, max_batch_size=1, request_timeout_s=30)
+        ctx = await _started(app)
+        svc = app.state.service
+        engine = svc.engine
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60
+            ) as c:
+                warm = await _explain(c, encode_image(0))  # loads the modules (off the model thread)
+                blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
+                waiting = [asyncio.ensure_future(_explain(c, encode_image(i))) for i in range(3)]
+                await _until(lambda: engine.running == 1 and engine.queued == 2)
+                full_explain = await _explain(c, encode_image(8))
+                full_answer = await _post(c, encode_image(9), "q", 1, 2)  # one queue for both routes
+                depth = svc.metrics.queue_depth._value.get()
+                release.set()
+                await blocker
+                done = await asyncio.gather(*waiting)
+        finally:
+            await ctx.__aexit__(None, None, None)
+        return warm, full_explain, full_answer, depth, done
+
+    warm, full_explain, full_answer, depth, done = asyncio.run(main())
+    assert warm.status_code == 200 and len(warm.json()["steps"]) == 2
+    for r in (full_explain, full_answer):
+        assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full", r.text
+        assert r.headers["retry-after"] == "1"
+    assert depth == 2
+    assert [r.status_code for r in done] == [200] * 3
+    assert all(r.json()["timings_ms"]["queue"] >= 0 for r in done)
+
+    async def timeout_case():
+        app, release = _blocked_app(tiny_bundle, request_timeout_s=0.3, explain_preload=True)
+        ctx = await _started(app)
+        engine = app.state.service.engine
+        blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                r = await _explain(c, encode_image(0))
+                release.set()
+                await blocker
+                await _until(lambda: engine.queued == 0 and engine.running == 0)
+                metrics = (await c.get("/metrics")).text
+        finally:
+            release.set()
+            await ctx.__aexit__(None, None, None)
+        return r, metrics
+
+    r, metrics = asyncio.run(timeout_case())
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    # the timed-out job was skipped when the thread freed up, not run for nobody
+    assert re.search(r"^vital_queue_wait_seconds_count 0\.0$", metrics, re.M), metrics
+
+
+def test_first_explain_does_not_stall_answers(tiny_bundle, encode_image, monkeypatch):
+    """Loading the explanation modules happens off the model thread: /answer keeps being served."""
+    import server.explain as explain_mod
+
+    loading, release = threading.Event(), threading.Event()
+    real = explain_mod.load_explainer
+
+    def slow_load(svc):
+        loading.set()
+        release.wait(30)
+        return real(svc)
+
+    monkeypatch.setattr(explain_mod, "load_explainer", slow_load)
+
+    async def main():
+        app = create_app(Settings(bundle=tiny_bundle))
+        ctx = await _started(app)
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60
+            ) as c:
+                first = asyncio.ensure_future(_explain(c, encode_image(0)))
+                await _until(loading.is_set)
+                answered = await _post(c, encode_image(1), "q", 1, 2)  # while the modules load
+                release.set()
+                explained = await first
+        finally:
+            release.set()
+            await ctx.__aexit__(None, None, None)
+        return answered, explained
+
+    answered, explained = asyncio.run(main())
+    assert answered.status_code == 200 and explained.status_code == 200
 
 
 @pytest.mark.parametrize("batching", [True, False])
@@ -196,14 +304,89 @@ def test_batching_switch(tiny_bundle, encode_image, batching):
     async def main():
         app = create_app(Settings(bundle=tiny_bundle, batching=batching, max_wait_ms=30))
         ctx = await _started(app)
+        engine, release = app.state.service.engine, threading.Event()
+        blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
         try:
             async with httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60
             ) as c:
-                rs = await asyncio.gather(*[_post(c, encode_image(i), "q", 1, 2) for i in range(6)])
+                pending = [asyncio.ensure_future(_post(c, encode_image(i), "q", 1, 2)) for i in range(6)]
+                await _until(lambda: engine.queued + engine.running == 6)  # all queued behind the blocker
+                release.set()
+                rs = await asyncio.gather(*pending)
         finally:
+            release.set()
+            await blocker
             await ctx.__aexit__(None, None, None)
         return [r.json()["batch_size"] for r in rs]
 
     sizes = asyncio.run(main())
     assert (max(sizes) > 1) if batching else (max(sizes) == 1)
+
+
+def test_answers_and_explanations_take_turns(tiny_bundle, encode_image):
+    """Three explanations queued before two answers: an answer batch runs after the first explanation,
+    not after all three (the engine alternates kinds when both wait)."""
+
+    async def main():
+        app, release = _blocked_app(tiny_bundle, explain_preload=True, max_batch_size=8)
+        ctx = await _started(app)
+        engine = app.state.service.engine
+        blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
+        order: list[str] = []
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=120
+            ) as c:
+
+                async def tagged(name: str, coro):
+                    r = await coro
+                    order.append(name)
+                    return r
+
+                tasks = []
+                for i in range(3):
+                    tasks.append(asyncio.ensure_future(tagged(f"explain{i}", _explain(c, encode_image(i)))))
+                    await _until(lambda n=i + 1: engine.queued + engine.running == n)
+                for i in range(2):
+                    tasks.append(
+                        asyncio.ensure_future(tagged("answer", _post(c, encode_image(5 + i), "q", 1, 2)))
+                    )
+                await _until(lambda: engine.queued + engine.running == 5)
+                release.set()
+                await blocker
+                results = await asyncio.gather(*tasks)
+        finally:
+            release.set()
+            await ctx.__aexit__(None, None, None)
+        return order, results
+
+    order, results = asyncio.run(main())
+    assert all(r.status_code == 200 for r in results)
+    assert order == ["explain0", "answer", "answer", "explain1", "explain2"], order
+
+
+def test_body_deadline_does_not_cut_a_slow_answer(tiny_bundle, encode_image):
+    """VITAL_BODY_TIMEOUT_S bounds receiving the body, not computing the answer."""
+
+    async def main():
+        app, release = _blocked_app(tiny_bundle, body_timeout_s=0.2)
+        ctx = await _started(app)
+        engine = app.state.service.engine
+        blocker = asyncio.ensure_future(engine.run_exclusive(release.wait, 30))
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://t", timeout=60
+            ) as c:
+                pending = asyncio.ensure_future(_post(c, encode_image(0), "q", 1, 2))
+                await _until(lambda: engine.queued + engine.running == 1)
+                await asyncio.sleep(0.5)  # well past the body deadline
+                release.set()
+                return await pending
+        finally:
+            release.set()
+            await blocker
+            await ctx.__aexit__(None, None, None)
+
+    r = asyncio.run(main())
+    assert r.status_code == 200, r.text

@@ -45,8 +45,15 @@ def test_answer_multipart_and_json_agree(client, ask, encode_image):
         body["timings_ms"]
     )
     assert a.headers["x-request-id"] == body["request_id"]
-    b = client.post("/answer", json={"image": base64.b64encode(data).decode(), "question": "Is there a lesion?",
-                                      "k": 2, "max_new_tokens": 6})  # fmt: skip
+    b = client.post(
+        "/answer",
+        json={
+            "image": base64.b64encode(data).decode(),
+            "question": "Is there a lesion?",
+            "k": 2,
+            "max_new_tokens": 6,
+        },
+    )
     assert b.status_code == 200 and b.json()["answer"] == body["answer"]
     data_url = "data:image/png;base64," + base64.b64encode(data).decode()
     c = client.post(
@@ -246,12 +253,20 @@ def test_auth(tiny_bundle, ask, encode_image, wait_ready):
             assert c.get(path).status_code == 200
         _err(ask(c, encode_image(0)), 401, "unauthorized", "Bearer")
         _err(c.get("/info"), 401, "unauthorized")
-        bad = c.post("/answer", headers={"Authorization": "Bearer wrong"}, files={"image": ("a", encode_image(0))},
-                     data={"question": "q"})  # fmt: skip
+        bad = c.post(
+            "/answer",
+            headers={"Authorization": "Bearer wrong"},
+            files={"image": ("a", encode_image(0))},
+            data={"question": "q"},
+        )
         _err(bad, 401, "unauthorized")
         assert bad.headers["www-authenticate"] == "Bearer"
-        ok = c.post("/answer", headers={"Authorization": "Bearer s3cret"}, files={"image": ("a", encode_image(0))},
-                    data={"question": "q", "max_new_tokens": "2"})  # fmt: skip
+        ok = c.post(
+            "/answer",
+            headers={"Authorization": "Bearer s3cret"},
+            files={"image": ("a", encode_image(0))},
+            data={"question": "q", "max_new_tokens": "2"},
+        )
         assert ok.status_code == 200
         assert c.get("/info", headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
@@ -279,3 +294,35 @@ def test_body_limit(tiny_bundle, ask, encode_image, wait_ready):
         Image.new("RGB", (160, 160), (90, 90, 90)).save(flat, format="PNG")  # small file, too many pixels
         assert len(flat.getvalue()) < 4096
         _err(ask(c, flat.getvalue()), 413, "image_too_large", "25600")
+
+
+def test_docs_behind_the_key_and_served_offline(tiny_bundle, wait_ready):
+    key = {"Authorization": "Bearer s3cret"}
+    basic = {"Authorization": "Basic " + base64.b64encode(b"anyone:s3cret").decode()}
+    with TestClient(create_app(Settings(bundle=tiny_bundle, api_key="s3cret"))) as c:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            r = c.get(path)
+            _err(r, 401, "unauthorized", "API key")
+            assert "Basic" in r.headers["www-authenticate"]  # a browser asks for the key
+            assert c.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+            assert c.get(path, headers=key).status_code == 200
+            assert c.get(path, headers=basic).status_code == 200
+        spec = c.get("/openapi.json", headers=key).json()
+        assert spec["components"]["securitySchemes"]["APIKey"] == {
+            "type": "http",
+            "scheme": "bearer",
+            "description": spec["components"]["securitySchemes"]["APIKey"]["description"],
+        }
+        for path in ("/answer", "/explain"):
+            assert spec["paths"][path]["post"]["security"] == [{"APIKey": []}]
+        assert "security" not in spec["paths"]["/health"]["get"]
+        page = c.get("/docs", headers=key).text
+        assert "cdn" not in page.lower() and "/docs-assets/swagger-ui-bundle.js" in page
+        assert "/docs-assets/redoc.standalone.js" in c.get("/redoc", headers=key).text
+        for asset in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+            r = c.get(f"/docs-assets/{asset}")  # public code: no key needed
+            assert r.status_code == 200 and len(r.content) > 10_000, asset
+    with TestClient(create_app(Settings(bundle=tiny_bundle, api_key="s3cret", docs_public=True))) as c:
+        assert c.get("/docs").status_code == 200 and c.get("/openapi.json").status_code == 200
+    with TestClient(create_app(Settings(bundle=tiny_bundle))) as c:
+        assert c.get("/docs").status_code == 200 and c.get("/redoc").status_code == 200

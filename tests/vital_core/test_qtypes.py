@@ -40,3 +40,16 @@ def test_depths_match_the_paper():
     assert auto_k("Analyze the findings.", k_max=2) == 2
     with pytest.raises(ValueError, match="unknown question type"):
         depth_for("essay")
+
+
+def test_parse_k_is_the_one_k_argument_parser():
+    from vital_core.qtypes import parse_k
+
+    assert parse_k("3") == 3 and parse_k(2) == 2 and parse_k(" 0 ") == 0
+    assert parse_k("auto") == "auto" and parse_k("sample") == "sample"
+    assert parse_k("auto", words=("auto",)) == "auto"
+    for bad in ("-1", "four", "", "2.5"):
+        with pytest.raises(ValueError, match="k must be"):
+            parse_k(bad)
+    with pytest.raises(ValueError):
+        parse_k("sample", words=("auto",))
