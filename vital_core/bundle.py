@@ -167,7 +167,9 @@ def load_bundle(
             attn_implementation=config.backbone.attn_implementation,
         )
         tokenizer = load_tokenizer(bdir)
-        processor = load_image_processor(bdir)
+        processor = load_image_processor(
+            bdir, config.backbone.image_max_pixels, config.backbone.image_min_pixels
+        )
         core = core.to(device)
     elif config.backbone.path:
         core, tokenizer, processor = load_backbone(config, device)

@@ -44,10 +44,14 @@ class BackboneConfig:
     """Qwen3VLConfig keyword arguments, used when `path` is None (tiny preset, GPU latency benchmarks)."""
     tokenizer_vocab_size: int = 2048
     """Vocabulary size of the BPE tokenizer trained for a from-config backbone (ignored with `path`)."""
-    image_min_pixels: int = 32 * 32
-    """Smallest image area (pixels) after the processor's smart resize."""
-    image_max_pixels: int = 448 * 448
-    """Largest image area (pixels) after the processor's smart resize (448x448 -> 196 visual tokens)."""
+    image_min_pixels: int | None = None
+    """Smallest image area (pixels) after the processor's smart resize. None: the model directory's
+    `preprocessor_config.json` value (Qwen3-VL-8B-Instruct: 65536 = 256²), or 32·32 for a from-config
+    backbone. A value here always wins over the directory's."""
+    image_max_pixels: int | None = 448 * 448
+    """Largest image area (pixels) after the smart resize: 448² → at most 196 visual tokens (patch 16,
+    merge 2). Our choice, matching MedSigLIP-448's input; the paper does not state the backbone's input
+    size. None: the directory's value (Qwen3-VL: 16777216). A value here always wins over the directory's."""
     dtype: str = "float32"
     """Weight dtype: float32, bfloat16 or float16."""
     attn_implementation: str = "sdpa"
@@ -58,7 +62,8 @@ class BackboneConfig:
         _check_choice("backbone.attn_implementation", self.attn_implementation, ("sdpa", "eager"))
         if self.path is None and not self.arch:
             raise ConfigError("backbone: give either `path` (local weights) or `arch` (build from config)")
-        if not 0 < self.image_min_pixels <= self.image_max_pixels:
+        lo, hi = self.image_min_pixels, self.image_max_pixels
+        if (lo is not None and lo <= 0) or (hi is not None and hi <= 0) or (lo and hi and lo > hi):
             raise ConfigError("backbone: need 0 < image_min_pixels <= image_max_pixels")
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from vital_core.config import VitalConfig
+from vital_core.preprocess import ANSWER_STOP
 
 
 class VisualProjector(nn.Module):
@@ -134,7 +135,7 @@ class Scaffold(nn.Module):
     ) -> list[str]:
         """Greedy-decode one sentence per latent vector. latents: (N, H)."""
         dec = self.decoder
-        stop = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
+        stop = {tokenizer.convert_tokens_to_ids(ANSWER_STOP), tokenizer.eos_token_id}
         x = self.pj_in(latents).unsqueeze(1).to(dec.dtype)  # (N, 1, Hd)
         out = dec(inputs_embeds=x, use_cache=True)
         past, done = out.past_key_values, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -181,7 +182,7 @@ def encode_steps(
     steps: list[list[str]], tokenizer: PreTrainedTokenizerBase, k_max: int, max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reasoning sentences → (B, k_max, T) ids and mask, and (B, k_max) has-sentence flags."""
-    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    stop = tokenizer.convert_tokens_to_ids(ANSWER_STOP)
     pad = tokenizer.pad_token_id
     enc = [
         [tokenizer(s, add_special_tokens=False)["input_ids"][: max_tokens - 1] + [stop] for s in row[:k_max]]
