@@ -144,7 +144,10 @@ class Recipe:
     """Per-process batch size (each batch shares one K)."""
     grad_accum: int = 1
     precision: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16, or fp32."""
+    """Compute precision. Trainable parameters and optimizer state are always fp32 and the frozen
+    backbone stays in its checkpoint dtype (`backbone.dtype`). bf16: bf16 autocast (CPU too; FSDP casts
+    with MixedPrecisionPolicy(bf16, reduce fp32)). auto: bf16 on CUDA; on CPU no autocast (a bf16
+    backbone still computes in bf16, heads in fp32). fp32: no autocast and the backbone upcast to fp32."""
     device: str = "auto"
     optim: OptimSpec = field(default_factory=OptimSpec)
     loss: LossSpec = field(default_factory=LossSpec)

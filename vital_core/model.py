@@ -161,11 +161,14 @@ def load_backbone(
             load_tokenizer(bc.path),
             load_image_processor(bc.path, bc.image_max_pixels, bc.image_min_pixels),
         )
-    torch.manual_seed(config.seed)
     texts = list(corpus()) + list(tokenizer_texts or [])
     tokenizer = train_bpe_tokenizer(texts, vocab_size=bc.tokenizer_vocab_size)
     hf_cfg = Qwen3VLConfig(**bc.arch)
-    core = Qwen3VLForConditionalGeneration._from_config(hf_cfg, attn_implementation=bc.attn_implementation)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        core = Qwen3VLForConditionalGeneration._from_config(
+            hf_cfg, attn_implementation=bc.attn_implementation
+        )
     core = core.to(device=device, dtype=dtype).eval()
     v = hf_cfg.vision_config
     processor = make_image_processor(
@@ -191,9 +194,11 @@ def build_model(
     for p in core.parameters():
         p.requires_grad_(False)
     model = VitalModel(config, core, tokenizer, processor)
-    if lora:
-        model.add_lora()
-    if scaffold:
-        torch.manual_seed(config.seed + 1)
-        model.add_scaffold()
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        if lora:
+            torch.manual_seed(config.seed + 2)
+            model.add_lora()
+        if scaffold:
+            torch.manual_seed(config.seed + 1)
+            model.add_scaffold()
     return model

@@ -97,3 +97,40 @@ def test_k0_answers_equal_hf_generate(standin_model, images, questions):
         while ref and ref[-1] in (151643, 151645):
             ref = ref[:-1]
         assert answers[i].tokens == ref
+
+
+def test_merged_export_equals_unmerged(tmp_path, standin_config, images, questions):
+    """fp32: the streamed merge equals the LoRA model; bf16: each weight is (W + s·B·A) rounded once."""
+    from vital_core.bundle import load_bundle, save_bundle
+    from vital_core.model import build_model
+
+    cfg = standin_config
+    model = build_model(cfg, lora=True)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # peft starts B at zero; give LoRA values so the merge matters
+        for n, p in model.backbone.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    out = save_bundle(model, tmp_path / "bf16")
+    sd = model.backbone.state_dict()
+    name = "base_model.model.model.language_model.layers.0.mlp.down_proj"
+    w, a, b = (
+        sd[f"{name}.{x}"] for x in ("base_layer.weight", "lora_A.default.weight", "lora_B.default.weight")
+    )
+    expect = (w.float() + cfg.lora.alpha / cfg.lora.r * (b.float() @ a.float())).to(torch.bfloat16)
+    merged = load_bundle(out)
+    got = merged.core.model.language_model.layers[0].mlp.down_proj.weight
+    assert got.dtype == torch.bfloat16 and torch.equal(got, expect)
+    model.core.float()  # fp32 reference: merged must equal unmerged to fp32 rounding
+    with torch.inference_mode():
+        ref = model(model.encode(images[:2], questions[:2]), 2, max_new_tokens=4)
+    import copy
+
+    c32 = copy.deepcopy(cfg)
+    c32.backbone.dtype = "float32"
+    model.config = c32
+    m32 = load_bundle(save_bundle(model, tmp_path / "fp32"))
+    with torch.inference_mode():
+        got = m32(m32.encode(images[:2], questions[:2]), 2, max_new_tokens=4)
+    torch.testing.assert_close(got.latents, ref.latents, atol=1e-5, rtol=1e-5)
+    assert got.tokens == ref.tokens
