@@ -103,43 +103,50 @@ def _torchrun(recipe: Path, nproc: int, *args: str) -> subprocess.CompletedProce
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
-def test_two_ranks_match_one_process(tmp_path, standin_data, mode):
-    """2 ranks × batch 2 == 1 process × batch 2 × grad_accum 2 (same global batch), fp32 compute."""
+COMMON = {"precision": "fp32", "data.max_samples": 8, "curriculum.epochs": [1.0]}
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, standin_data):
+    """The reference: 1 process × batch 2 × grad_accum 2, fp32 compute."""
     from training.trainer import Trainer
 
-    common = {"precision": "fp32", "data.max_samples": 8, "curriculum.epochs": [1.0]}
-    one = _recipe(tmp_path / "one", standin_data, grad_accum=2, **common)
-    Trainer(Recipe.from_yaml(one)).run()
-    two = _recipe(tmp_path / "two", standin_data, distributed=mode, **common)
-    proc = _torchrun(two, 2)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    a, b = _rows(tmp_path / "one" / "run"), _rows(tmp_path / "two" / "run")
+    path = tmp_path_factory.mktemp("one")
+    Trainer(Recipe.from_yaml(_recipe(path, standin_data, grad_accum=2, **COMMON))).run()
+    return _rows(path / "run")
+
+
+def _assert_same_losses(a: list[dict], b: list[dict]) -> None:
     assert [r["step"] for r in a] == [r["step"] for r in b] and [r["k"] for r in a] == [r["k"] for r in b]
     for ra, rb in zip(a, b):
+        assert ra.keys() >= {"total", "task", "sem", "vis"} and rb.keys() >= {"total", "task", "sem", "vis"}
         for key in ("total", "task", "sem", "vis"):
-            assert ra.get(key) == pytest.approx(rb.get(key), abs=1e-4), (key, ra, rb)
+            assert abs(ra[key] - rb[key]) < 1e-4, (key, ra, rb)
 
 
-def test_fsdp_resume_and_export(tmp_path, standin_data, images, questions):
-    """Kill an FSDP run after a checkpoint, resume it, export; the bundle verifies and answers."""
+def test_ddp_two_ranks_match_one_process(tmp_path, standin_data, one_process):
+    """2 ranks × batch 2 == 1 process × batch 2 × grad_accum 2 (the same global batch), fp32 compute."""
+    proc = _torchrun(_recipe(tmp_path, standin_data, distributed="ddp", **COMMON), 2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _assert_same_losses(one_process, _rows(tmp_path / "run"))
+
+
+def test_fsdp_two_ranks_resume_and_export(tmp_path, standin_data, one_process, images, questions):
+    """An FSDP run killed after step 1 and resumed logs what one process logs; its export verifies,
+    loads and answers."""
     from vital_core.bundle import load_bundle, verify_bundle
 
-    f = _recipe(tmp_path, standin_data, distributed="fsdp", precision="bf16", **{"data.max_samples": 8,
-                                                                                  "curriculum.epochs": [1.0]})  # fmt: skip
-    full_dir = _recipe(tmp_path / "full", standin_data, distributed="fsdp", precision="bf16",
-                       **{"data.max_samples": 8, "curriculum.epochs": [1.0]})  # fmt: skip
-    assert _torchrun(full_dir, 2).returncode == 0
-    env_stop = _torchrun(f, 2, "--set", "checkpoint.every_steps=1", "--stop-after-steps", "1")
-    assert env_stop.returncode == 0, env_stop.stderr[-4000:]
+    f = _recipe(tmp_path, standin_data, distributed="fsdp", **{**COMMON, "checkpoint.every_steps": 1})
+    stop = _torchrun(f, 2, "--stop-after-steps", "1")
+    assert stop.returncode == 0, stop.stderr[-4000:]
     assert (tmp_path / "run" / "ckpt-00000001").is_dir()
-    proc = _torchrun(f, 2, "--set", "checkpoint.every_steps=1", "--export", str(tmp_path / "bundle"))
+    proc = _torchrun(f, 2, "--export", str(tmp_path / "bundle"))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    steps = [r["step"] for r in _rows(tmp_path / "run")]
-    assert steps == sorted(set(steps))  # no step logged twice after the resume
-    assert steps == [r["step"] for r in _rows(tmp_path / "full" / "run")]
+    assert "resuming from" in proc.stderr
+    _assert_same_losses(one_process, _rows(tmp_path / "run"))  # no step logged twice, same numbers
     verify_bundle(tmp_path / "bundle")
     m = load_bundle(tmp_path / "bundle", scaffold=True)
-    assert m.core.lm_head.weight.dtype == torch.bfloat16
+    assert m.core.lm_head.weight.dtype == torch.bfloat16  # written in the checkpoint's dtype
+    assert m.scaffold is not None
     ans = m.answer(images[:1], questions[:1], k=2, max_new_tokens=4)
     assert ans[0].k == 2 and len(ans[0].tokens) <= 4
