@@ -122,6 +122,10 @@ def build_training_model(recipe: Recipe, device: torch.device, texts: list[str] 
             model.add_scaffold()
     for p in model.scaffold.parameters():
         p.requires_grad_(True)
+    model.config.heads.lambda_sem = (
+        recipe.loss.lambda_sem
+    )  # the bundle records the weights it was trained with
+    model.config.heads.lambda_vis = recipe.loss.lambda_vis
     apply_precision(model, recipe.precision)
     return model.train()
 
@@ -140,19 +144,9 @@ def apply_precision(model: VitalModel, precision: str) -> None:
 def _override(cfg, overrides: dict):  # noqa: ANN001, ANN202
     if not overrides:
         return cfg
-    from vital_core.config import VitalConfig
+    from vital_core.config import VitalConfig, deep_merge
 
-    data = cfg.to_dict()
-    _merge(data, overrides)
-    return VitalConfig.from_dict(data)
-
-
-def _merge(base: dict, extra: dict) -> None:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
+    return VitalConfig.from_dict(deep_merge(cfg.to_dict(), overrides))
 
 
 def trainable_state(model: VitalModel, recipe: Recipe) -> dict[str, torch.Tensor]:
