@@ -172,4 +172,6 @@ def batch_loader(
         collate_fn=CollateBatch(samples, k_override, targets, global_features),
         num_workers=num_workers,
         prefetch_factor=2 if num_workers else None,
+        # its own generator: drawing worker seeds from the global RNG would make a resumed run diverge
+        generator=torch.Generator().manual_seed(0),
     )
