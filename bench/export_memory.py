@@ -117,7 +117,9 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for v, r in rows.items():
-        lines.append(f"| {v} | {r['loaded_bytes'] / 2**20:.0f} | {r['peak_bytes'] / 2**20:.0f} | {r['copies']:.2f} |")
+        lines.append(
+            f"| {v} | {r['loaded_bytes'] / 2**20:.0f} | {r['peak_bytes'] / 2**20:.0f} | {r['copies']:.2f} |"
+        )
     lines.append(f"\nstream / deepcopy peak: {result['stream_vs_deepcopy_peak']:.2f}")
     (RESULTS / "export-memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -71,7 +71,9 @@ def test_model_yaml_agrees_with_the_preset():
     from vital_core.config import VitalConfig
     from vital_core.presets import qwen3_vl_8b
 
-    yaml_cfg = VitalConfig.from_yaml(Path(__file__).parents[2] / "configs" / "model-qwen3-vl-8b.yaml").to_dict()
+    yaml_cfg = VitalConfig.from_yaml(
+        Path(__file__).parents[2] / "configs" / "model-qwen3-vl-8b.yaml"
+    ).to_dict()
     preset = qwen3_vl_8b().to_dict()
     for part in ("backbone", "decoder", "encoder"):
         yaml_cfg[part].pop("path"), preset[part].pop("path")  # the YAML names local directories
