@@ -62,13 +62,19 @@ class PatchHit(NamedTuple):
 def default_factory(n_vectors: int, dim: int) -> str:
     """Index-factory string for a corpus size: exact Flat while it fits FLAT_MAX_BYTES, else IVF-PQ.
 
-    Above the threshold: IVF with ~4*sqrt(N) lists (power of two, 1024..65536) and PQ with dim/4 8-bit
-    sub-quantizers (codes = 1/16 of flat memory): the best recall per byte in bench/index_bench.py.
+    Above the threshold the index is two-stage (docs/index.md): IVF with ~4*sqrt(N) lists (power of
+    two, 1024..65536; an HNSW coarse quantizer from 8192 lists) and 4-bit fast-scan PQ with D/4
+    sub-quantizers (codes = 1/32 of flat, + 8-byte ids: 152 B/vector at D = 1152, inside the 1/16
+    budget); candidates are re-ranked exactly from the on-disk store. Below D = 256 (tiny encoders)
+    8-bit PQ with D/8 sub-quantizers (same bytes; fast-scan's 8-bit look-up tables lose too much there).
     """
     if n_vectors * dim * 4 <= FLAT_MAX_BYTES:
         return "Flat"
     nlist = int(min(65536, max(1024, 2 ** round(math.log2(4 * math.sqrt(n_vectors))))))
-    return f"IVF{nlist},PQ{pq_m(dim, dim // 4)}x8"
+    ivf = f"IVF{nlist}_HNSW32" if nlist >= 8192 else f"IVF{nlist}"
+    if dim >= 256:
+        return f"{ivf},PQ{pq_m(dim, dim // 4)}x4fs"
+    return f"{ivf},PQ{pq_m(dim, max(1, dim // 8))}x8"
 
 
 def is_lossy(factory: str) -> bool:

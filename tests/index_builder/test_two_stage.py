@@ -34,6 +34,15 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_faiss_thread():  # noqa: ANN201
+    """Tiny indexes: one OpenMP thread avoids spin-waiting on a shared 2-core machine."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def clustered() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(grids [500, G, G, D], tuning queries [100, D], eval queries [200, D]): 40 clusters, near neighbours."""
@@ -42,6 +51,12 @@ def clustered() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     owner = rng.integers(0, 40, 500 * G * G + 300)
     x = _unit(centres[owner] + 0.35 * rng.normal(size=(len(owner), D)).astype(np.float32))
     return x[: 500 * G * G].reshape(500, G, G, D), x[-300:-200], x[-200:]
+
+
+@pytest.fixture(scope="module")
+def built(clustered, tmp_path_factory):  # noqa: ANN001, ANN201
+    """A two-stage IVF16,PQ16x4 index over the clustered set (built once; tests may retune it)."""
+    return _two_stage(clustered[0], tmp_path_factory.mktemp("two_stage"))
 
 
 def _two_stage(grids: np.ndarray, root: Path, factory: str = "IVF16,PQ16x4", dtype: str = "float16"):
@@ -92,9 +107,9 @@ def test_rerank_is_exact_over_its_candidates(tmp_path):
     assert set(pi[0, :2]) == {5, 9} and pi[0, 2] == -1
 
 
-def test_two_stage_recall_beats_one_stage_and_reaches_target(clustered, tmp_path):
-    grids, tq, eq = clustered
-    index = _two_stage(grids, tmp_path / "ix")
+def test_two_stage_recall_beats_one_stage_and_reaches_target(clustered, built):
+    _, tq, eq = clustered
+    index = built
     truth = exact_topk(index.store, eq, 10)[1]
     res = tune(index, tq, target_recall=0.95)
     assert res.reached and res.recall >= 0.95 and index.k_candidates == res.k_candidates
@@ -116,7 +131,7 @@ def test_resident_memory_budget(clustered, tmp_path, caplog):
     loaded = PatchIndex.load(tmp_path / "saved")
     assert isinstance(loaded.img, np.memmap) and isinstance(loaded.store.vectors, np.memmap)
     assert loaded.resident_bytes() == index.resident_bytes()
-    big = _two_stage(grids, tmp_path / "big", factory="IVF16,PQ32x8")  # 32 B codes + 8 B ids > 16 B
+    big = _two_stage(grids[:200], tmp_path / "big", factory="IVF16,PQ32x4")  # 16 B codes + 8 B ids > 16 B
     with caplog.at_level(logging.WARNING):
         check_budget(big)
     assert "budget" in caplog.text
@@ -124,7 +139,7 @@ def test_resident_memory_budget(clustered, tmp_path, caplog):
 
 def test_autotune_saved_and_reloaded(clustered, tmp_path):
     grids, tq, eq = clustered
-    index = _two_stage(grids, tmp_path / "ix")
+    index = _two_stage(grids[:200], tmp_path / "ix")
     res = tune(index, tq, target_recall=0.9)
     index.save(tmp_path / "ix")  # in place: the store is already there
     index.save(tmp_path / "copy")  # elsewhere: the store is copied
@@ -138,9 +153,8 @@ def test_autotune_saved_and_reloaded(clustered, tmp_path):
     assert loaded.search(eq[:4], 5) == index.search(eq[:4], 5)  # K=4 /explain query
 
 
-def test_block_mean_queries_are_unit_and_near_their_block(clustered, tmp_path):
-    grids, _, _ = clustered
-    index = _two_stage(grids, tmp_path / "ix")
+def test_block_mean_queries_are_unit_and_near_their_block(built):
+    index = built
     q = block_mean_queries(index.store, G, 20, seed=0)
     np.testing.assert_allclose(np.linalg.norm(q, axis=1), 1.0, rtol=1e-5)
     assert (exact_topk(index.store, q, 1)[0][:, 0] > 0.5).all()
@@ -164,6 +178,7 @@ def test_is_lossy():
     assert not is_lossy("Flat") and not is_lossy("IVF16,Flat") and not is_lossy("IVF8,PQ8,RFlat")
 
 
+@pytest.mark.slow
 def test_build_patch_index_two_stage(tiny_encoder, synthetic_manifest, tmp_path):
     refs = read_corpus(synthetic_manifest)
     out = tmp_path / "ts"
@@ -191,9 +206,9 @@ def test_build_patch_index_two_stage(tiny_encoder, synthetic_manifest, tmp_path)
     assert (hit.image_id, hit.row, hit.col) == (refs[5].id, 2, 7)
 
 
-def test_store_mismatch_is_refused(clustered, tmp_path):
+def test_store_mismatch_is_refused(clustered, built, tmp_path):
     grids, _, _ = clustered
-    index = _two_stage(grids, tmp_path / "ix")
+    index = built
     small = StoreWriter(tmp_path / "small", D)
     small.append(grids[0].reshape(-1, D))
     with pytest.raises(IndexError_, match="vector store"):
@@ -207,3 +222,30 @@ def test_store_mismatch_is_refused(clustered, tmp_path):
             G,
             store=small.close(),
         )
+
+
+@pytest.mark.slow
+def test_build_index_command_two_stage(synthetic_manifest, tmp_path, capsys):
+    from index_builder.cli import main
+
+    out = tmp_path / "cli"
+    argv = [
+        "build-index",
+        str(synthetic_manifest),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--factory",
+        "IVF8,PQ16x4",
+    ]
+    assert main([*argv, "--tune-queries", "30", "--target-recall", "0.9", "--store-dtype", "float32"]) == 0
+    text = capsys.readouterr().out
+    assert "two-stage: nprobe=" in text and "auto-tuned: recall@10=" in text
+    info = json.loads((out / "index.json").read_text())
+    assert (
+        info["store"] == "float32" and (out / "vectors.f32").is_file() and info["tuning"]["n_queries"] == 30
+    )
+    assert main([*argv, "--target-recall", "1.5"]) == 2
+    assert "--target-recall" in capsys.readouterr().err
+    assert main([*argv[:-2], "--no-rerank", "--factory", "IVF8,PQ16x4", "--nprobe", "8"]) == 0
+    assert PatchIndex.load(out).store is None and (out / "meta.npz").is_file()
