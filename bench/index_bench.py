@@ -262,6 +262,8 @@ def markdown(res: dict) -> str:
             f"| `{v['factory']}` | {e['resident_gib']:.1f} | {e['disk_gib']:.0f} | {e['add_min_cpu']:.0f} min "
             f"| {fits} | {gpu} |"
         )
+    if res.get("notes"):
+        lines += ["", res["notes"]]
     return "\n".join(lines) + "\n"
 
 
