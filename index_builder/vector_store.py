@@ -143,7 +143,8 @@ def rerank(
     inverse = inverse.reshape(q_n, c_n)
     vecs = store.gather(uniq[uniq >= 0])  # (U', D)
     offset = int(uniq[0] < 0) if len(uniq) else 0  # position 0 of uniq is -1 when some are missing
-    sims = queries.astype(np.float32) @ vecs.T  # (Q, U')
+    # einsum, not `@`: a multi-threaded BLAS call costs tens of ms on a busy machine for this tiny product
+    sims = np.einsum("qd,ud->qu", queries.astype(np.float32), vecs)  # (Q, U')
     cand_scores = np.full((q_n, c_n), np.finfo(np.float32).min, np.float32)  # (Q, C)
     valid = candidates >= 0
     rows = np.broadcast_to(np.arange(q_n)[:, None], (q_n, c_n))
