@@ -168,7 +168,7 @@ def _eval_spec(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
 
 def run_arm(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
     """Train (unless done) and score one arm; returns and writes its result."""
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
 
     recipe = arm_recipe(cfg, arm) if arm.train else {"init_bundle": cfg.init_bundle}
     spec = {"recipe": recipe, "eval": _eval_spec(cfg, arm)}

@@ -193,7 +193,7 @@ def run_distill(args: argparse.Namespace) -> int:
     """Distil a question manifest with the teacher."""
     from pydantic import ValidationError
 
-    from training.dataset import ManifestError
+    from training.data.manifest import ManifestError
     from training.distill.client import FatalTeacherError, TeacherSettings
     from training.distill.runner import DistillConfig, distill_async
 
@@ -247,7 +247,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg: DistillConfig) -> int:
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
     from training.distill.overlay import load_overlay
     from training.distill.prompts import SYSTEM_PROMPT
     from training.distill.results import read_results

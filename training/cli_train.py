@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, optionally export a bundle and score it."""
-    from training.dataset import ManifestError
+    from training.data.manifest import ManifestError
     from training.recipe import Recipe
     from training.trainer import Trainer
     from vital_core.config import ConfigError
@@ -63,7 +63,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int | None = None) -> dict:  # noqa: ANN001
     """Score a model on one split of a manifest."""
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
     from training.eval.evaluate import predict, score
     from vital_core.qtypes import parse_k
 

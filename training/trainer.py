@@ -24,8 +24,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from training.data import RoiTargets, batch_loader, in_phase, k_batches, per_step_targets
-from training.dataset import Sample, load_manifest
+from training.data.batches import RoiTargets, batch_loader, in_phase, k_batches, per_step_targets
+from training.data.manifest import Sample, load_manifest
 from training.recipe import PhaseSpec, Recipe, phases_for
 from vital_core.heads import encode_steps
 from vital_core.model import VitalModel

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dataset import load_manifest
+from training.data.manifest import load_manifest
 from training.distill.client import (
     FatalTeacherError,
     RateLimiter,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dataset import load_manifest
+from training.data.manifest import load_manifest
 from training.questions import (
     GROUPS,
     MODALITY_PHRASES,

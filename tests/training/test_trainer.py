@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from training.data import in_phase, k_batches, per_step_targets
+from training.data.batches import in_phase, k_batches, per_step_targets
 from training.recipe import Recipe, phases_for
 
 
@@ -140,8 +140,8 @@ def test_few_steps_finite_and_phases_respect_k(tmp_path, phantom_dir, roi_store)
 
 def test_single_batch_overfits(phantom_dir, roi_store):
     """On one K=2 batch the whole objective (through both latent steps) can be driven far down."""
-    from training.data import RoiTargets, load_batch
-    from training.dataset import load_manifest
+    from training.data.batches import RoiTargets, load_batch
+    from training.data.manifest import load_manifest
     from training.trainer import TrainStep, build_training_model
     from vital_core.heads import encode_steps
     from vital_core.preprocess import encode_answers, encode_prompts

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from training.dataset import Sample, load_manifest, write_manifest
+from training.data.manifest import Sample, load_manifest, write_manifest
 from training.distill.client import RequestRejected, RetriesExhausted, TeacherClient, TeacherSettings
 from training.distill.gates import Violation, run_gates
 from training.distill.overlay import MAX_SIDE, load_overlay, png_data_url

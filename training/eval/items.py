@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.dataset import Sample
+from training.data.manifest import Sample
 from vital_core.imaging import ImagingError, load_model_image
 
 CLOSED_TYPES = ("yesno", "location_choice", "identify")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.dataset import Sample
+from training.data.manifest import Sample
 
 
 @dataclass
