@@ -146,8 +146,8 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Read the sources and write PNG pairs plus the question manifest."""
-    from training.questions import build_question_set
     from training.sources import read_biomedparse, read_folder, read_msd
+    from training.sources.questions import build_question_set
 
     if not (args.msd or args.biomedparse or args.folder):
         raise CLIError("give at least one source: --msd, --biomedparse or --folder")
@@ -252,7 +252,7 @@ def _dry_run(cfg: DistillConfig) -> int:
     from training.distill.prompts import SYSTEM_PROMPT
     from training.distill.results import read_results
     from training.distill.runner import meta_path, sample_user_prompt
-    from training.questions import read_meta
+    from training.sources.questions import read_meta
 
     done = read_results(cfg.out / "results.jsonl")
     pending = [s for s in load_manifest(cfg.questions) if s.id not in done]

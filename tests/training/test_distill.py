@@ -37,8 +37,8 @@ from training.distill.gates import run_gates
 from training.distill.overlay import CONTOUR_RGB, OVERLAY_ALPHA, png_data_url, render_overlay
 from training.distill.prompts import GUIDANCE, SYSTEM_PROMPT, user_prompt
 from training.distill.runner import DistillConfig, distill_async
-from training.questions import build_question_set
 from training.sources import read_folder
+from training.sources.questions import build_question_set
 from vital_core.cli import CLIError
 from vital_core.qtypes import REASONING_DEPTH
 

@@ -22,7 +22,7 @@ from training.distill.gates import Violation, run_gates
 from training.distill.overlay import MAX_SIDE, load_overlay, png_data_url
 from training.distill.prompts import SYSTEM_PROMPT, build_messages, retry_block, user_prompt
 from training.distill.results import REQUEST_GATE, Report, ResultsLog, build_report, read_results
-from training.questions import read_meta
+from training.sources.questions import read_meta
 
 log = logging.getLogger(__name__)
 
