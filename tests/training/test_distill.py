@@ -402,7 +402,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(teacher, questions, tmp_
     cmd = [
         sys.executable,
         "-m",
-        "training.cli_distill",
+        "training.cli.distill",
         "distill",
         str(questions),
         "--out",
@@ -435,7 +435,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(teacher, questions, tmp_
         f.write('{"id": "torn')  # a write cut short by the kill
 
     teacher.phase, teacher.delay = 2, 0.0
-    from training.cli_distill import main
+    from training.cli.distill import main
 
     assert (
         main(
@@ -466,7 +466,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(teacher, questions, tmp_
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    from training.cli_distill import register
+    from training.cli.distill import register
 
     parser = argparse.ArgumentParser(prog="vital")
     register(parser.add_subparsers(dest="command"))

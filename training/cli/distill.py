@@ -1,6 +1,6 @@
 """`vital build-questions` (sources -> PNG pairs + question manifest) and `vital distill` (teacher -> manifest).
 
-Until the entry points are registered, run `python -m training.cli_distill {build-questions,distill} ...`.
+Until the entry points are registered, run `python -m training.cli.distill {build-questions,distill} ...`.
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def _dry_run(cfg: DistillConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.cli_distill ...` behaves exactly like `vital ...` (every registered command)."""
+    """`python -m training.cli.distill ...` behaves exactly like `vital ...` (every registered command)."""
     from vital_core.cli import main as vital_main
 
     return vital_main(argv)
