@@ -134,10 +134,15 @@ def run_extract_roi(args: argparse.Namespace) -> int:
 
 
 def run_build_index(args: argparse.Namespace) -> int:
-    """Encode a reference corpus and build the FAISS patch index."""
-    from index_builder.faiss_index import IndexError_, build_patch_index
+    """Encode a reference corpus and build the FAISS patch index (two-stage for lossy factories)."""
+    from index_builder.faiss_index import IndexError_
+    from index_builder.index_build import build_patch_index
     from index_builder.samples import SampleError, read_corpus
 
+    if not 0.0 < args.target_recall <= 1.0:
+        raise CLIError("--target-recall must be in (0, 1]")
+    if args.tune_queries < 1:
+        raise CLIError("--tune-queries must be at least 1")
     try:
         refs = read_corpus(args.corpus)
         t0 = time.perf_counter()
@@ -153,6 +158,10 @@ def run_build_index(args: argparse.Namespace) -> int:
             use_gpu=not args.cpu,
             seed=args.seed,
             progress=not args.no_progress,
+            rerank=args.rerank,
+            store_dtype=args.store_dtype,
+            target_recall=None if args.no_tune else args.target_recall,
+            tune_queries=args.tune_queries,
         )
     except (SampleError, IndexError_) as exc:
         raise CLIError(str(exc)) from exc
@@ -160,6 +169,18 @@ def run_build_index(args: argparse.Namespace) -> int:
         f"index: {args.out} ({index.factory}, {len(index)} vectors from {len(index.image_ids)} images, "
         f"D={index.dim}, {time.perf_counter() - t0:.1f}s)"
     )
+    if index.store is not None:
+        t = index.tuning or {}
+        tuned = (
+            f"auto-tuned: recall@{t['k']}={t['recall']:.3f} (target {t['target']:g}"
+            f"{'' if t['reached'] else ', NOT reached'})"
+            if t
+            else "not tuned"
+        )
+        print(
+            f"two-stage: nprobe={index.nprobe}, {index.k_candidates} candidates re-ranked from "
+            f"{index.store.path.name}; {tuned}"
+        )
     return 0
 
 
@@ -225,7 +246,35 @@ def register_build_index(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("corpus", type=Path, help="folder of images, or a JSONL manifest with {id, image}")
     p.add_argument("--out", type=Path, required=True, help="index directory")
     p.add_argument("--factory", help="FAISS index-factory string (default: chosen by corpus size, see docs)")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF lists visited per query")
+    p.add_argument("--nprobe", type=int, default=32, help="IVF lists visited per query (when not auto-tuned)")
+    rr = p.add_mutually_exclusive_group()
+    rr.add_argument(
+        "--rerank",
+        dest="rerank",
+        action="store_true",
+        default=None,
+        help="two-stage: keep the vectors in an on-disk store and re-rank candidates exactly "
+        "(default: on for lossy factories such as IVF-PQ)",
+    )
+    rr.add_argument("--no-rerank", dest="rerank", action="store_false", help="one-stage index only")
+    p.add_argument(
+        "--store-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="dtype of the on-disk re-ranking store (default float16)",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="strict recall@10 the auto-tuning of nprobe and candidate count aims for (default 0.95)",
+    )
+    p.add_argument("--tune-queries", type=int, default=200, help="held-out queries for auto-tuning")
+    p.add_argument(
+        "--no-tune",
+        action="store_true",
+        help="skip auto-tuning (keep --nprobe and 256 candidates)",
+    )
     p.add_argument("--shard-images", type=int, help="build shards of this many images and merge them")
     p.add_argument("--ondisk", action="store_true", help="merge IVF shards with on-disk inverted lists")
     p.add_argument("--cpu", action="store_true", help="never use faiss-gpu even when present")

@@ -8,6 +8,11 @@ object per vector). Saved layout of an index directory:
     meta.npz      img (int32 [N], position in image_ids), row, col (uint16 [N])
     index.json    factory, dim, grid, count, nprobe, image_ids
 
+A two-stage index (version 2, docs/index.md) adds an on-disk vector store (vectors.f16 + vectors.json,
+see vector_store.py) that re-ranks the resident index's `k_candidates` candidates exactly; its metadata
+is meta-img.npy, meta-row.npy, meta-col.npy, memory-mapped on load, so only the compressed FAISS index
+is resident. index.json then also holds k_candidates, the auto-tuning record and the byte counts.
+
 Large corpora are built in shards that share one trained (empty) index and are merged at the end:
 `merge_from` in memory, or `faiss.contrib.ondisk.merge_ondisk` for an IVF index larger than RAM.
 """
@@ -18,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +32,18 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
+from index_builder.vector_store import StoreWriter, VectorStore, VectorStoreError, copy_store, rerank
+
 log = logging.getLogger(__name__)
 
 FLAT_MAX_BYTES = 2 * 1024**3
 """Corpora whose float32 vectors fit in this many bytes get an exact `Flat` index."""
 DEFAULT_NPROBE = 32
 """Inverted lists visited per query for IVF indexes (see docs/index_builder.md for the recall/time curve)."""
+DEFAULT_CANDIDATES = 256
+"""Candidates re-ranked per query by a two-stage index that was not auto-tuned."""
+RESIDENT_FRACTION = 1 / 16
+"""Resident-memory budget of a two-stage index as a fraction of flat float32 bytes (docs/index.md)."""
 
 
 class IndexError_(RuntimeError):
@@ -50,13 +62,26 @@ class PatchHit(NamedTuple):
 def default_factory(n_vectors: int, dim: int) -> str:
     """Index-factory string for a corpus size: exact Flat while it fits FLAT_MAX_BYTES, else IVF-PQ.
 
-    Above the threshold: IVF with ~4*sqrt(N) lists (power of two, 1024..65536) and PQ with dim/4 8-bit
-    sub-quantizers (codes = 1/16 of flat memory): the best recall per byte in bench/index_bench.py.
+    Above the threshold the index is two-stage (docs/index.md): IVF with ~4*sqrt(N) lists (power of
+    two, 1024..65536; an HNSW coarse quantizer from 8192 lists) and 4-bit fast-scan PQ with D/4
+    sub-quantizers (codes = 1/32 of flat, + 8-byte ids: 152 B/vector at D = 1152, inside the 1/16
+    budget); candidates are re-ranked exactly from the on-disk store. Below D = 256 (tiny encoders)
+    8-bit PQ with D/8 sub-quantizers (same bytes; fast-scan's 8-bit look-up tables lose too much there).
     """
     if n_vectors * dim * 4 <= FLAT_MAX_BYTES:
         return "Flat"
     nlist = int(min(65536, max(1024, 2 ** round(math.log2(4 * math.sqrt(n_vectors))))))
-    return f"IVF{nlist},PQ{pq_m(dim, dim // 4)}x8"
+    ivf = f"IVF{nlist}_HNSW32" if nlist >= 8192 else f"IVF{nlist}"
+    if dim >= 256:
+        return f"{ivf},PQ{pq_m(dim, dim // 4)}x4fs"
+    return f"{ivf},PQ{pq_m(dim, max(1, dim // 8))}x8"
+
+
+def is_lossy(factory: str) -> bool:
+    """Whether a factory's codes are approximate (then a two-stage index re-ranks from a vector store)."""
+    if "RFlat" in factory or "Refine" in factory:
+        return False
+    return re.search(r"PQ|SQ|RaBitQ|LSH|PCA|ITQ|RQ|LSQ", factory) is not None
 
 
 def pq_m(dim: int, target: int) -> int:
@@ -132,11 +157,22 @@ class PatchIndex:
     factory: str
     grid: int
     nprobe: int = DEFAULT_NPROBE
+    store: VectorStore | None = None
+    """On-disk vectors that re-rank the candidates (two-stage search); None = one-stage."""
+    k_candidates: int = 0
+    """Candidates fetched from the resident index per query before exact re-ranking (0 = no re-ranking)."""
+    tuning: dict | None = None
+    """The auto-tuning record (autotune.TuneResult.to_dict()) that chose nprobe and k_candidates."""
 
     def __post_init__(self) -> None:
         if not len(self.img) == len(self.row) == len(self.col) == self.index.ntotal:
             raise IndexError_(
                 f"metadata has {len(self.img)} rows but the index holds {self.index.ntotal} vectors"
+            )
+        if self.store is not None and (len(self.store) != self.index.ntotal or self.store.dim != self.dim):
+            raise IndexError_(
+                f"vector store holds {len(self.store)} x {self.store.dim} but the index "
+                f"{self.index.ntotal} x {self.dim}"
             )
         set_search_params(self.index, self.nprobe)
 
@@ -158,7 +194,26 @@ class PatchIndex:
         q = _normalized(np.atleast_2d(queries))  # (N, D)
         if q.shape[1] != self.dim:
             raise IndexError_(f"query dim {q.shape[1]} != index dim {self.dim}")
-        return self.index.search(q, k)
+        if self.store is None or self.k_candidates <= 0:
+            return self.index.search(q, k)
+        _, cand = self.index.search(q, max(k, self.k_candidates))  # (N, C) resident stage
+        return rerank(q, cand, self.store, k)  # (N, k) exact scores from the store
+
+    def resident_bytes(self) -> int:
+        """Bytes the searchable index keeps in memory: the FAISS index (codes, ids, quantizers).
+
+        Metadata and the vector store of a two-stage index are memory-mapped and not counted; for a
+        one-stage index the metadata arrays (8 bytes per vector) are added.
+        """
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None and isinstance(ivf.invlists, faiss.OnDiskInvertedLists):
+            raise IndexError_("resident size of an on-disk IVF is not defined")
+        n = int(faiss.serialize_index(to_cpu(self.index)).size)
+        return n if self.store is not None else n + len(self) * 8
+
+    def disk_bytes(self) -> int:
+        """Bytes of the re-ranking store on disk (0 for a one-stage index)."""
+        return self.store.nbytes if self.store is not None else 0
 
     def search(self, queries: np.ndarray, k: int = 10) -> list[list[PatchHit]]:
         """Queries [N, D] (or [D]) -> per query the top-k reference patches (image id, row, col, cosine)."""
@@ -180,17 +235,33 @@ class PatchIndex:
         tmp = out / "index.faiss.tmp"
         faiss.write_index(cpu, str(tmp))
         os.replace(tmp, out / "index.faiss")
-        with open(out / "meta.npz.tmp", "wb") as fh:
-            np.savez(fh, img=self.img, row=self.row, col=self.col)
-        os.replace(out / "meta.npz.tmp", out / "meta.npz")
+        extra: dict = {}
+        if self.store is None:
+            with open(out / "meta.npz.tmp", "wb") as fh:
+                np.savez(fh, img=self.img, row=self.row, col=self.col)
+            os.replace(out / "meta.npz.tmp", out / "meta.npz")
+        else:
+            for name, arr in (("img", self.img), ("row", self.row), ("col", self.col)):
+                with open(out / f"meta-{name}.npy.tmp", "wb") as fh:
+                    np.save(fh, np.asarray(arr))
+                os.replace(out / f"meta-{name}.npy.tmp", out / f"meta-{name}.npy")
+            (out / "meta.npz").unlink(missing_ok=True)  # a stale one-stage file would shadow the new meta
+            self.store = copy_store(self.store, out)
+            extra = {
+                "store": self.store.dtype_name,
+                "k_candidates": self.k_candidates,
+                "tuning": self.tuning,
+                "bytes": {"flat": len(self) * self.dim * 4, "disk": self.disk_bytes()},
+            }
         info = {
-            "version": 1,
+            "version": 1 if self.store is None else 2,
             "factory": self.factory,
             "metric": "inner_product",
             "dim": self.dim,
             "grid": self.grid,
             "count": len(self),
             "nprobe": self.nprobe,
+            **extra,
             "image_ids": self.image_ids,
         }
         (out / "index.json.tmp").write_text(json.dumps(info))
@@ -199,14 +270,22 @@ class PatchIndex:
 
     @classmethod
     def load(cls, path: str | Path, gpu: bool = False, mmap: bool = False) -> PatchIndex:
-        """Read an index directory written by `save` (optionally onto GPU, or memory-mapped)."""
+        """Read an index directory written by `save` (optionally onto GPU, or memory-mapped).
+
+        Version-1 directories (one stage, meta.npz) and version-2 ones (two stage, vector store and
+        memory-mapped metadata) both load; the saved nprobe and k_candidates are applied.
+        """
         path = Path(path)
         try:
             info = json.loads((path / "index.json").read_text())
-            meta = np.load(path / "meta.npz")
+            if (path / "meta.npz").is_file():
+                meta = dict(np.load(path / "meta.npz"))
+            else:
+                meta = {n: np.load(path / f"meta-{n}.npy", mmap_mode="r") for n in ("img", "row", "col")}
             flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
             index = faiss.read_index(str(path / "index.faiss"), flags)
-        except (OSError, ValueError, RuntimeError) as exc:
+            store = VectorStore(path) if info.get("store") else None
+        except (OSError, ValueError, KeyError, RuntimeError, VectorStoreError) as exc:
             raise IndexError_(f"cannot load patch index from {path}: {exc}") from exc
         if gpu:
             index = to_gpu(index)
@@ -219,6 +298,9 @@ class PatchIndex:
             factory=info["factory"],
             grid=int(info["grid"]),
             nprobe=int(info.get("nprobe", DEFAULT_NPROBE)),
+            store=store,
+            k_candidates=int(info.get("k_candidates", 0)) if store is not None else 0,
+            tuning=info.get("tuning"),
         )
 
 
@@ -226,7 +308,14 @@ class IndexBuilder:
     """Trains one empty index, then adds patch grids image by image; can spill shards and merge them."""
 
     def __init__(
-        self, factory: str, dim: int, grid: int, use_gpu: bool = False, id_offset: int | None = None
+        self,
+        factory: str,
+        dim: int,
+        grid: int,
+        use_gpu: bool = False,
+        id_offset: int | None = None,
+        store_dir: str | Path | None = None,
+        store_dtype: str = "float16",
     ) -> None:
         try:
             self.trained = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -237,6 +326,9 @@ class IndexBuilder:
         self.use_gpu = use_gpu and gpu_available()
         self.id_offset = id_offset
         """When set, vectors get explicit global ids id_offset + i (IVF shards merged on disk)."""
+        self.store_dir = Path(store_dir) if store_dir is not None else None
+        """When set, every added vector is also written to a re-ranking store there (two-stage)."""
+        self.store_dtype = store_dtype
         self._reset()
 
     @property
@@ -265,6 +357,15 @@ class IndexBuilder:
         self.img: list[np.ndarray] = []
         self.rows: list[np.ndarray] = []
         self.cols: list[np.ndarray] = []
+        self._writer: StoreWriter | None = None
+
+    def _store_writer(self) -> StoreWriter | None:
+        if self.store_dir is not None and self._writer is None:
+            try:
+                self._writer = StoreWriter(self.store_dir, self.dim, self.store_dtype)
+            except VectorStoreError as exc:
+                raise IndexError_(str(exc)) from exc
+        return self._writer
 
     def add_grids(self, image_ids: Sequence[str], grids: np.ndarray) -> None:
         """Add the patch grids [B, G, G, D] of B images (every patch becomes one vector)."""
@@ -276,6 +377,9 @@ class IndexBuilder:
         if self.needs_training:
             raise IndexError_(f"index {self.factory!r} must be trained before adding")
         x = _normalized(grids.reshape(b * g * g, d))  # (B*G*G, D)
+        writer = self._store_writer()
+        if writer is not None:
+            writer.append(x)
         if self.id_offset is None:
             self.index.add(x)
         else:
@@ -288,9 +392,11 @@ class IndexBuilder:
         self.rows.append(np.tile(rr.ravel(), b))  # (B*G*G,)
         self.cols.append(np.tile(cc.ravel(), b))  # (B*G*G,)
 
-    def finish(self, nprobe: int = DEFAULT_NPROBE) -> PatchIndex:
+    def finish(self, nprobe: int = DEFAULT_NPROBE, k_candidates: int = DEFAULT_CANDIDATES) -> PatchIndex:
         """The built index with its metadata; the builder starts a fresh (trained, empty) index."""
         cat = lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt)  # noqa: E731
+        writer = self._store_writer()
+        store = writer.close() if writer is not None else None
         out = PatchIndex(
             index=to_cpu(self.index),
             image_ids=list(self.image_ids),
@@ -300,6 +406,8 @@ class IndexBuilder:
             factory=self.factory,
             grid=self.grid,
             nprobe=nprobe,
+            store=store,
+            k_candidates=k_candidates if store is not None else 0,
         )
         self._reset()
         return out
@@ -318,8 +426,27 @@ def _merge_into(base: faiss.Index, other: faiss.Index) -> None:
         base.merge_from(other, 0)
 
 
-def merge_indexes(parts: Sequence[PatchIndex], nprobe: int = DEFAULT_NPROBE) -> PatchIndex:
-    """Merge shard indexes built from one trained index (same factory) into one, ids in shard order."""
+def _merged_store(parts: Sequence[PatchIndex], store_dir: Path | None) -> VectorStore | None:
+    """The shards' vector stores concatenated into store_dir (None for one-stage shards)."""
+    from index_builder.vector_store import concat_stores
+
+    if all(p.store is None for p in parts):
+        return None
+    if store_dir is None or any(p.store is None for p in parts):
+        raise IndexError_("two-stage shards need a store_dir to merge into, and every shard a store")
+    try:
+        return concat_stores([p.store for p in parts], store_dir)
+    except VectorStoreError as exc:
+        raise IndexError_(str(exc)) from exc
+
+
+def merge_indexes(
+    parts: Sequence[PatchIndex], nprobe: int = DEFAULT_NPROBE, store_dir: Path | None = None
+) -> PatchIndex:
+    """Merge shard indexes built from one trained index (same factory) into one, ids in shard order.
+
+    Two-stage shards also have their vector stores concatenated into store_dir.
+    """
     if not parts:
         raise IndexError_("nothing to merge")
     base = faiss.clone_index(parts[0].index)
@@ -344,6 +471,8 @@ def merge_indexes(parts: Sequence[PatchIndex], nprobe: int = DEFAULT_NPROBE) -> 
         parts[0].factory,
         parts[0].grid,
         nprobe,
+        store=_merged_store(parts, store_dir),
+        k_candidates=parts[0].k_candidates,
     )
 
 
@@ -372,88 +501,13 @@ def merge_shards_ondisk(
         parts[0].factory,
         parts[0].grid,
         nprobe,
+        store=_merged_store(parts, out_dir),
+        k_candidates=parts[0].k_candidates,
     )
 
 
-def _encode_refs(encoder, refs, batch_size: int):  # noqa: ANN001, ANN202
-    """Yield (ids, grids [b, G, G, D] numpy) for consecutive batches of SampleRefs."""
-    from index_builder.samples import load_image
+def build_patch_index(*args, **kwargs) -> PatchIndex:  # noqa: ANN002, ANN003
+    """Encode a corpus and build its patch index: see `index_builder.index_build.build_patch_index`."""
+    from index_builder.index_build import build_patch_index as build
 
-    for start in range(0, len(refs), batch_size):
-        chunk = refs[start : start + batch_size]
-        grids = encoder.encode([load_image(r.image) for r in chunk]).numpy()  # (b, G, G, D)
-        yield [r.id for r in chunk], grids
-
-
-def build_patch_index(
-    encoder,  # noqa: ANN001 - a PatchEncoderLike
-    refs: Sequence,
-    out_dir: str | Path,
-    factory: str | None = None,
-    nprobe: int = DEFAULT_NPROBE,
-    batch_size: int = 16,
-    shard_images: int | None = None,
-    ondisk: bool = False,
-    use_gpu: bool = True,
-    seed: int = 0,
-    progress: bool = True,
-) -> PatchIndex:
-    """Encode every image of a corpus (SampleRefs) and index all its patches; save to out_dir.
-
-    With `shard_images`, shards of that many images are built from one shared trained index, saved under
-    out_dir/shards (finished shards are skipped on a re-run) and merged in memory, or on disk (`ondisk`).
-    """
-    from tqdm import tqdm
-
-    if not refs:
-        raise IndexError_("the corpus is empty")
-    out, g, d = Path(out_dir), encoder.grid, encoder.hidden_size
-    factory = factory or default_factory(len(refs) * g * g, d)
-    builder = IndexBuilder(factory, d, g, use_gpu=use_gpu)
-    trained_path = out / "shards" / "trained.faiss"
-    if builder.needs_training and shard_images and trained_path.exists():
-        builder.trained = faiss.read_index(str(trained_path))  # resume: the shards' shared quantizer
-        builder._reset()
-    if builder.needs_training:
-        n_train = min(len(refs), math.ceil(builder.train_size() / (g * g)))
-        pick = np.sort(np.random.default_rng(seed).choice(len(refs), n_train, replace=False))
-        sample = np.concatenate(
-            [grids.reshape(-1, d) for _, grids in _encode_refs(encoder, [refs[i] for i in pick], batch_size)]
-        )
-        log.info("training %s on %d vectors from %d images", factory, len(sample), n_train)
-        builder.train(sample)
-    bar = tqdm(total=len(refs), desc="index", unit="img", disable=not progress)
-    if not shard_images:
-        for ids, grids in _encode_refs(encoder, refs, batch_size):
-            builder.add_grids(ids, grids)
-            bar.update(len(ids))
-        bar.close()
-        index = builder.finish(nprobe)
-        index.save(out)
-        return index
-    shard_dirs = []
-    if builder.trained.is_trained and not trained_path.exists():
-        trained_path.parent.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(builder.trained, str(trained_path) + ".tmp")
-        os.replace(str(trained_path) + ".tmp", trained_path)
-    for s, start in enumerate(range(0, len(refs), shard_images)):
-        chunk = refs[start : start + shard_images]
-        sdir = out / "shards" / f"shard-{s:05d}"
-        shard_dirs.append(sdir)
-        if (sdir / "index.json").exists() and json.loads((sdir / "index.json").read_text())["image_ids"] == [
-            r.id for r in chunk
-        ]:
-            bar.update(len(chunk))
-            continue  # finished on an earlier run
-        builder.id_offset = start * g * g if ondisk else None
-        for ids, grids in _encode_refs(encoder, chunk, batch_size):
-            builder.add_grids(ids, grids)
-            bar.update(len(ids))
-        builder.finish(nprobe).save(sdir)
-    bar.close()
-    if ondisk:
-        index = merge_shards_ondisk(builder.trained, shard_dirs, out, nprobe)
-    else:
-        index = merge_indexes([PatchIndex.load(p) for p in shard_dirs], nprobe)
-    index.save(out)
-    return index
+    return build(*args, **kwargs)

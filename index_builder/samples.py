@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from index_builder.encoder import to_rgb
+from vital_core.imaging import ImagingError, ImagingLimits, ImagingSpec, load_model_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm")
 
 
 class SampleError(ValueError):
@@ -77,16 +77,13 @@ def read_corpus(path: str | Path) -> list[SampleRef]:
     raise SampleError(f"corpus {path} is neither a folder nor a manifest file")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image as RGB; refuses decompression bombs and unreadable files with SampleError."""
+def load_image(path: str | Path, spec: ImagingSpec | None = None) -> Image.Image:
+    """Open an image as RGB through `vital_core.imaging` (the server's decoding); SampleError if refused."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
-                raise SampleError(f"{path}: {w}x{h} exceeds the {Image.MAX_IMAGE_PIXELS}-pixel limit")
-            im.load()
-            return to_rgb(im)
-    except (OSError, Image.DecompressionBombError) as exc:
+        return load_model_image(path, spec, ImagingLimits()).to_pil().convert("RGB")
+    except ImagingError as exc:
+        raise SampleError(f"cannot read image {path}: {exc.message}") from exc
+    except OSError as exc:
         raise SampleError(f"cannot read image {path}: {exc}") from exc
 
 

@@ -236,6 +236,15 @@ class RequestContext:
                 await self.app(scope, receive_wrapper, send_wrapper)
         except ClientDisconnect:
             gone = True
+        except Exception:
+            # Unhandled: log it here, while the request id is still set, and answer with it (a 500 from
+            # the outer error middleware would carry neither the header nor the id in its log line).
+            log.exception("unhandled error", extra={"method": scope.get("method"), "path": path})
+            m.errors.labels("internal_error", "500").inc()
+            if started:
+                raise
+            await _send_error(send_wrapper, 500, "internal_error",
+                              f"internal server error; see the server log for request {rid}")  # fmt: skip
         finally:
             if not probe:
                 m.in_flight.dec()

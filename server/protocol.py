@@ -23,8 +23,21 @@ class AnswerParams(BaseModel):
     max_new_tokens: int | None = Field(None, ge=1, description="cap on answer tokens (default: the model's)")
     frame: int | None = Field(None, ge=0, description="frame of a multi-frame DICOM (default 0)")
     slice: int | None = Field(
-        None, ge=0, description="slice of a NIfTI volume along its third axis (default middle)"
+        None, ge=0, description="NIfTI: slice index along `axis`, in RAS voxel order (default: the middle)"
     )
+    axis: Literal["axial", "coronal", "sagittal"] | None = Field(
+        None,
+        description="NIfTI: slice orientation (default axial); shown radiologically, see docs/imaging.md",
+    )
+    window: Literal["abdomen", "soft_tissue", "lung", "bone", "brain", "percentile"] | None = Field(
+        None,
+        description="intensity window preset (CT, in HU) or `percentile`; default: the DICOM's own window, "
+        "else `abdomen` for CT, else percentiles",
+    )
+    window_center: float | None = Field(
+        None, allow_inf_nan=False, description="explicit window centre; needs window_width, overrides window"
+    )
+    window_width: float | None = Field(None, gt=0, allow_inf_nan=False, description="explicit window width")
     top_k: int = Field(5, ge=1, le=50, description="/explain: nearest reference patches per step")
     store: bool = Field(
         False, description="/explain with a dicomweb reference: store an SR and heatmaps in the same study"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import time
 from typing import Annotated, TypeVar
 
@@ -24,7 +25,7 @@ from server.dicomweb import SourceInstance, check_store, fetch_instance, frame_i
 from server.docs import key_matches
 from server.errors import APIError, describe_validation
 from server.explain import Explanation, explain_unavailable_reason, get_explainer
-from server.images import DecodedImage, decode_image
+from server.images import DecodedImage, decode_image, limits_from, spec_from
 from server.logs import request_id_var
 from server.protocol import (
     AnswerParams,
@@ -40,6 +41,7 @@ from vital_core import __version__
 from vital_core.qtypes import auto_k
 
 router = APIRouter()
+_WHITESPACE = re.compile(r"\s+")
 M = TypeVar("M", bound=BaseModel)
 bearer = HTTPBearer(
     auto_error=False,
@@ -309,7 +311,9 @@ async def _read_multipart(request: Request) -> tuple[bytes | DicomwebRef, Answer
 async def _read_json(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
     try:
         body = json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:  # nesting deeper than the parser's stack
+        raise APIError(400, "body is not valid JSON: nested too deeply", "bad_request") from exc
+    except ValueError as exc:  # JSONDecodeError, bad UTF-8, integers beyond Python's digit limit
         raise APIError(400, f"body is not valid JSON: {exc}", "bad_request") from exc
     if not isinstance(body, dict):
         raise APIError(422, "JSON body must be an object with 'image' and 'question'", "invalid_request")
@@ -317,6 +321,7 @@ async def _read_json(request: Request) -> tuple[bytes | DicomwebRef, AnswerParam
     if req.dicomweb is not None:
         return req.dicomweb, AnswerParams(**req.model_dump(exclude={"image", "dicomweb"}))
     b64 = req.image.split(",", 1)[1] if req.image.startswith("data:") else req.image
+    b64 = _WHITESPACE.sub("", b64)  # line-wrapped base64 (what `base64` prints by default) is fine
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -330,7 +335,7 @@ def _multipart_ref(form) -> tuple[DicomwebRef, AnswerParams]:  # noqa: ANN001 - 
         raise APIError(422, "with 'dicomweb', no field may be a file", "invalid_request")
     try:
         ref = json.loads(form["dicomweb"])
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # also too deep, or integers beyond the digit limit
         raise APIError(422, f"dicomweb: not valid JSON: {exc}", "invalid_request") from exc
     if not isinstance(ref, dict):
         raise APIError(422, "dicomweb: a JSON object with study, series, instance", "invalid_request")
@@ -354,9 +359,9 @@ async def decode_input(
         frame = frame_index(data, params.frame)
         source = await run_in_threadpool(fetch_instance, svc.settings, data)
         data = source.part10
-    decoded = await run_in_threadpool(
-        decode_image, data, max_pixels=svc.settings.max_pixels, frame=frame, slice_index=params.slice
-    )
+    spec = spec_from(axis=params.axis, slice=params.slice, frame=frame, window=params.window,
+                     window_center=params.window_center, window_width=params.window_width)  # fmt: skip
+    decoded = await run_in_threadpool(decode_image, data, spec=spec, limits=limits_from(svc.settings))
     ms = 1000 * (time.perf_counter() - t)
     svc.metrics.stage_latency.labels("decode_image").observe(ms / 1000)
     return decoded, ms, source

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     max_pixels: int = Field(
         40_000_000, ge=1, description="largest declared image size in pixels (413 beyond)"
     )
+    max_decoded_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="largest single decoded frame/slice/image in bytes (413 beyond)",
+    )
+    max_stream_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="largest inflated stream / declared pixel data of one file in bytes (413 beyond)",
+    )
     request_timeout_s: float = Field(60.0, gt=0, description="a request not answered by then gets 504")
     header_timeout_s: float = Field(
         10.0, gt=0, description="a connection that has not sent a complete request head by then is closed"

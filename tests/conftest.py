@@ -99,3 +99,28 @@ def encode_image(image_factory):
         return buf.getvalue()
 
     return encode
+
+
+@pytest.fixture(scope="session")
+def hf_standins(tmp_path_factory):
+    """Qwen3-VL-8B / Qwen3-1.7B / MedSigLIP-448 stand-ins in HF layout (tests/fixtures/hf_layout.py)."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("dashscope", reason="the dev extra's dashscope ships the Qwen BPE ranks")
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    from hf_layout import build_standins
+
+    return build_standins(tmp_path_factory.mktemp("hf-standins"))
+
+
+@pytest.fixture(scope="session")
+def standin_config(hf_standins):
+    """The paper-size VitalConfig pointed at the stand-in directories (LoRA dropout off, r=4)."""
+    from vital_core.presets import qwen3_vl_8b
+
+    cfg = qwen3_vl_8b(str(hf_standins["backbone"]), str(hf_standins["decoder"]), str(hf_standins["encoder"]))
+    cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout = 4, 8, 0.0
+    cfg.encoder.hidden_size = 32  # the stand-in encoder's width
+    cfg.latent.max_new_tokens = 8
+    return cfg

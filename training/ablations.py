@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from vital_core.config import ConfigError, load_dataclass
+from vital_core.config import ConfigError, deep_merge, load_dataclass
 
 log = logging.getLogger("vital.ablations")
 
@@ -144,12 +144,6 @@ def selected_arms(cfg: AblationConfig) -> list[Arm]:
     return list(seen.values())
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    for k, v in extra.items():
-        base[k] = _merge(dict(base.get(k) or {}), v) if isinstance(v, dict) and k != "phases" else v
-    return base
-
-
 def arm_recipe(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
     """The recipe dict an arm trains with."""
     base = yaml.safe_load(Path(cfg.base_recipe).read_text()) or {}
@@ -162,7 +156,9 @@ def arm_recipe(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "curriculum": {"epochs": list(cfg.epochs)},
     }
-    return _merge(_merge(_merge(base, fixed), copy.deepcopy(cfg.recipe)), copy.deepcopy(arm.changes))
+    return deep_merge(
+        deep_merge(deep_merge(base, fixed), copy.deepcopy(cfg.recipe)), copy.deepcopy(arm.changes)
+    )
 
 
 def _eval_spec(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
@@ -172,7 +168,7 @@ def _eval_spec(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
 
 def run_arm(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
     """Train (unless done) and score one arm; returns and writes its result."""
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
 
     recipe = arm_recipe(cfg, arm) if arm.train else {"init_bundle": cfg.init_bundle}
     spec = {"recipe": recipe, "eval": _eval_spec(cfg, arm)}

@@ -20,11 +20,13 @@ def export_bundle(
     command: str | None = None,
     encoder_dir: str | Path | None = None,
     index_dir: str | Path | None = None,
+    state: dict[str, Any] | None = None,
 ) -> Path:
     """Save `model` as a merged bundle whose manifest records the recipe, command, seed and scores.
 
     `encoder_dir` (the frozen encoder that made the ROI targets) and `index_dir` (a FAISS patch index)
-    are copied in so /explain works from the bundle alone.
+    are copied in so /explain works from the bundle alone. `state` (see `Trainer.full_state`) replaces
+    the live modules' tensors, e.g. when they are FSDP shards.
     """
     scaffold = model.scaffold is not None and recipe.stage == "latent"
     provenance = {
@@ -34,7 +36,9 @@ def export_bundle(
         "stage": recipe.stage,
         "scores": scores or {},
     }
-    path = save_bundle(model, out, merged=True, scaffold=scaffold, provenance=provenance, overwrite=True)
+    path = save_bundle(
+        model, out, merged=True, scaffold=scaffold, provenance=provenance, overwrite=True, state=state
+    )
     if encoder_dir or index_dir:
         for src, name in ((encoder_dir, "encoder"), (index_dir, "index")):
             if src:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from vital_core.config import ConfigError, load_dataclass
+from vital_core.config import ConfigError, deep_merge, load_dataclass
 
 CURRICULA = ("three_phase", "two_phase", "full_mix", "reverse")
 
@@ -80,7 +80,10 @@ class LossSpec:
     """The joint objective L_task + λ_sem·L_sem + λ_vis·L_vis and its ablation switches."""
 
     lambda_sem: float = 1.0
+    """Weight of the semantic (auxiliary decoder) loss (paper: 1.0). The one setting: the trainer records
+    it in the model config's heads.lambda_sem."""
     lambda_vis: float = 0.1
+    """Weight of the visual (L1 to the ROI feature) loss (paper: 0.1); recorded like lambda_sem."""
     semantic: bool = True
     """False drops the auxiliary-decoder loss (ablation)."""
     visual: bool = True
@@ -144,7 +147,10 @@ class Recipe:
     """Per-process batch size (each batch shares one K)."""
     grad_accum: int = 1
     precision: str = "auto"
-    """auto (bf16 autocast on CUDA, fp32 on CPU), bf16, or fp32."""
+    """Compute precision. Trainable parameters and optimizer state are always fp32 and the frozen
+    backbone stays in its checkpoint dtype (`backbone.dtype`). bf16: bf16 autocast (CPU too; FSDP casts
+    with MixedPrecisionPolicy(bf16, reduce fp32)). auto: bf16 on CUDA; on CPU no autocast (a bf16
+    backbone still computes in bf16, heads in fp32). fp32: no autocast and the backbone upcast to fp32."""
     device: str = "auto"
     optim: OptimSpec = field(default_factory=OptimSpec)
     loss: LossSpec = field(default_factory=LossSpec)
@@ -154,7 +160,8 @@ class Recipe:
     distributed: str = "ddp"
     """ddp (replicated) or fsdp (sharded LoRA + scaffolding, for the 8B recipe; see docs/training.md)."""
     num_workers: int = 0
-    """DataLoader workers for image decoding."""
+    """DataLoader worker processes that decode each batch's images and gather its targets while the
+    model steps (0: in the training process)."""
 
     def __post_init__(self) -> None:
         if self.stage not in ("latent", "backbone"):
@@ -177,11 +184,10 @@ class Recipe:
             key, sep, value = item.partition("=")
             if not sep:
                 raise ConfigError(f"override {item!r}: expected key=value")
-            node = data
-            parts = key.split(".")
-            for p in parts[:-1]:
-                node = node.setdefault(p, {})
-            node[parts[-1]] = yaml.safe_load(value)
+            nested: Any = yaml.safe_load(value)
+            for p in reversed(key.split(".")):
+                nested = {p: nested}
+            deep_merge(data, nested)
         return load_dataclass(cls, data)
 
     @classmethod

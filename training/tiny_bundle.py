@@ -135,7 +135,7 @@ def _encoder_and_index(model, manifest: Path, work: Path, args):  # noqa: ANN001
 
 
 def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:  # noqa: ANN001
-    from training.cli_train import evaluate_model
+    from training.cli.train import evaluate_model
 
     return {
         "test_split_k_auto": evaluate_model(model, str(manifest), "test", "auto", limit),

@@ -24,8 +24,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from training.data import RoiTargets, in_phase, k_batches, load_batch, per_step_targets, sample_k
-from training.dataset import Sample, load_manifest
+from training.data.batches import RoiTargets, batch_loader, in_phase, k_batches, per_step_targets
+from training.data.manifest import Sample, load_manifest
 from training.recipe import PhaseSpec, Recipe, phases_for
 from vital_core.heads import encode_steps
 from vital_core.model import VitalModel
@@ -107,38 +107,46 @@ def build_training_model(recipe: Recipe, device: torch.device, texts: list[str] 
     if recipe.stage == "backbone":
         for p in model.core.parameters():
             p.requires_grad_(True)
+        apply_precision(model, recipe.precision)
         return model.train()
     for p in model.core.parameters():
         p.requires_grad_(False)
     model.add_lora()
-    torch.manual_seed(recipe.seed + 1)
-    if spec.init_bundle and (Path(spec.init_bundle) / "scaffold.safetensors").is_file():
-        from vital_core.bundle import load_scaffold
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed + 1)
+        if spec.init_bundle and (Path(spec.init_bundle) / "scaffold.safetensors").is_file():
+            from vital_core.bundle import load_scaffold
 
-        model.scaffold = load_scaffold(spec.init_bundle, device=device)  # continue from trained heads
-    else:
-        model.add_scaffold()
+            model.scaffold = load_scaffold(spec.init_bundle, device=device)  # continue from trained heads
+        else:
+            model.add_scaffold()
     for p in model.scaffold.parameters():
         p.requires_grad_(True)
+    model.config.heads.lambda_sem = (
+        recipe.loss.lambda_sem
+    )  # the bundle records the weights it was trained with
+    model.config.heads.lambda_vis = recipe.loss.lambda_vis
+    apply_precision(model, recipe.precision)
     return model.train()
+
+
+def apply_precision(model: VitalModel, precision: str) -> None:
+    """Trainable parameters (LoRA, heads, aux decoder, or a stage-0 backbone) in fp32, so AdamW's
+    moments and late small updates are fp32; the frozen backbone keeps its checkpoint dtype (bf16 at 8B)
+    and is upcast only for `precision: fp32`. Compute dtype is set by autocast / FSDP's policy."""
+    if precision == "fp32":
+        model.core.float()
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
 
 
 def _override(cfg, overrides: dict):  # noqa: ANN001, ANN202
     if not overrides:
         return cfg
-    from vital_core.config import VitalConfig
+    from vital_core.config import VitalConfig, deep_merge
 
-    data = cfg.to_dict()
-    _merge(data, overrides)
-    return VitalConfig.from_dict(data)
-
-
-def _merge(base: dict, extra: dict) -> None:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
+    return VitalConfig.from_dict(deep_merge(cfg.to_dict(), overrides))
 
 
 def trainable_state(model: VitalModel, recipe: Recipe) -> dict[str, torch.Tensor]:
@@ -193,12 +201,14 @@ class Trainer:
         return samples
 
     def _autocast(self):  # noqa: ANN202
-        p = self.recipe.precision
-        if self.device.type == "cuda" and p in ("auto", "bf16"):
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        if p == "bf16":
+        """bf16 compute: `bf16` everywhere (CPU autocast included), `auto` on CUDA; fp32 otherwise."""
+        if self._bf16_compute():
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
+
+    def _bf16_compute(self) -> bool:
+        p = self.recipe.precision
+        return p == "bf16" or (p == "auto" and self.device.type == "cuda")
 
     def _optimizer(self, model: VitalModel, total_steps: int):  # noqa: ANN202
         o = self.recipe.optim
@@ -225,17 +235,18 @@ class Trainer:
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
     def _phase_batches(self, samples: list[Sample], phase_idx: int, phase: PhaseSpec) -> list[list[int]]:
+        """This rank's batches of one phase: whole epochs of `k_batches`, cut at `phase.epochs`."""
         r = self.recipe
-        per_epoch = len(k_batches(samples, r.batch_size, 0, k_override=self._k_override(), rank=self.rank,
-                                  world=self.world))  # fmt: skip
+        kw = dict(
+            k_override=self._k_override(), rank=self.rank, world=self.world, group=self.world * r.grad_accum
+        )
+        per_epoch = len(k_batches(samples, r.batch_size, 0, **kw))
         total = int(round(phase.epochs * per_epoch))
+        total -= total % r.grad_accum if total >= r.grad_accum else 0  # whole optimizer steps
         seq: list[list[int]] = []
         epoch = 0
         while len(seq) < total:
-            seed = r.seed * 1_000_003 + phase_idx * 10_007 + epoch
-            seq += k_batches(
-                samples, r.batch_size, seed, k_override=self._k_override(), rank=self.rank, world=self.world
-            )
+            seq += k_batches(samples, r.batch_size, r.seed * 1_000_003 + phase_idx * 10_007 + epoch, **kw)
             epoch += 1
         return seq[:total]
 
@@ -316,6 +327,8 @@ class Trainer:
         wrapped = self._wrap(step_fn)
         phases = phases_for(r.curriculum)
         metrics_path = self.out / "metrics.jsonl"
+        if self.is_main:
+            _truncate_metrics(metrics_path, state.step if extra is not None else 0)
         last: dict[str, float] = {}
         for pi in range(state.phase, len(phases)):
             phase = phases[pi]
@@ -335,10 +348,12 @@ class Trainer:
             extra = None
             bar = _progress(self.is_main, len(seq), state.batch_pos, f"{r.name} {phase.name or pi + 1}")
             t_last, n_since = time.perf_counter(), 0
-            for pos in range(state.batch_pos, len(seq)):
-                batch = load_batch(subset, seq[pos], sample_k(subset[seq[pos][0]], self._k_override()), targets,
-                                   global_feats)  # fmt: skip
+            loader = batch_loader(subset, seq[state.batch_pos :], k_override=self._k_override(), targets=targets,
+                                  global_features=global_feats, num_workers=r.num_workers)  # fmt: skip
+            acc: dict[str, torch.Tensor] = {}
+            for pos, batch in enumerate(loader, start=state.batch_pos):
                 losses = self._forward_backward(wrapped, model, batch)
+                acc = losses if pos % r.grad_accum == 0 else {k: acc.get(k, 0) + v for k, v in losses.items()}
                 n_since += len(batch.samples)
                 bar.update(1)
                 if (pos + 1) % r.grad_accum and pos + 1 < len(seq):
@@ -347,7 +362,7 @@ class Trainer:
                 state.step += 1
                 state.phase_step += 1
                 state.batch_pos = pos + 1
-                last = {k: float(v) for k, v in losses.items()}
+                last = self._mean_losses(acc, pos % r.grad_accum + 1)
                 if state.step % r.log_every == 0 or pos + 1 == len(seq):
                     dt = time.perf_counter() - t_last
                     row = {"step": state.step, "phase": phase.name or pi + 1, "k": batch.k, "lr": sched.get_last_lr()[0],
@@ -365,21 +380,40 @@ class Trainer:
         final = {k: _full(v) for k, v in trainable_state(model, r).items()}
         if self.is_main:
             save_file(final, self.out / "final.safetensors")
-        self.model = model
+        self.model, self.wrapped = model, wrapped
         return {"steps": state.step, **last}
+
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's state dict ("backbone.…", "scaffold.…"), gathered from FSDP shards with
+        torch.distributed.checkpoint's full-state-dict API. Call on every rank; rank 0 gets the tensors
+        (on CPU), the others None. Without FSDP: the live state dict (no copy)."""
+        if not (self.world > 1 and self.recipe.distributed == "fsdp"):
+            return self.model.state_dict() if self.is_main else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(self.wrapped, options=opts)
+        return {k.removeprefix("model."): v for k, v in state.items()} if self.is_main else None
 
     def _wrap(self, step_fn: TrainStep) -> nn.Module:
         if self.world == 1:
             return step_fn
         if self.recipe.distributed == "fsdp":
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+            # Every group's trainable parameters are fp32 (apply_precision); bf16 compute comes from the
+            # policy's cast, gradients are reduced in fp32. Frozen bf16 weights may share a group.
+            mp = (
+                MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                if self._bf16_compute()
+                else MixedPrecisionPolicy()
+            )
             for layer in step_fn.model.core.model.language_model.layers:
-                fully_shard(layer)
+                fully_shard(layer, mp_policy=mp)
             if step_fn.model.scaffold is not None:
                 for layer in step_fn.model.scaffold.decoder.model.layers:
-                    fully_shard(layer)
-            return fully_shard(step_fn)
+                    fully_shard(layer, mp_policy=mp)
+            return fully_shard(step_fn, mp_policy=mp)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         return DDP(step_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -404,6 +438,16 @@ class Trainer:
                              to(target))  # fmt: skip
         (losses["total"] / r.grad_accum).backward()
         return {k_: v.detach() for k_, v in losses.items()}
+
+    def _mean_losses(self, acc: dict[str, torch.Tensor], n: int) -> dict[str, float]:
+        """A step's losses: mean over its micro-batches and over ranks (the same K on every rank means
+        the same keys), so a run logs the same numbers whatever its world size and grad_accum."""
+        keys = sorted(acc)
+        vec = torch.stack([acc[k].float() for k in keys]) / n
+        if self.world > 1:
+            dist.all_reduce(vec)
+            vec /= self.world
+        return dict(zip(keys, vec.tolist()))
 
     def _optimizer_step(self, model: VitalModel, opt, sched) -> None:  # noqa: ANN001
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -439,6 +483,14 @@ class Trainer:
             for s, v in zip(chunk, g):
                 feats[s.roi_key or s.id] = v
         return feats
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after `step` (a resumed run logs them again; a fresh run starts empty)."""
+    if not path.is_file():
+        return
+    rows = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x)["step"] <= step]
+    path.write_text("".join(r + "\n" for r in rows))
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ leaves a half-written bundle under the final name.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import hashlib
 import json
@@ -36,7 +37,7 @@ from transformers.initialization import no_init_weights
 
 from vital_core.config import VitalConfig
 from vital_core.heads import Scaffold, build_projector
-from vital_core.lora import merge_lora, unwrap
+from vital_core.lora import merge_lora
 from vital_core.model import DTYPES, VitalModel, load_backbone
 from vital_core.preprocess import load_image_processor, save_image_processor
 from vital_core.tokenizer import load_tokenizer
@@ -60,6 +61,7 @@ def save_bundle(
     scaffold: bool = True,
     provenance: dict[str, Any] | None = None,
     overwrite: bool = False,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `model` as a bundle at `path` (atomically).
 
@@ -68,6 +70,8 @@ def save_bundle(
             reference to `backbone.path`) plus the adapter.
         scaffold: include the scaffolding heads if the model has them.
         provenance: free-form facts about how the bundle was made (command, seed, scores).
+        state: the model's full state dict ("backbone.…", "scaffold.…") to write instead of the live
+            modules' tensors (e.g. gathered from FSDP shards); the modules still give configs.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -75,7 +79,7 @@ def save_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        _write(model, tmp, merged=merged, scaffold=scaffold, provenance=provenance or {})
+        _write(model, tmp, merged=merged, scaffold=scaffold, provenance=provenance or {}, state=state)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -85,26 +89,37 @@ def save_bundle(
     return path
 
 
-def _write(model: VitalModel, out: Path, *, merged: bool, scaffold: bool, provenance: dict) -> None:
+def _write(
+    model: VitalModel, out: Path, *, merged: bool, scaffold: bool, provenance: dict, state: dict | None = None
+) -> None:
     from peft import PeftModel
 
+    if state is not None:
+        bb_state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        sc_state = {k[len("scaffold.") :]: v for k, v in state.items() if k.startswith("scaffold.")}
+    else:
+        bb_state = model.backbone.state_dict()
+        sc_state = model.scaffold.state_dict() if model.scaffold is not None else {}
     has_adapter = isinstance(model.backbone, PeftModel)
     config = model.config
     if has_adapter and not merged:
         model.backbone.save_pretrained(out / "adapter")
     if merged or not config.backbone.path:
-        # Full weights: merged copy (LoRA folded in) or the from-config base the adapter applies to.
-        core = merge_lora(_clone(model.backbone)) if (merged and has_adapter) else unwrap(model.backbone)
-        if not merged and has_adapter:
-            core = _base_without_lora(model.backbone)
-        core.save_pretrained(out / "backbone")
+        # Full weights, streamed shard by shard from the live state dict (no copy of the backbone):
+        # LoRA folded in fp32 and cast once (merged), or the base the adapter applies to (unmerged).
+        write_backbone(
+            bb_state,
+            model.core,
+            out / "backbone",
+            lora_scaling=config.lora.alpha / config.lora.r if merged and has_adapter else None,
+            dtype=DTYPES[config.backbone.dtype],
+        )
         model.tokenizer.save_pretrained(out / "backbone")
         save_image_processor(model.processor, out / "backbone")
     if scaffold and model.scaffold is not None:
-        state = model.scaffold.state_dict()
         if model.scaffold.decoder.config.tie_word_embeddings:
-            state.pop("decoder.lm_head.weight", None)  # tied to the embedding; re-tied on load
-        save_file({k: v.contiguous() for k, v in state.items()}, out / SCAFFOLD_FILE)
+            sc_state = {k: v for k, v in sc_state.items() if k != "decoder.lm_head.weight"}  # re-tied on load
+        save_file({k: v.detach().cpu().contiguous() for k, v in sc_state.items()}, out / SCAFFOLD_FILE)
         meta = {
             "decoder_config": model.scaffold.decoder.config.to_dict(),
             "hidden_size": model.hidden_size,
@@ -167,7 +182,9 @@ def load_bundle(
             attn_implementation=config.backbone.attn_implementation,
         )
         tokenizer = load_tokenizer(bdir)
-        processor = load_image_processor(bdir)
+        processor = load_image_processor(
+            bdir, config.backbone.image_max_pixels, config.backbone.image_min_pixels
+        )
         core = core.to(device)
     elif config.backbone.path:
         core, tokenizer, processor = load_backbone(config, device)
@@ -261,15 +278,86 @@ def verify_bundle(path: str | Path, skip: tuple[str, ...] = (), manifest: dict |
     return checked
 
 
-def _clone(backbone: nn.Module) -> nn.Module:
-    import copy
+def backbone_key(name: str) -> str | None:
+    """A (peft-wrapped) backbone state-dict key → its name in the HF checkpoint; None for LoRA tensors."""
+    if ".lora_" in name:
+        return None
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".")
 
-    return copy.deepcopy(backbone)
 
+def write_backbone(
+    state: dict[str, torch.Tensor],
+    core: nn.Module,
+    out: str | Path,
+    *,
+    lora_scaling: float | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    max_shard_bytes: int = 2 << 30,
+) -> list[str]:
+    """Write a backbone state dict as sharded HF safetensors + index, config and generation config.
 
-def _base_without_lora(peft_model: nn.Module) -> nn.Module:
-    """A copy of the base backbone with adapters removed (weights unchanged)."""
-    return _clone(peft_model).unload()
+    `state` may hold peft names (`...q_proj.base_layer.weight`, `...lora_A.default.weight`): with
+    `lora_scaling`, each adapted weight is written as (W + scaling·B·A) computed in fp32 and cast once to
+    `dtype`; without, LoRA tensors are dropped. Tensors are converted one at a time and a shard is
+    written as soon as it reaches `max_shard_bytes`, so peak memory is the model plus one shard.
+    Returns the shard file names.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tied = bool(getattr(core.config, "tie_word_embeddings", False))
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    weight_map: dict[str, int] = {}
+    total = 0
+    names: list[str] = []
+
+    def flush() -> None:
+        nonlocal size
+        if shards[-1]:
+            name = f".shard-{len(names):05d}.safetensors"
+            save_file(shards[-1], out / name, metadata={"format": "pt"})
+            names.append(name)
+            shards[-1] = {}
+            size = 0
+
+    for key, t in state.items():
+        hf = backbone_key(key)
+        if hf is None or (tied and hf == "lm_head.weight"):
+            continue
+        if lora_scaling is not None and ".base_layer." in key:
+            prefix = key[: key.index(".base_layer.")]
+            a = state.get(f"{prefix}.lora_A.default.weight")
+            b = state.get(f"{prefix}.lora_B.default.weight")
+            if a is not None and b is not None and key.endswith(".weight"):
+                t = t.float() + lora_scaling * (b.float() @ a.float())  # (out, in), fp32
+        t = t.detach().to("cpu", dtype if t.is_floating_point() else t.dtype).contiguous()
+        shards[-1][hf] = t
+        weight_map[hf] = len(names)
+        size += t.numel() * t.element_size()
+        total += t.numel() * t.element_size()
+        if size >= max_shard_bytes:
+            flush()
+    flush()
+    n = len(names)
+    final = (
+        ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    )
+    for tmp, name in zip(names, final):
+        os.replace(out / tmp, out / name)
+    if n > 1:
+        index = {
+            "metadata": {"total_size": total},
+            "weight_map": {k: final[i] for k, i in weight_map.items()},
+        }
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    cfg = copy.deepcopy(core.config)
+    cfg.dtype = dtype
+    cfg.save_pretrained(out)
+    gen = getattr(core, "generation_config", None)
+    if gen is not None:
+        gen.save_pretrained(out)
+    return final
 
 
 def _hf_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:

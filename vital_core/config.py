@@ -44,10 +44,14 @@ class BackboneConfig:
     """Qwen3VLConfig keyword arguments, used when `path` is None (tiny preset, GPU latency benchmarks)."""
     tokenizer_vocab_size: int = 2048
     """Vocabulary size of the BPE tokenizer trained for a from-config backbone (ignored with `path`)."""
-    image_min_pixels: int = 32 * 32
-    """Smallest image area (pixels) after the processor's smart resize."""
-    image_max_pixels: int = 448 * 448
-    """Largest image area (pixels) after the processor's smart resize (448x448 -> 196 visual tokens)."""
+    image_min_pixels: int | None = None
+    """Smallest image area (pixels) after the processor's smart resize. None: the model directory's
+    `preprocessor_config.json` value (Qwen3-VL-8B-Instruct: 65536 = 256²), or 32·32 for a from-config
+    backbone. A value here always wins over the directory's."""
+    image_max_pixels: int | None = 448 * 448
+    """Largest image area (pixels) after the smart resize: 448² → at most 196 visual tokens (patch 16,
+    merge 2). Our choice, matching MedSigLIP-448's input; the paper does not state the backbone's input
+    size. None: the directory's value (Qwen3-VL: 16777216). A value here always wins over the directory's."""
     dtype: str = "float32"
     """Weight dtype: float32, bfloat16 or float16."""
     attn_implementation: str = "sdpa"
@@ -58,7 +62,8 @@ class BackboneConfig:
         _check_choice("backbone.attn_implementation", self.attn_implementation, ("sdpa", "eager"))
         if self.path is None and not self.arch:
             raise ConfigError("backbone: give either `path` (local weights) or `arch` (build from config)")
-        if not 0 < self.image_min_pixels <= self.image_max_pixels:
+        lo, hi = self.image_min_pixels, self.image_max_pixels
+        if (lo is not None and lo <= 0) or (hi is not None and hi <= 0) or (lo and hi and lo > hi):
             raise ConfigError("backbone: need 0 < image_min_pixels <= image_max_pixels")
 
 
@@ -157,9 +162,10 @@ class HeadsConfig:
     """Visual projector architecture (paper §C.2): res_mlp_ln (the paper's, eq. 5), linear, mlp, mlp_ln,
     transformer. Only the default is the paper's model; the others exist for the projector ablation."""
     lambda_sem: float = 1.0
-    """Weight of the semantic (auxiliary decoder) loss."""
+    """Record of the semantic-loss weight the model was trained with. The recipe's `loss.lambda_sem` is
+    the one setting; the trainer writes it here so a bundle says what it was trained with."""
     lambda_vis: float = 0.1
-    """Weight of the visual (L1 to the ROI feature) loss."""
+    """Record of the visual-loss weight (the recipe's `loss.lambda_vis`; see lambda_sem)."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.vp_dropout < 1.0:
@@ -211,6 +217,14 @@ class VitalConfig:
         return cls.from_dict(data)
 
 
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge `extra` into `base` recursively (mappings merge, anything else replaces); returns `base`."""
+    for k, v in extra.items():
+        cur = base.get(k)
+        base[k] = deep_merge(dict(cur) if isinstance(cur, dict) else {}, v) if isinstance(v, dict) else v
+    return base
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
@@ -236,7 +250,15 @@ def _build(cls: type, data: Any, where: str) -> Any:
     for name, value in data.items():
         tp = hints[name]
         sub = f"{where}.{name}" if where else name
-        kwargs[name] = _build(tp, value, sub) if dataclasses.is_dataclass(tp) else _coerce(tp, value, sub)
+        item = typing.get_args(tp)[0] if typing.get_origin(tp) is list and typing.get_args(tp) else None
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, sub)
+        elif item is not None and dataclasses.is_dataclass(item):  # e.g. curriculum.phases
+            if not isinstance(value, list):
+                raise ConfigError(f"{sub}: expected a list, got {type(value).__name__}")
+            kwargs[name] = [_build(item, v, f"{sub}[{i}]") for i, v in enumerate(value)]
+        else:
+            kwargs[name] = _coerce(tp, value, sub)
     try:
         return cls(**kwargs)
     except TypeError as exc:

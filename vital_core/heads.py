@@ -12,6 +12,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen3Config, Qwen3ForCausalLM
 
 from vital_core.config import VitalConfig
+from vital_core.preprocess import ANSWER_STOP
 
 
 class VisualProjector(nn.Module):
@@ -102,7 +103,7 @@ class Scaffold(nn.Module):
         """
         if not bool(valid.any()):
             return latents.sum() * 0.0
-        h = latents[valid]  # (N, H)
+        h = latents[valid].to(self.pj_in.weight.dtype)  # (N, H) in the head's dtype (backbone may be bf16)
         ids, mask = step_ids[valid], step_mask[valid]  # (N, T)
         prefix = self.pj_in(h).unsqueeze(1)  # (N, 1, Hd)
         emb = self.decoder.get_input_embeddings()(ids[:, :-1])  # (N, T-1, Hd)
@@ -123,7 +124,7 @@ class Scaffold(nn.Module):
         """
         if not bool(valid.any()):
             return latents.sum() * 0.0
-        pred = self.vp(latents[valid]).float()  # (N, D)
+        pred = self.vp(latents[valid].to(_dtype(self.vp))).float()  # (N, D)
         tgt = target.unsqueeze(1).expand(-1, latents.shape[1], -1) if target.dim() == 2 else target
         tgt = F.normalize(tgt[valid].float(), dim=-1)  # (N, D)
         return (pred - tgt).abs().mean(-1).mean()
@@ -134,8 +135,8 @@ class Scaffold(nn.Module):
     ) -> list[str]:
         """Greedy-decode one sentence per latent vector. latents: (N, H)."""
         dec = self.decoder
-        stop = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.eos_token_id}
-        x = self.pj_in(latents).unsqueeze(1).to(dec.dtype)  # (N, 1, Hd)
+        stop = {tokenizer.convert_tokens_to_ids(ANSWER_STOP), tokenizer.eos_token_id}
+        x = self.pj_in(latents.to(self.pj_in.weight.dtype)).unsqueeze(1).to(dec.dtype)  # (N, 1, Hd)
         out = dec(inputs_embeds=x, use_cache=True)
         past, done = out.past_key_values, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         tokens: list[list[int]] = [[] for _ in range(x.shape[0])]
@@ -152,6 +153,11 @@ class Scaffold(nn.Module):
             out = dec(input_ids=nxt[:, None], past_key_values=past, use_cache=True)
             past = out.past_key_values
         return [tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's first parameter (what its inputs are cast to)."""
+    return next(module.parameters()).dtype
 
 
 def build_scaffold(
@@ -172,8 +178,8 @@ def build_scaffold(
 def load_decoder(config: VitalConfig) -> Qwen3ForCausalLM:
     """The auxiliary decoder: Qwen3 from a local directory, or built from `decoder.arch`."""
     dc = config.decoder
-    if dc.path:
-        return Qwen3ForCausalLM.from_pretrained(dc.path, local_files_only=True)
+    if dc.path:  # fp32 whatever the checkpoint's dtype: the decoder is trained (optimizer state in fp32)
+        return Qwen3ForCausalLM.from_pretrained(dc.path, local_files_only=True, dtype=torch.float32)
     return Qwen3ForCausalLM(Qwen3Config(**dc.arch))
 
 
@@ -181,7 +187,7 @@ def encode_steps(
     steps: list[list[str]], tokenizer: PreTrainedTokenizerBase, k_max: int, max_tokens: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reasoning sentences → (B, k_max, T) ids and mask, and (B, k_max) has-sentence flags."""
-    stop = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    stop = tokenizer.convert_tokens_to_ids(ANSWER_STOP)
     pad = tokenizer.pad_token_id
     enc = [
         [tokenizer(s, add_special_tokens=False)["input_ids"][: max_tokens - 1] + [stop] for s in row[:k_max]]

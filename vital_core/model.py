@@ -74,9 +74,13 @@ class VitalModel(nn.Module):
 
     @property
     def stop_ids(self) -> list[int]:
-        """Tokens that end an answer: <|im_end|> and the tokenizer's EOS."""
+        """Tokens that end an answer: <|im_end|>, the tokenizer's EOS and the checkpoint's
+        generation_config.json `eos_token_id` (Qwen3-VL: <|im_end|> and <|endoftext|>)."""
         ids = {self.tokenizer.convert_tokens_to_ids(ANSWER_STOP), self.tokenizer.eos_token_id}
-        return sorted(i for i in ids if i is not None)
+        gen = getattr(self.core, "generation_config", None)
+        eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+        ids.update(eos if isinstance(eos, list | tuple) else [eos])
+        return sorted(i for i in ids if isinstance(i, int) and i >= 0)
 
     def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> PromptBatch:
         """Preprocess images + questions into a left-padded batch on the model's device."""
@@ -167,17 +171,24 @@ def load_backbone(
         return (
             core.to(device).eval(),
             load_tokenizer(bc.path),
-            load_image_processor(bc.path, bc.image_max_pixels),
+            load_image_processor(bc.path, bc.image_max_pixels, bc.image_min_pixels),
         )
-    torch.manual_seed(config.seed)
     texts = list(corpus()) + list(tokenizer_texts or [])
     tokenizer = train_bpe_tokenizer(texts, vocab_size=bc.tokenizer_vocab_size)
     hf_cfg = Qwen3VLConfig(**bc.arch)
-    core = Qwen3VLForConditionalGeneration._from_config(hf_cfg, attn_implementation=bc.attn_implementation)
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        core = Qwen3VLForConditionalGeneration._from_config(
+            hf_cfg, attn_implementation=bc.attn_implementation
+        )
     core = core.to(device=device, dtype=dtype).eval()
     v = hf_cfg.vision_config
     processor = make_image_processor(
-        bc.image_min_pixels, bc.image_max_pixels, v.patch_size, v.spatial_merge_size, v.temporal_patch_size
+        bc.image_min_pixels or 32 * 32,
+        bc.image_max_pixels or 448 * 448,
+        v.patch_size,
+        v.spatial_merge_size,
+        v.temporal_patch_size,
     )
     return core, tokenizer, processor
 
@@ -195,9 +206,11 @@ def build_model(
     for p in core.parameters():
         p.requires_grad_(False)
     model = VitalModel(config, core, tokenizer, processor)
-    if lora:
-        model.add_lora()
-    if scaffold:
-        torch.manual_seed(config.seed + 1)
-        model.add_scaffold()
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
+        if lora:
+            torch.manual_seed(config.seed + 2)
+            model.add_lora()
+        if scaffold:
+            torch.manual_seed(config.seed + 1)
+            model.add_scaffold()
     return model

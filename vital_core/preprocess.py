@@ -53,18 +53,21 @@ def make_image_processor(
     )
 
 
-def load_image_processor(path: str | Path, max_pixels: int | None = None) -> Qwen2VLImageProcessorPil:
-    """Read a model directory's preprocessor_config.json into the PIL processor (no torchvision)."""
+def load_image_processor(
+    path: str | Path, max_pixels: int | None = None, min_pixels: int | None = None
+) -> Qwen2VLImageProcessorPil:
+    """Read a model directory's preprocessor_config.json into the PIL processor (no torchvision).
+
+    `min_pixels` / `max_pixels`, when given, replace the directory's values (the model config wins).
+    """
     cfg = json.loads((Path(path) / PROCESSOR_FILE).read_text())
     size = cfg.get("size") or {}
-    lo = size.get("shortest_edge", cfg.get("min_pixels", 56 * 56))
-    hi = size.get("longest_edge", cfg.get("max_pixels", 28 * 28 * 1280))
+    lo = min_pixels or size.get("shortest_edge", cfg.get("min_pixels", 56 * 56))
+    hi = max_pixels or size.get("longest_edge", cfg.get("max_pixels", 28 * 28 * 1280))
+    if lo > hi:
+        raise ValueError(f"{path}: image min_pixels {lo} > max_pixels {hi}; set both in the model config")
     proc = make_image_processor(
-        lo,
-        min(hi, max_pixels) if max_pixels else hi,
-        cfg.get("patch_size", 16),
-        cfg.get("merge_size", 2),
-        cfg.get("temporal_patch_size", 2),
+        lo, hi, cfg.get("patch_size", 16), cfg.get("merge_size", 2), cfg.get("temporal_patch_size", 2)
     )
     proc.image_mean = cfg.get("image_mean", proc.image_mean)
     proc.image_std = cfg.get("image_std", proc.image_std)

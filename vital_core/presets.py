@@ -184,8 +184,8 @@ def qwen3_vl_8b(
         backbone=BackboneConfig(
             path=backbone_dir,
             arch=_copy(QWEN3_VL_8B_ARCH),
-            image_min_pixels=32 * 32,
-            image_max_pixels=448 * 448,
+            image_min_pixels=None,  # the checkpoint's own (65536 = 256²)
+            image_max_pixels=448 * 448,  # ours: the paper does not state it; 196 visual tokens
             dtype="bfloat16",
         ),
         lora=LoraConfig(r=64, alpha=128, dropout=0.05),

@@ -183,7 +183,7 @@ def test_errors_in_openai_shape(client, server, png):
          "frequency_penalty"),
         ({"messages": user("data:image/png;base64,@@@")}, openai.BadRequestError, 400, "unreadable_image",
          "messages[0].content[0].image_url.url"),
-        ({"messages": user(data_uri(b"GIF89a" + b"\0" * 64))}, openai.APIStatusError, 415, "unsupported_image", None),
+        ({"messages": user(data_uri(b"%PDF-1.4" + b"\0" * 64))}, openai.APIStatusError, 415, "unsupported_image", None),
         ({"messages": user(data_uri(b"\0" * (MAX_BODY + 1)))}, openai.APIStatusError, 413, "body_too_large", None),
         ({"messages": user(uri), "stream": True}, None, 200, None, None),  # control: the same body streams fine
         ({"messages": user("http://127.0.0.1:1/x.png"), "stream": True}, openai.BadRequestError, 400,

@@ -29,6 +29,6 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_samples(phantom_dir: Path):
     """The validated samples of `phantom_dir`."""
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
 
     return load_manifest(phantom_dir / "manifest.jsonl")

@@ -55,7 +55,7 @@ def stage0_and_roi(phantom_dir, tmp_path_factory):
     from index_builder.roi import ROIParams
     from index_builder.samples import read_manifest
     from index_builder.store import extract_to_store
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
     from vital_core.bundle import save_bundle
     from vital_core.model import build_model
     from vital_core.presets import tiny

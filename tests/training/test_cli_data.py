@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.cli_data import register
+from training.cli.data import register
 from vital_core.cli import CLIError
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dataset import (
+from training.data.manifest import (
     ManifestError,
     Sample,
     assign_splits,

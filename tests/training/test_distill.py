@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dataset import load_manifest
+from training.data.manifest import load_manifest
 from training.distill.client import (
     FatalTeacherError,
     RateLimiter,
@@ -37,8 +37,8 @@ from training.distill.gates import run_gates
 from training.distill.overlay import CONTOUR_RGB, OVERLAY_ALPHA, png_data_url, render_overlay
 from training.distill.prompts import GUIDANCE, SYSTEM_PROMPT, user_prompt
 from training.distill.runner import DistillConfig, distill_async
-from training.questions import build_question_set
 from training.sources import read_folder
+from training.sources.questions import build_question_set
 from vital_core.cli import CLIError
 from vital_core.qtypes import REASONING_DEPTH
 
@@ -402,7 +402,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(teacher, questions, tmp_
     cmd = [
         sys.executable,
         "-m",
-        "training.cli_distill",
+        "training.cli.distill",
         "distill",
         str(questions),
         "--out",
@@ -435,7 +435,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(teacher, questions, tmp_
         f.write('{"id": "torn')  # a write cut short by the kill
 
     teacher.phase, teacher.delay = 2, 0.0
-    from training.cli_distill import main
+    from training.cli.distill import main
 
     assert (
         main(
@@ -466,7 +466,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(teacher, questions, tmp_
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    from training.cli_distill import register
+    from training.cli.distill import register
 
     parser = argparse.ArgumentParser(prog="vital")
     register(parser.add_subparsers(dest="command"))

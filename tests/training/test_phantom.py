@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dataset import SPLITS, load_manifest
+from training.data.manifest import SPLITS, load_manifest
 from training.phantom import MODALITIES, generate, make_sample
 from training.phantom.facts import shape_class
 from vital_core.config import QUESTION_TYPES

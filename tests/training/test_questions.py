@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.dataset import load_manifest
-from training.questions import (
+from training.data.manifest import load_manifest
+from training.sources import SourceRecord
+from training.sources.questions import (
     GROUPS,
     MODALITY_PHRASES,
     PLACEHOLDER_ANSWER,
@@ -21,7 +22,6 @@ from training.questions import (
     read_meta,
     render,
 )
-from training.sources import SourceRecord
 from vital_core.config import QUESTION_TYPES
 from vital_core.qtypes import REASONING_DEPTH, classify_question
 

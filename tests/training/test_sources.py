@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from server.images import decode_image
 from training.sources import (
     canonical_modality,
-    ct_window_for,
     infer_target_type,
     read_biomedparse,
     read_folder,
@@ -21,7 +21,7 @@ from training.sources import (
 )
 from training.sources.biomedparse import parse_image_stem, parse_mask_stem
 from training.sources.msd import pick_channel
-from training.sources.windowing import CT_WINDOWS, apply_window, axial_display
+from vital_core.imaging import ImagingSpec
 
 N = 32  # in-plane voxels
 
@@ -123,9 +123,29 @@ def test_msd_display_orientation_and_window(msd_root):
     # liver voxels (x 4..15, y 4..15) -> rows N-16..N-5, columns N-16..N-5
     rows, cols = np.nonzero(a.mask)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (N - 16, N - 5, N - 16, N - 5)
-    assert a.extra["window"] == "liver" and a.image[rows[0], cols[0]] == 128  # 30 HU mid-window
+    # one window per slice, the one a request can name: CT without a window → the abdomen preset
+    assert a.extra["window"] == "abdomen" and a.image[rows[0], cols[0]] == 121  # 30 HU in W400/L40
     tumor = recs[("Task03_Liver/liver_0", "3", "liver tumor")]
-    assert tumor.extra["window"] == "liver" and tumor.image_key == a.image_key
+    assert tumor.extra["window"] == "abdomen" and tumor.image_key == a.image_key
+    lung = next(iter(read_msd(msd_root / "Task03_Liver", spec=ImagingSpec(window="lung"))))
+    assert lung.extra["window"] == "lung" and lung.image_key.endswith("-lung")
+
+
+def test_msd_images_are_what_the_server_serves(msd_root):
+    """The same NIfTI through the MSD reader and through the server's decoding: identical bytes."""
+    for spec in (ImagingSpec(), ImagingSpec(window="bone"), ImagingSpec(axis="coronal")):
+        for rec in read_msd(msd_root / "Task03_Liver", spec=spec, min_pixels=10):
+            case = rec.case.split("/")[1]
+            data = (msd_root / "Task03_Liver" / "imagesTr" / f"{case}.nii.gz").read_bytes()
+            fields = {k: v for k, v in rec.extra.items() if k in ("axis", "slice", "frame", "window")}
+            served = decode_image(data, spec=ImagingSpec.from_fields(fields))
+            assert np.asarray(served.image).tobytes() == rec.image.tobytes() and served.image.mode == "L"
+    (rec,) = list(read_msd(msd_root / "Task01_BrainTumour"))  # 4-D: the FLAIR channel is frame 0
+    data = (msd_root / "Task01_BrainTumour" / "imagesTr" / "BRATS_001.nii.gz").read_bytes()
+    served = decode_image(
+        data, spec=ImagingSpec(slice=int(rec.extra["slice"]), frame=int(rec.extra["frame"]))
+    )
+    assert np.array_equal(np.asarray(served.image), rec.image)
 
 
 def test_msd_4d_channel_and_mri_scaling(msd_root):
@@ -143,20 +163,6 @@ def test_write_pairs_writes_each_image_once(msd_root, tmp_path):
     assert len(list((tmp_path / "images").glob("*.png"))) == 8  # slice 3 of each volume shared by 2 targets
     mask = np.asarray(Image.open(recs[0].mask))
     assert set(np.unique(mask)) == {0, 255} and Image.open(recs[0].image).mode == "L"
-
-
-def test_windowing_table():
-    assert CT_WINDOWS["soft_tissue"] == (400.0, 40.0) and CT_WINDOWS["liver"] == (150.0, 30.0)
-    assert CT_WINDOWS["lung"] == (1500.0, -600.0)
-    assert ct_window_for("liver tumor") == "liver" and ct_window_for("lung tumor") == "lung"
-    assert ct_window_for("pancreas") == "soft_tissue" and ct_window_for("hepatic vessel") == "soft_tissue"
-    assert ct_window_for("nodule", "chest") == "lung" and ct_window_for("x", "lung") == "lung"
-    assert apply_window(np.array([-160.0, 40.0, 240.0]), 400, 40).tolist() == [0, 128, 255]
-    assert axial_display(np.arange(6).reshape(2, 3)).tolist() == [
-        [5, 2],
-        [4, 1],
-        [3, 0],
-    ]  # [x, y] -> [row, col]
 
 
 @pytest.mark.parametrize(
@@ -234,7 +240,8 @@ def test_biomedparse_same_folder_layout(tmp_path):
         rec.target == "polyp" and rec.modality == "Endoscopy" and rec.subset == "Kvasir" and rec.split == ""
     )
     out = list(write_pairs([rec], tmp_path / "out"))[0]
-    assert Path(out.image).read_bytes() == (root / "img_07_Endoscope_colon.png").read_bytes()
+    served = decode_image((root / "img_07_Endoscope_colon.png").read_bytes())
+    assert np.array_equal(np.asarray(Image.open(out.image)), np.asarray(served.image))
 
 
 # -- CSV folder -----------------------------------------------------------------------------------
@@ -262,3 +269,78 @@ def test_folder_csv(tmp_path):
     (tmp_path / "gone.csv").write_text("image,mask,target,modality\na.png,nope.png,liver,CT\n")
     with pytest.raises(ValueError, match=r"gone.csv:2: mask file not found"):
         list(read_folder(tmp_path / "gone.csv"))
+
+
+# -- one imaging path: orientation through every reader, bytes equal to the server's -------------------
+
+
+def marker_stored_as(codes: str, oblique: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(CT volume, label volume, affine): a marker on the patient's LEFT, stored in axis order `codes`."""
+    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
+
+    ct = np.full((20, 16, 12), -1000.0, dtype=np.float32)
+    ct[4:16, 3:13, :] = 40.0  # body
+    ct[5:8, 9:12, 4:8] = 300.0  # marker: low x = patient's left, anterior
+    seg = np.zeros(ct.shape, dtype=np.uint8)
+    seg[5:8, 9:12, 4:8] = 1
+    ornt = ornt_transform(axcodes2ornt("RAS"), axcodes2ornt(codes))
+    affine = inv_ornt_aff(ornt, ct.shape)
+    if oblique:
+        a = np.deg2rad(25)
+        affine = (
+            np.array(
+                [[np.cos(a), -np.sin(a), 0, 0], [np.sin(a), np.cos(a), 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+            )
+            @ affine
+        )
+    return apply_orientation(ct, ornt), apply_orientation(seg, ornt), affine
+
+
+@pytest.mark.parametrize("codes,oblique", [("RAS", False), ("LPS", False), ("SAL", False), ("LPS", True)])
+def test_marker_lands_on_image_right_through_every_reader(tmp_path, codes, oblique):
+    ct, seg, affine = marker_stored_as(codes, oblique)
+    task = tmp_path / "Task09_Spleen"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    (task / "dataset.json").write_text(
+        json.dumps({"modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"}})
+    )
+    _save(ct, task / "imagesTr" / "s_0.nii.gz", affine)
+    _save(seg, task / "labelsTr" / "s_0.nii.gz", affine)
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask,target,modality,slice\nTask09_Spleen/imagesTr/s_0.nii.gz,Task09_Spleen/labelsTr/s_0.nii.gz,spleen,CT,5\n"
+    )
+    msd = [r for r in read_msd(task, min_pixels=5) if r.extra["slice"] == "5"]
+    folder = list(write_pairs(read_folder(tmp_path / "pairs.csv"), tmp_path / "out"))
+    served = decode_image((task / "imagesTr" / "s_0.nii.gz").read_bytes(), spec=ImagingSpec(slice=5))
+    images = [msd[0].image, np.asarray(Image.open(folder[0].image)), np.asarray(served.image)]
+    masks = [msd[0].mask, np.asarray(Image.open(folder[0].mask)) > 0]
+    for img in images:
+        assert img.shape == (16, 20) and np.array_equal(img, images[0])  # byte-identical everywhere
+        rows, cols = np.nonzero(img == img.max())
+        assert cols.min() > 10 and rows.max() < 8  # patient's left → image right; anterior → top
+    for mask in masks:
+        assert np.array_equal(mask, img == img.max())
+
+
+def test_ct_dicom_through_the_folder_reader_is_what_the_server_serves(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    dcm = Path(get_testdata_file("CT_small.dcm"))
+    (tmp_path / "ct.dcm").write_bytes(dcm.read_bytes())
+    _png(tmp_path / "m.png")  # 16x16: the wrong size for a 128x128 image
+    Image.fromarray(np.zeros((128, 128), np.uint8)).save(tmp_path / "m128.png")
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask,target,modality,window\nct.dcm,m128.png,liver,CT,\nct.dcm,m128.png,lung,CT,lung\n"
+    )
+    written = list(write_pairs(read_folder(tmp_path / "pairs.csv"), tmp_path / "out"))
+    for rec, spec in zip(written, (ImagingSpec(), ImagingSpec(window="lung"))):
+        served = decode_image(dcm.read_bytes(), spec=spec)
+        assert np.asarray(Image.open(rec.image)).tobytes() == np.asarray(served.image).tobytes()
+    assert written[0].image != written[1].image  # two windows, two images
+    (tmp_path / "bad.csv").write_text("image,mask,target,modality\nct.dcm,m.png,liver,CT\n")
+    with pytest.raises(ValueError, match="mask is"):
+        list(write_pairs(read_folder(tmp_path / "bad.csv"), tmp_path / "out2"))
+    (tmp_path / "badspec.csv").write_text("image,mask,target,modality,axis\nct.dcm,m.png,liver,CT,oblique\n")
+    with pytest.raises(ValueError, match="badspec.csv:2: axis"):
+        list(read_folder(tmp_path / "badspec.csv"))

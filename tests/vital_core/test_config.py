@@ -62,3 +62,40 @@ def test_paper_preset_sizes():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("qwen-99b")
+
+
+def test_model_yaml_agrees_with_the_preset():
+    """configs/model-qwen3-vl-8b.yaml and vital_core.presets.qwen3_vl_8b describe one model."""
+    from pathlib import Path
+
+    from vital_core.config import VitalConfig
+    from vital_core.presets import qwen3_vl_8b
+
+    yaml_cfg = VitalConfig.from_yaml(
+        Path(__file__).parents[2] / "configs" / "model-qwen3-vl-8b.yaml"
+    ).to_dict()
+    preset = qwen3_vl_8b().to_dict()
+    for part in ("backbone", "decoder", "encoder"):
+        yaml_cfg[part].pop("path"), preset[part].pop("path")  # the YAML names local directories
+    assert yaml_cfg == preset
+
+
+def test_lists_of_dataclasses_are_built_and_checked():
+    from training.recipe import PhaseSpec, Recipe, phases_for
+
+    r = Recipe.from_dict({"curriculum": {"phases": [{"min_k": 1, "max_k": 1, "epochs": 2}, {"max_k": 3}]}})
+    assert phases_for(r.curriculum) == [PhaseSpec(1, 1, 2.0), PhaseSpec(0, 3, 1.0)]
+    with pytest.raises(ConfigError, match=r"curriculum.phases\[1\]: unknown key\(s\) maxk"):
+        Recipe.from_dict({"curriculum": {"phases": [{"min_k": 1}, {"maxk": 3}]}})
+    with pytest.raises(ConfigError, match="expected a list"):
+        Recipe.from_dict({"curriculum": {"phases": {"min_k": 1}}})
+
+
+def test_deep_merge_merges_mappings_and_replaces_the_rest():
+    from vital_core.config import deep_merge
+
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    assert deep_merge(base, {"a": {"c": [3], "e": {"f": 1}}, "d": None}) == {
+        "a": {"b": 1, "c": [3], "e": {"f": 1}},
+        "d": None,
+    }

@@ -16,13 +16,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from training.dataset import Sample, load_manifest, write_manifest
+from training.data.manifest import Sample, load_manifest, write_manifest
 from training.distill.client import RequestRejected, RetriesExhausted, TeacherClient, TeacherSettings
 from training.distill.gates import Violation, run_gates
 from training.distill.overlay import MAX_SIDE, load_overlay, png_data_url
 from training.distill.prompts import SYSTEM_PROMPT, build_messages, retry_block, user_prompt
 from training.distill.results import REQUEST_GATE, Report, ResultsLog, build_report, read_results
-from training.questions import read_meta
+from training.sources.questions import read_meta
 
 log = logging.getLogger(__name__)
 

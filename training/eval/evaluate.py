@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from training.dataset import Sample
+from training.data.manifest import Sample
 from training.eval.items import CLOSED_TYPES, BenchItem, BenchmarkError, from_sample
 from training.eval.metrics import choice_letter, closed_correct, item_correct, item_score, normalize, token_f1
 

@@ -6,13 +6,13 @@ Every reader in `training.eval` (VQA-RAD, SLAKE, PathVQA, PMC-VQA, GEMeX, five-t
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from training.dataset import Sample
+from training.data.manifest import Sample
+from vital_core.imaging import ImagingError, load_model_image
 
 CLOSED_TYPES = ("yesno", "location_choice", "identify")
 """Five-tuple question types scored by closed-ended accuracy."""
@@ -82,15 +82,14 @@ class BenchItem:
 def load_benchmark_image(source: Path | bytes | None, item_id: str = "") -> Image.Image:
     """Decode one benchmark image (a file path or encoded bytes) to RGB; any failure is a BenchmarkError.
 
-    The single place benchmark pixels are read, so that it can be pointed at the shared imaging module
-    (DICOM / NIfTI / raster) in one edit.
+    Benchmark pixels go through the one imaging path (`vital_core.imaging`), as the server's and the
+    training readers' do.
     """
     if source is None:
         raise BenchmarkError(f"{item_id}: no image")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
-            return im.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return load_model_image(source).to_pil().convert("RGB")
+    except (ImagingError, OSError, ValueError) as exc:
         where = f"{item_id} ({source})" if isinstance(source, Path) else item_id
         raise BenchmarkError(f"{where}: cannot read the image ({exc})") from exc
 

@@ -273,7 +273,7 @@ def _pmc_vqa(path: Path, split: str, image_dir: Path | None) -> list[BenchItem]:
 
 
 def _five_tuple(path: Path, split: str, image_dir: Path | None) -> list[BenchItem]:
-    from training.dataset import ManifestError, load_manifest
+    from training.data.manifest import ManifestError, load_manifest
 
     try:
         return [from_sample(s) for s in load_manifest(path) if s.split == split]

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from training.dataset import SPLITS, Sample, assign_splits, write_manifest
+from training.data.manifest import SPLITS, Sample, assign_splits, write_manifest
 from training.phantom.modalities import MODALITIES, Modality
 from training.phantom.questions import QA, make_qa
 from training.phantom.scene import Scene

@@ -2,7 +2,7 @@
 
 Every geometric word comes from `facts` (computed on the target's mask); brightness, texture and
 boundary words come from how the object was painted. Answers are short and canonical so closed-ended
-accuracy is an exact match after `training.dataset.normalize_answer`:
+accuracy is an exact match after `training.data.manifest.normalize_answer`:
 yes/no -> "Yes." / "No."; identify -> "The {type} shown is the {target}."; location_choice ->
 "The {target} is in the {left|central|right|upper|middle|lower} part of the image.";
 location -> "The {target} is in the {region} part of the image.".

@@ -5,7 +5,8 @@ The published layout (microsoft/BiomedParseData) puts masks in a sibling folder 
 (`amos22/CT/train`, `MSD/Task01_BrainTumour/test`). A folder holding images and masks side by side is
 read too. Parsing: the target is the text after the mask name's last `_` (`+` stands for a space, the
 target has no `_`); the rest is the image's stem. The image stem's last two `_` fields are modality and
-site; `<id>` may itself contain `_`. Folder names `train`/`val`/`test` become the records' split hint.
+site; `<id>` may itself contain `_`. Folder names `train`/`val`/`test` become the records' split hint. Images stay paths;
+`write_pairs` reads them with `vital_core.imaging.load_model_image`, the server's decoding.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 Columns (header row required): `image`, `mask`, `target`, `modality` (required); `target_type`
 (inferred from the target when empty), `question`, `answer`, `question_type`, `split`, `case`
-(optional). Paths are relative to the CSV's folder or absolute. A row with a `question` keeps it (its
+(optional). Paths are relative to the CSV's folder or absolute. An image may be any file
+`vital_core.imaging` reads (PNG, JPEG, DICOM, NIfTI, ...); the optional columns `axis`, `slice`,
+`frame`, `window`, `window_center`, `window_width` are its `ImagingSpec` (a NIfTI mask is sliced like
+its image), and the same values in a request make the server produce the same image. A row with a `question` keeps it (its
 type classified by `vital_core.qtypes.classify_question` when `question_type` is empty); an `answer` is
 passed to the teacher as the reference the final answer must agree with.
 """
@@ -15,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from training.sources.record import SourceRecord, canonical_modality, infer_target_type, safe_name
+from vital_core.imaging import ImagingError, ImagingSpec
 
 REQUIRED_COLUMNS = ("image", "mask", "target", "modality")
-OPTIONAL_COLUMNS = ("target_type", "question", "answer", "question_type", "split", "case")
+SPEC_COLUMNS = ("axis", "slice", "frame", "window", "window_center", "window_width")
+OPTIONAL_COLUMNS = ("target_type", "question", "answer", "question_type", "split", "case", *SPEC_COLUMNS)
 
 
 def read_folder(csv_path: str | Path) -> Iterator[SourceRecord]:
@@ -46,6 +51,10 @@ def read_folder(csv_path: str | Path) -> Iterator[SourceRecord]:
             if not path.is_file():
                 raise ValueError(f"{where}: {name} file not found: {path}")
         target = row["target"].lower()
+        try:
+            spec = ImagingSpec.from_fields(row)
+        except ImagingError as exc:
+            raise ValueError(f"{where}: {exc.message}") from exc
         yield SourceRecord(
             id=safe_name(f"{csv_path.stem}-{lineno:05d}-{target}"),
             image=image,
@@ -56,10 +65,11 @@ def read_folder(csv_path: str | Path) -> Iterator[SourceRecord]:
             source="folder",
             subset=csv_path.stem,
             case=row.get("case") or f"{csv_path.stem}/{Path(row['image']).stem}",
-            image_key=f"{csv_path.stem}-{row['image']}",
+            image_key="-".join([f"{csv_path.stem}-{row['image']}", *spec.to_fields().values()]),
             present=tuple(sorted(present[row["image"]])),
             question=row.get("question", ""),
             answer=row.get("answer", ""),
             question_type=row.get("question_type", ""),
             split=row.get("split", ""),
+            extra=spec.to_fields(),
         )

@@ -1,11 +1,13 @@
 """Medical Segmentation Decathlon reader: TaskXX_Name/{imagesTr,labelsTr}/*.nii.gz + dataset.json -> 2-D slices.
 
-Each volume is reoriented to RAS+ (nibabel `as_closest_canonical`); every axial slice with at least
-`min_pixels` pixels of a label gives one record per such label, shown in the radiological display
-convention (`windowing.axial_display`). 4-D (multi-channel) volumes keep one channel, chosen by name
-from `CHANNEL_PREFERENCE` (FLAIR for BrainTumour, T2 for Prostate). CT is windowed per target
-(`windowing.CT_WINDOWS`), MRI scaled per volume between percentiles of its non-zero voxels.
-AppleDouble files (`._*`) are skipped.
+Images go through `vital_core.imaging` — the server's own path — with one `ImagingSpec` for the whole
+read: the volume is matched to RAS+, each slice laid out in the radiological display convention and
+windowed by the shared rule (CT → the request-nameable preset, default `abdomen`; MR → percentiles of
+the slice). So a slice served with the same spec (same `axis`, `slice`, `frame`, `window`) is byte-for-byte
+the training image. Every slice along `spec.axis` (axial by default) with at least `min_pixels` pixels of
+a label gives one record per such label. 4-D (multi-channel) volumes keep one channel (the spec's `frame`),
+chosen by name from `CHANNEL_PREFERENCE` (FLAIR for BrainTumour, T2 for Prostate). AppleDouble files
+(`._*`) are skipped.
 """
 
 from __future__ import annotations
@@ -13,20 +15,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from training.sources.record import SourceRecord, infer_target_type, safe_name
-from training.sources.windowing import (
-    axial_display,
-    ct_to_uint8,
-    ct_window_for,
-    percentile_range,
-    scale_to_uint8,
-)
+from vital_core.imaging import ImagingSpec, NiftiVolume
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +65,22 @@ Labels of unknown tasks keep their own name, with the type inferred from it."""
 
 
 def read_msd(
-    task_dir: str | Path, *, min_pixels: int = MIN_PIXELS, max_slices_per_label: int = 0
+    task_dir: str | Path,
+    *,
+    min_pixels: int = MIN_PIXELS,
+    max_slices_per_label: int = 0,
+    spec: ImagingSpec | None = None,
 ) -> Iterator[SourceRecord]:
-    """Yield one record per (volume, axial slice, label) with at least `min_pixels` label pixels.
+    """Yield one record per (volume, slice, label) with at least `min_pixels` label pixels.
 
     Args:
         task_dir: a `TaskXX_Name` folder holding `dataset.json`, `imagesTr/` and `labelsTr/`.
         min_pixels: minimum label pixels on a slice.
         max_slices_per_label: if > 0, keep at most this many evenly spaced slices per label per volume.
+        spec: axis and window for every slice (default: axial, automatic window); its `slice` is
+            ignored (every qualifying slice is read) and its `frame` is the chosen channel of 4-D volumes.
     """
+    spec = spec or ImagingSpec()
     task_dir = Path(task_dir)
     meta = _read_dataset_json(task_dir)
     task = task_dir.name
@@ -104,6 +107,7 @@ def read_msd(
             channels,
             min_pixels,
             max_slices_per_label,
+            spec,
         )
 
 
@@ -162,52 +166,56 @@ def _volume_records(
     channels: list[str],
     min_pixels: int,
     max_slices: int,
+    spec: ImagingSpec,
 ) -> Iterator[SourceRecord]:
-    img = nib.as_closest_canonical(nib.load(str(image_path)))
-    lab = nib.as_closest_canonical(nib.load(str(label_path)))
-    volume = np.asarray(img.dataobj, dtype=np.float32)
-    channel = 0
-    if volume.ndim == 4:
-        channel = pick_channel(channels) if len(channels) == volume.shape[3] else 0
-        volume = volume[..., channel]
-    seg = np.rint(np.asarray(lab.dataobj, dtype=np.float32)).astype(np.int16)
-    if seg.ndim == 4:
-        seg = seg[..., 0]
-    if seg.shape != volume.shape:
-        log.warning(
-            "%s/%s: image %s and label %s differ in shape, skipped", task, case, volume.shape, seg.shape
-        )
+    probe = NiftiVolume.load(image_path, frame=0)
+    frames = probe.layout.frames
+    channel = pick_channel(channels) if frames > 1 and len(channels) == frames else 0
+    volume = probe if channel == 0 else NiftiVolume.load(image_path, frame=channel)
+    seg = NiftiVolume.load(label_path, frame=0)
+    axis = spec.axis
+    shapes = [tuple(v.n_slices(a) for a in ("sagittal", "coronal", "axial")) for v in (volume, seg)]
+    if shapes[0] != shapes[1]:
+        log.warning("%s/%s: image %s and label %s differ in shape, skipped", task, case, *shapes)
         return
     channel_name = channels[channel] if channel < len(channels) else "CT"
     is_ct = channel_name.strip().lower() == "ct"
-    mri_range = None if is_ct else percentile_range(volume)
     targets = {
         v: known.get(name.lower(), (name.lower(), infer_target_type(name))) for v, name in labels.items()
     }
-    counts = {v: (seg == v).sum(axis=(0, 1)) for v in targets}  # per label: pixels on each axial slice
+    counts = {v: seg.ras_counts(axis, [v]) for v in targets}  # per label: pixels on each slice
+    images: dict[int, tuple[np.ndarray, dict[str, str]]] = {}
     for value, (target, ttype) in targets.items():
         slices = np.nonzero(counts[value] >= min_pixels)[0]
         if max_slices > 0 and len(slices) > max_slices:
             slices = slices[np.linspace(0, len(slices) - 1, max_slices).round().astype(int)]
         for z in slices.tolist():
             present = tuple(sorted(targets[v][0] for v in targets if counts[v][z] > 0))
-            if is_ct:
-                window = ct_window_for(target, site)
-                image = ct_to_uint8(axial_display(volume[:, :, z]), window)
-            else:
-                window = "percentile"
-                image = scale_to_uint8(axial_display(volume[:, :, z]), *mri_range)
+            if z not in images:
+                img = volume.image(replace(spec, slice=z, frame=channel))
+                images[z] = (img.pixels, img.info)
+            pixels, info = images[z]
+            labels_z = np.rint(seg.values(axis, z)).astype(np.int64)
+            window = info["window"]
+            tag = "" if axis == "axial" else f"-{axis}"
             yield SourceRecord(
-                id=safe_name(f"msd-{task}-{case}-z{z:03d}-{target}"),
-                image=image,
-                mask=axial_display(seg[:, :, z] == value),
+                id=safe_name(f"msd-{task}-{case}{tag}-z{z:03d}-{target}"),
+                image=pixels,
+                mask=labels_z == value,
                 modality="CT" if is_ct else "MRI",
                 target=target,
                 target_type=ttype,
                 source="msd",
                 subset=task,
                 case=f"{task}/{case}",
-                image_key=f"msd-{task}-{case}-z{z:03d}-{window}",
+                image_key=f"msd-{task}-{case}{tag}-z{z:03d}-{window}",
                 present=present,
-                extra={"site": site, "channel": channel_name, "slice": str(z), "window": window},
+                extra={
+                    "site": site,
+                    "channel": channel_name,
+                    "axis": axis,
+                    "slice": str(z),
+                    "frame": str(channel),
+                    "window": window,
+                },  # fmt: skip
             )

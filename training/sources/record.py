@@ -1,16 +1,21 @@
-"""The record every source reader yields, target-type inference, and writing records out as PNG pairs."""
+"""The record every source reader yields, target-type inference, and writing records out as PNG pairs.
+
+Image files are read with `vital_core.imaging.load_model_image` (the server's decoding), so what is
+written for training is what the server feeds the model for the same file and spec.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from vital_core.imaging import ImagingSpec, NiftiVolume, load_model_image
 
 MODALITIES: dict[str, str] = {
     "ct": "CT",
@@ -109,9 +114,30 @@ def safe_name(text: str, max_len: int = 120) -> str:
     return name
 
 
-def _load_mask(mask: np.ndarray | Path) -> np.ndarray:
+def record_spec(rec: SourceRecord) -> ImagingSpec:
+    """The ImagingSpec a record's image file is read with (axis/slice/frame/window from `extra`)."""
+    return ImagingSpec.from_fields(rec.extra)
+
+
+def record_image(rec: SourceRecord) -> np.ndarray:
+    """The record's model image, uint8 [H, W] or [H, W, 3]: files go through `vital_core.imaging`."""
+    if isinstance(rec.image, np.ndarray):
+        return rec.image
+    return load_model_image(rec.image, record_spec(rec)).pixels
+
+
+def _is_volume(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def record_mask(rec: SourceRecord) -> np.ndarray:
+    """The record's mask as bool [H, W]: a label volume is sliced like the image (same axis and slice)."""
+    mask = rec.mask
     if isinstance(mask, np.ndarray):
         return mask.astype(bool)
+    if _is_volume(mask):
+        spec = record_spec(rec)
+        return NiftiVolume.load(mask).values(spec.axis, spec.slice) != 0
     with Image.open(mask) as im:
         arr = np.asarray(im)
     return (arr[..., 0] if arr.ndim == 3 else arr) > 0
@@ -120,34 +146,28 @@ def _load_mask(mask: np.ndarray | Path) -> np.ndarray:
 def write_pairs(records: Iterable[SourceRecord], out: str | Path) -> Iterator[SourceRecord]:
     """Write each record as OUT/images/{image}.png + OUT/masks/{id}.png; yield it with the written paths.
 
-    Images shared by several records are written once. Masks become 0/255 `L` PNGs; PNG images are
-    copied byte for byte, other files and arrays are saved as PNG (`L` or `RGB`).
+    Images shared by several records are written once, as the model's image (`record_image`: the
+    server's decoding of the same file with the same spec), saved as `L` or `RGB` PNG. Masks become 0/255
+    `L` PNGs; a mask whose size differs from its image is an error naming the record.
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    written: set[str] = set()
+    written: dict[str, tuple[int, int]] = {}
     for rec in records:
         img_name = f"{safe_name(rec.image_key)}.png"
         img_path = out / "images" / img_name
         if img_name not in written:
-            _write_image(rec.image, img_path)
-            written.add(img_name)
-        mask = _load_mask(rec.mask)
+            pixels = record_image(rec)
+            if pixels.dtype != np.uint8:
+                raise ValueError(f"{rec.id}: image arrays must be uint8, got {pixels.dtype}")
+            Image.fromarray(pixels).save(img_path)
+            written[img_name] = pixels.shape[:2]
+        mask = record_mask(rec)
+        if mask.shape != written[img_name]:
+            raise ValueError(
+                f"{rec.id}: mask is {mask.shape[::-1]} but its image is {written[img_name][::-1]}"
+            )
         mask_path = out / "masks" / f"{rec.id}.png"
-        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(mask_path)
+        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path)
         yield replace(rec, image=img_path, mask=mask_path)
-
-
-def _write_image(image: np.ndarray | Path, path: Path) -> None:
-    if isinstance(image, Path):
-        if image.suffix.lower() == ".png":
-            shutil.copyfile(image, path)
-            return
-        with Image.open(image) as im:
-            im.convert("RGB" if im.mode not in ("L", "I;16", "I") else "L").save(path)
-        return
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"image arrays must be uint8, got {arr.dtype}")
-    Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB").save(path)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
 
-from training.dataset import Sample
+from training.data.manifest import Sample
 
 
 @dataclass
@@ -46,29 +45,34 @@ def k_batches(
     k_override: int | None = None,
     rank: int = 0,
     world: int = 1,
+    group: int | None = None,
 ) -> list[list[int]]:
     """Deterministic, shuffled batches of sample indices, each with one K; this rank's share.
 
-    The order depends only on (seed, samples), so a resumed run replays it exactly. Every rank gets
-    the same number of batches (the remainder is dropped) so collective ops never wait forever.
+    Each K bucket is shuffled and cut into batches; runs of `group` consecutive batches (default
+    `world`; the trainer uses world × grad_accum) share one K, a short last run being topped up from the
+    start of its bucket, and the runs are shuffled. Rank r takes batches r, r + world, ... So the K of a
+    step is the same on every rank (every rank runs the same collectives: gloo would abort and NCCL
+    hang otherwise), and the whole sequence depends only on (seed, samples, group): 2 ranks × 1 batch
+    see exactly the batches 1 rank × grad_accum 2 sees. A resumed run replays it exactly.
     """
+    group = group or world
+    if group % world:
+        raise ValueError(f"group {group} must be a multiple of world {world}")
     rng = random.Random(seed)
     by_k: dict[int, list[int]] = defaultdict(list)
     for i, s in enumerate(samples):
         by_k[sample_k(s, k_override)].append(i)
-    batches = []
+    runs = []
     for k in sorted(by_k):
         idx = by_k[k]
         rng.shuffle(idx)
-        batches += [idx[j : j + batch_size] for j in range(0, len(idx), batch_size)]
-    rng.shuffle(batches)
-    per_rank = len(batches) // world if world > 1 else len(batches)
-    return batches[rank::world][:per_rank]
-
-
-def steps_per_epoch(n_batches: int, grad_accum: int) -> int:
-    """Optimizer steps in one pass over `n_batches`."""
-    return math.ceil(n_batches / grad_accum)
+        batches = [idx[j : j + batch_size] for j in range(0, len(idx), batch_size)]
+        batches += [batches[j % len(batches)] for j in range(-len(batches) % group)]  # top up the last run
+        runs += [batches[j : j + group] for j in range(0, len(batches), group)]
+    rng.shuffle(runs)
+    flat = [b for run in runs for b in run]
+    return flat[rank::world]
 
 
 class RoiTargets:
@@ -116,7 +120,58 @@ def per_step_targets(roi: torch.Tensor, glob: torch.Tensor, k: int) -> torch.Ten
     return torch.nn.functional.normalize(mix, dim=-1)
 
 
-def iterate(batches: list[list[int]], start: int = 0) -> Iterator[tuple[int, list[int]]]:
-    """(position, batch) from `start` on (resume skips what was done)."""
-    for i in range(start, len(batches)):
-        yield i, batches[i]
+class SampleImages(torch.utils.data.Dataset):
+    """Sample index → (index, decoded RGB image): the part of a batch DataLoader workers prepare."""
+
+    def __init__(self, samples: Sequence[Sample]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[int, Image.Image]:
+        with Image.open(self.samples[i].image) as im:
+            return i, im.convert("RGB")
+
+
+class CollateBatch:
+    """Decoded images of one index batch → a `Batch` with its K and targets (runs in the workers)."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        k_override: int | None,
+        targets: RoiTargets | None,
+        global_features: dict[str, torch.Tensor] | None,
+    ):
+        self.samples, self.k_override = samples, k_override
+        self.targets, self.global_features = targets, global_features
+
+    def __call__(self, items: list[tuple[int, Image.Image]]) -> Batch:
+        chosen = [self.samples[i] for i, _ in items]
+        keys = [s.roi_key or s.id for s in chosen]
+        tgt = self.targets(keys) if self.targets is not None else None
+        glob = torch.stack([self.global_features[k] for k in keys]) if self.global_features else None
+        return Batch(chosen, sample_k(chosen[0], self.k_override), [im for _, im in items], tgt, glob)
+
+
+def batch_loader(
+    samples: Sequence[Sample],
+    batches: Sequence[Sequence[int]],
+    *,
+    k_override: int | None = None,
+    targets: RoiTargets | None = None,
+    global_features: dict[str, torch.Tensor] | None = None,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader over exactly `batches` in order (pass `seq[pos:]` to resume): `num_workers`
+    processes decode images and gather targets while the model steps; 0 does it in this process."""
+    return torch.utils.data.DataLoader(
+        SampleImages(samples),
+        batch_sampler=[list(b) for b in batches],
+        collate_fn=CollateBatch(samples, k_override, targets, global_features),
+        num_workers=num_workers,
+        prefetch_factor=2 if num_workers else None,
+        # its own generator: drawing worker seeds from the global RNG would make a resumed run diverge
+        generator=torch.Generator().manual_seed(0),
+    )

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe field, e.g. --set optim.lr=1e-4 (repeatable)")  # fmt: skip
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    p.add_argument("--stop-after-steps", type=int, metavar="N",
+                   help="stop after N optimizer steps in total, as a kill would (resume later)")  # fmt: skip
     p.add_argument("--export", metavar="DIR", help="write the trained model as a bundle here")
     p.add_argument("--eval-split", help="evaluate on this split after training (scores go into the bundle)")
     p.set_defaults(func=run_train)
@@ -28,34 +30,40 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, optionally export a bundle and score it."""
-    from training.dataset import ManifestError
+    from training.data.manifest import ManifestError
     from training.recipe import Recipe
     from training.trainer import Trainer
     from vital_core.config import ConfigError
 
     try:
         recipe = Recipe.from_yaml(args.recipe, args.set)
-        trainer = Trainer(recipe, resume=not args.no_resume)
+        trainer = Trainer(recipe, resume=not args.no_resume, stop_after_steps=args.stop_after_steps)
         result = trainer.run()
     except (ConfigError, ManifestError, FileNotFoundError, KeyError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
-    print(json.dumps({"run": recipe.output_dir, **result}))
-    if args.export and trainer.is_main:
+    if trainer.is_main:
+        print(json.dumps({"run": recipe.output_dir, **result}))
+    if args.export and "stopped_at" not in result:
         from training.export import export_bundle
 
-        scores = {}
-        if args.eval_split:
-            scores = evaluate_model(trainer.model, recipe.data.manifest, args.eval_split)
-        out = export_bundle(
-            trainer.model, recipe, args.export, scores=scores, command=" ".join(["vital", *sys.argv[1:]])
-        )
-        print(f"bundle written to {out}")
+        state = trainer.full_state()  # every rank takes part in gathering FSDP shards
+        if trainer.is_main:
+            scores = {}
+            if args.eval_split and not (trainer.world > 1 and recipe.distributed == "fsdp"):
+                scores = evaluate_model(trainer.model, recipe.data.manifest, args.eval_split)
+            out = export_bundle(trainer.model, recipe, args.export, scores=scores, state=state,
+                                command=" ".join(["vital", *sys.argv[1:]]))  # fmt: skip
+            print(f"bundle written to {out}")
+        if trainer.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
     return 0
 
 
 def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int | None = None) -> dict:  # noqa: ANN001
     """Score a model on one split of a manifest."""
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
     from training.eval.evaluate import predict, score
     from vital_core.qtypes import parse_k
 

@@ -90,7 +90,7 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     """Validate a manifest and print counts per split, modality, question type and depth."""
-    from training.dataset import ManifestError, load_manifest
+    from training.data.manifest import ManifestError, load_manifest
 
     try:
         samples = load_manifest(args.manifest, check_files=not args.no_files)

@@ -1,6 +1,6 @@
 """`vital build-questions` (sources -> PNG pairs + question manifest) and `vital distill` (teacher -> manifest).
 
-Until the entry points are registered, run `python -m training.cli_distill {build-questions,distill} ...`.
+Until the entry points are registered, run `python -m training.cli.distill {build-questions,distill} ...`.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def _register_distill(subparsers: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Read the sources and write PNG pairs plus the question manifest."""
-    from training.questions import build_question_set
     from training.sources import read_biomedparse, read_folder, read_msd
+    from training.sources.questions import build_question_set
 
     if not (args.msd or args.biomedparse or args.folder):
         raise CLIError("give at least one source: --msd, --biomedparse or --folder")
@@ -193,7 +193,7 @@ def run_distill(args: argparse.Namespace) -> int:
     """Distil a question manifest with the teacher."""
     from pydantic import ValidationError
 
-    from training.dataset import ManifestError
+    from training.data.manifest import ManifestError
     from training.distill.client import FatalTeacherError, TeacherSettings
     from training.distill.runner import DistillConfig, distill_async
 
@@ -247,12 +247,12 @@ def run_distill(args: argparse.Namespace) -> int:
 
 
 def _dry_run(cfg: DistillConfig) -> int:
-    from training.dataset import load_manifest
+    from training.data.manifest import load_manifest
     from training.distill.overlay import load_overlay
     from training.distill.prompts import SYSTEM_PROMPT
     from training.distill.results import read_results
     from training.distill.runner import meta_path, sample_user_prompt
-    from training.questions import read_meta
+    from training.sources.questions import read_meta
 
     done = read_results(cfg.out / "results.jsonl")
     pending = [s for s in load_manifest(cfg.questions) if s.id not in done]
@@ -271,7 +271,7 @@ def _dry_run(cfg: DistillConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.cli_distill ...` behaves exactly like `vital ...` (every registered command)."""
+    """`python -m training.cli.distill ...` behaves exactly like `vital ...` (every registered command)."""
     from vital_core.cli import main as vital_main
 
     return vital_main(argv)

@@ -94,7 +94,7 @@ def _write(out: str | Path, report: dict, table: str) -> None:
 
 def _eval_items(args: argparse.Namespace) -> list:
     """The questions to ask (five-tuple samples or benchmark items), all checked before any model loads."""
-    from training.dataset import ManifestError, load_manifest
+    from training.data.manifest import ManifestError, load_manifest
     from training.eval.vqa_datasets import BenchmarkError, load_benchmark
 
     path = args.manifest if args.benchmark == "five-tuple" and not args.data else args.data
@@ -201,7 +201,7 @@ def run_ablations_cmd(args: argparse.Namespace) -> int:
 
 
 def _samples(args: argparse.Namespace) -> list:
-    from training.dataset import ManifestError, load_manifest
+    from training.data.manifest import ManifestError, load_manifest
 
     try:
         samples = [s for s in load_manifest(args.manifest) if s.split == args.split][: args.limit]

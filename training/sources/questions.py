@@ -2,7 +2,7 @@
 
 Questions only: answers and reasoning are placeholders that `vital distill` replaces with the teacher's.
 The number of placeholder steps is the type's minimum depth (paper Table 4), so the question manifest
-already loads with `training.dataset.load_manifest`. Hidden facts the teacher needs and the student must
+already loads with `training.data.manifest.load_manifest`. Hidden facts the teacher needs and the student must
 not see (the target a "no" question asks about, a reference answer) go to a sidecar
 `questions.meta.jsonl`. Questions that come with a source keep their text; their type is classified
 by `vital_core.qtypes.classify_question` when the source gives none.
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.dataset import SPLITS, Sample, assign_splits, write_manifest
+from training.data.manifest import SPLITS, Sample, assign_splits, write_manifest
 from training.phantom.facts import mask_facts
 from training.sources.record import SourceRecord, infer_target_type, write_pairs
 from vital_core.config import QUESTION_TYPES

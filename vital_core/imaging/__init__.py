@@ -1,0 +1,40 @@
+"""The one imaging path: DICOM / NIfTI / PNG / JPEG / ... → the model's image, for training and serving alike.
+
+`load_model_image(bytes_or_path, ImagingSpec(...))` is the call; `docs/imaging.md` states the display
+convention (radiological), the window presets and the limits.
+"""
+
+from vital_core.imaging.decode import SUPPORTED, decode_bytes, load_model_image, sniff
+from vital_core.imaging.nifti import NiftiVolume
+from vital_core.imaging.spec import AXES, ImagingError, ImagingLimits, ImagingSpec, ModelImage
+from vital_core.imaging.windows import (
+    DEFAULT_CT_PRESET,
+    PERCENTILES,
+    WINDOW_NAMES,
+    WINDOW_PRESETS,
+    Window,
+    percentile_range,
+    render_grey,
+    to_uint8,
+)
+
+__all__ = [
+    "AXES",
+    "DEFAULT_CT_PRESET",
+    "PERCENTILES",
+    "SUPPORTED",
+    "WINDOW_NAMES",
+    "WINDOW_PRESETS",
+    "ImagingError",
+    "ImagingLimits",
+    "ImagingSpec",
+    "ModelImage",
+    "NiftiVolume",
+    "Window",
+    "decode_bytes",
+    "load_model_image",
+    "percentile_range",
+    "render_grey",
+    "sniff",
+    "to_uint8",
+]
