@@ -182,3 +182,23 @@ def encoder_for(config: Any, bundle: str | Path | None = None, device: str = "cp
     if bundle is not None and (Path(bundle) / "encoder").is_dir():
         enc_cfg = dataclasses.replace(enc_cfg, path=str(Path(bundle) / "encoder"))
     return load_encoder(enc_cfg, device=device, seed=config.seed)
+
+
+def multihop_accuracy(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """Closed exact-match accuracy on the phantom's multi-hop questions, overall and per depth (hops)."""
+    from training.dataset import normalize_answer
+    from training.phantom.multihop import is_multihop
+
+    by_depth: dict[int, list[bool]] = {}
+    for p in predictions:
+        s = p.sample
+        if s is None or not is_multihop(s.question_type, s.answer):
+            continue
+        by_depth.setdefault(s.k, []).append(normalize_answer(p.answer) == normalize_answer(s.answer))
+    hits = [h for v in by_depth.values() for h in v]
+    return {
+        "n": len(hits),
+        "closed_accuracy": round(sum(hits) / len(hits), 4) if hits else None,
+        "by_hops": {str(d): {"n": len(v), "closed_accuracy": round(sum(v) / len(v), 4)}
+                    for d, v in sorted(by_depth.items())},
+    }  # fmt: skip

@@ -159,9 +159,18 @@ def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:  # noqa
 
 
 def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:  # noqa: ANN001
+    from training.analysis import multihop_accuracy
     from training.cli_train import evaluate_model
+    from training.dataset import load_manifest
+    from training.evaluate import predict
+    from training.phantom.multihop import is_multihop
 
+    hops = [
+        s for s in load_manifest(manifest) if s.split == "test" and is_multihop(s.question_type, s.answer)
+    ]
     return {
         "test_split_k_auto": evaluate_model(model, str(manifest), "test", "auto", limit),
         "stage0_test_split_k0": evaluate_model(stage0_model, str(manifest), "test", "0", limit),
+        # multi-hop questions of the test split: does thinking longer help where several facts are needed?
+        "test_multihop": {f"k{k}": multihop_accuracy(predict(model, hops[:limit], k=k)) for k in (0, 4)},
     }
