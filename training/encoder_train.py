@@ -204,8 +204,8 @@ def _text_features(model: Any, ids: torch.Tensor) -> torch.Tensor:
 
 
 def train_encoder(
-    manifest: str | Path, out: str | Path, *, steps: int = 1200, batch_size: int = 48, lr: float = 1e-3,
-    images: int = 3000, seed: int = 0, phantom_seed: int = 0, progress: bool = True,
+    manifest: str | Path, out: str | Path, *, steps: int = 150, batch_size: int = 32, lr: float = 2e-3,
+    images: int = 1200, seed: int = 0, phantom_seed: int = 0, progress: bool = True,
 ) -> Path:  # fmt: skip
     """Train the tiny MedSigLIP on the manifest's train split and save it (HF SiglipModel + tokenizer)."""
     from tqdm import tqdm
@@ -345,10 +345,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--manifest", default="data/tiny-build/phantom/manifest.jsonl", help="phantom manifest")
     p.add_argument("--out", default="data/tiny-build/encoder", help="directory to write (HF SiglipModel)")
-    p.add_argument("--steps", type=int, default=1200)
-    p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--images", type=int, default=3000, help="train-split images to use")
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--images", type=int, default=1200, help="train-split images to use")
     p.add_argument("--seed", type=int, default=0, help="init and batch-order seed")
     p.add_argument("--phantom-seed", type=int, default=0, help="the seed the phantom data was generated with")
     p.add_argument("--bench-out", default=None, help="also score it on the test split and write results here")

@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default="configs/tiny.yaml")
     p.add_argument("--index-images", type=int, default=400, help="reference images in the FAISS index")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test samples")
-    p.add_argument("--encoder-steps", type=int, default=600, help="training steps of the tiny MedSigLIP")
-    p.add_argument("--encoder-images", type=int, default=3000, help="train images for the tiny MedSigLIP")
+    p.add_argument("--encoder-steps", type=int, default=150, help="training steps of the tiny MedSigLIP")
+    p.add_argument("--encoder-images", type=int, default=1200, help="train images for the tiny MedSigLIP")
     p.set_defaults(func=run)
     from training.encoder_train import register as register_encoder
 
@@ -91,7 +91,8 @@ def _encoder(manifest: Path, out: Path, args: argparse.Namespace) -> Path:
     from training.encoder_train import train_encoder
 
     info = out / "encoder_train.json"
-    if info.is_file() and json.loads(info.read_text()).get("steps") == args.encoder_steps:
+    done = json.loads(info.read_text()) if info.is_file() else {}
+    if (done.get("steps"), done.get("images")) == (args.encoder_steps, args.encoder_images):
         log.info("trained encoder already at %s", out)
         return out
     return train_encoder(manifest, out, steps=args.encoder_steps, images=args.encoder_images, seed=args.seed,
