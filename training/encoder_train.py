@@ -312,8 +312,17 @@ def bench_encoder(encoder_dir: str | Path, manifest: str | Path, out_dir: str | 
     model, tok = load_trained(encoder_dir)
     trained = evaluate_encoder(model, tok, data)
     random = evaluate_encoder(build_model(len(tok), 0), tok, data)
+    import os
+
+    info = Path(encoder_dir) / "encoder_train.json"
+    training = (
+        {k: v for k, v in json.loads(info.read_text()).items() if k != "history"} if info.is_file() else {}
+    )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     result = {
-        "machine": f"{platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}",
+        "machine": f"{platform.machine()} CPU ({torch.get_num_threads()} threads, {os.cpu_count()} cores, "
+        f"load average {load:.1f}), torch {torch.__version__}",
+        "training": training,
         "encoder": str(encoder_dir), "manifest": str(manifest), "split": split,
         "trained": trained, "random_init": random,
         "ratio": {k: round(trained[k] / random[k], 2) if random[k] else None for k in trained if k != "n_images"},
@@ -328,6 +337,8 @@ def bench_encoder(encoder_dir: str | Path, manifest: str | Path, out_dir: str | 
         "# Tiny MedSigLIP (vital-tiny's frozen encoder) on the phantom",
         "",
         f"Split `{split}` of `{manifest}`, {trained['n_images']} images; machine: {result['machine']}.",
+        f"Training: {training.get('steps')} steps of {training.get('batch_size')} pairs from {training.get('images')}"
+        f" train images, lr {training.get('lr')}, {training.get('minutes')} min (same machine).",
         "Retrieval: report → image among all the split's images. Pointing: the patch most similar to",
         '"the {target}" lies in a patch cell the target covers; `mask_cover` is the share of cells an object',
         "covers (what a random patch would hit). Made by `vital train-encoder --bench-out`.",
