@@ -176,3 +176,23 @@ def encoder_for(config: Any, bundle: str | Path | None = None, device: str = "cp
     from index_builder.encoder import load_bundle_encoder
 
     return load_bundle_encoder(config, bundle, device=device)
+
+
+def multihop_accuracy(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """Closed exact-match accuracy on the phantom's multi-hop questions, overall and per depth (hops)."""
+    from training.data.manifest import normalize_answer
+    from training.phantom.multihop import is_multihop
+
+    by_depth: dict[int, list[bool]] = {}
+    for p in predictions:
+        s = p.sample
+        if s is None or not is_multihop(s.question_type, s.answer):
+            continue
+        by_depth.setdefault(s.k, []).append(normalize_answer(p.answer) == normalize_answer(s.answer))
+    hits = [h for v in by_depth.values() for h in v]
+    return {
+        "n": len(hits),
+        "closed_accuracy": round(sum(hits) / len(hits), 4) if hits else None,
+        "by_hops": {str(d): {"n": len(v), "closed_accuracy": round(sum(v) / len(v), 4)}
+                    for d, v in sorted(by_depth.items())},
+    }  # fmt: skip
