@@ -109,8 +109,12 @@ def step_grounding(cos: np.ndarray, cells: np.ndarray) -> dict[str, float]:
     top = np.zeros_like(m)
     top[np.argsort(-flat, kind="stable")[:n]] = True
     iou = lambda a, b: float((a & b).sum() / max(1, (a | b).sum()))  # noqa: E731
-    return {"pointing": float(m[peak]), "iou": iou(active, m), "iou_top": iou(top, m),
-            "active_fraction": float(active.mean())}  # fmt: skip
+    return {
+        "pointing": float(m[peak]),
+        "iou": iou(active, m),
+        "iou_top": iou(top, m),
+        "active_fraction": float(active.mean()),
+    }
 
 
 def grounding_from_predictions(
@@ -150,13 +154,18 @@ def grounding_from_predictions(
 def grounding_table(report: dict[str, Any], title: str = "") -> str:
     """Per-step grounding as a markdown table."""
     lines = [f"### {title}", ""] if title else []
-    lines += [f"n = {report['n']}, K = {report['k']}, chance pointing (mean mask share of the grid) = "
-              f"{100 * report['chance_pointing']:.1f}%", "",
-              "| step | pointing acc. | IoU (> mean+std) | IoU (top-\\|M\\|) | active fraction |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        f"n = {report['n']}, K = {report['k']}, chance pointing (mean mask share of the grid) = "
+        f"{100 * report['chance_pointing']:.1f}%",
+        "",
+        "| step | pointing acc. | IoU (> mean+std) | IoU (top-\\|M\\|) | active fraction |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["per_step"]:
-        lines.append(f"| h{r['step']} | {100 * r['pointing']:.1f} | {100 * r['iou']:.1f} | "
-                     f"{100 * r['iou_top']:.1f} | {100 * r['active_fraction']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| h{r['step']} | {100 * r['pointing']:.1f} | {100 * r['iou']:.1f} | "
+            f"{100 * r['iou_top']:.1f} | {100 * r['active_fraction']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -193,6 +202,8 @@ def multihop_accuracy(predictions: Sequence[Prediction]) -> dict[str, Any]:
     return {
         "n": len(hits),
         "closed_accuracy": round(sum(hits) / len(hits), 4) if hits else None,
-        "by_hops": {str(d): {"n": len(v), "closed_accuracy": round(sum(v) / len(v), 4)}
-                    for d, v in sorted(by_depth.items())},
-    }  # fmt: skip
+        "by_hops": {
+            str(d): {"n": len(v), "closed_accuracy": round(sum(v) / len(v), 4)}
+            for d, v in sorted(by_depth.items())
+        },
+    }

@@ -120,7 +120,7 @@ def _tokens(tok: Any, texts: list[str], length: int) -> torch.Tensor:
 
 def _sigmoid_loss(
     a: torch.Tensor, b: torch.Tensor, pos: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
-):  # noqa: ANN202
+):
     """SigLIP loss: -mean over rows of sum_j log sigmoid(±(s·a_i·b_j + t)); pos [A, B] bool."""
     logits = a @ b.T * scale.exp() + bias  # (A, B)
     labels = pos.float() * 2 - 1
@@ -142,7 +142,7 @@ def build_model(vocab_size: int, seed: int) -> Any:
             "pad_token_id": 0,
             "bos_token_id": 1,
             "eos_token_id": 2,
-        },  # fmt: skip
+        },
         vision_config=dict(TINY_ENCODER_ARCH),
     )
     torch.manual_seed(seed)
@@ -204,9 +204,17 @@ def _text_features(model: Any, ids: torch.Tensor) -> torch.Tensor:
 
 
 def train_encoder(
-    manifest: str | Path, out: str | Path, *, steps: int = 150, batch_size: int = 32, lr: float = 2e-3,
-    images: int = 1200, seed: int = 0, phantom_seed: int = 0, progress: bool = True,
-) -> Path:  # fmt: skip
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    steps: int = 150,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    images: int = 1200,
+    seed: int = 0,
+    phantom_seed: int = 0,
+    progress: bool = True,
+) -> Path:
     """Train the tiny MedSigLIP on the manifest's train split and save it (HF SiglipModel + tokenizer)."""
     from tqdm import tqdm
 
@@ -247,8 +255,16 @@ def train_encoder(
     model.eval().requires_grad_(False)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    info = {"manifest": str(manifest), "steps": steps, "batch_size": batch_size, "lr": lr, "images": len(data.reports),
-            "seed": seed, "minutes": round((time.perf_counter() - t0) / 60, 2), "history": history}  # fmt: skip
+    info = {
+        "manifest": str(manifest),
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "images": len(data.reports),
+        "seed": seed,
+        "minutes": round((time.perf_counter() - t0) / 60, 2),
+        "history": history,
+    }
     (out / "encoder_train.json").write_text(json.dumps(info, indent=2) + "\n")
     log.info("tiny MedSigLIP saved to %s in %.1f min", out, info["minutes"])
     return out
@@ -268,8 +284,12 @@ def evaluate_encoder(model: Any, tok: Any, data: PairSet) -> dict[str, float]:
         img.append(F.normalize(vis.pooler_output, dim=-1))  # (b, D)
         patches.append(F.normalize(vis.last_hidden_state, dim=-1))  # (b, P, D)
     img_t, pat = torch.cat(img), torch.cat(patches)  # (N, D), (N, P, D)
-    txt = torch.cat([F.normalize(_text_features(model, _tokens(tok, data.reports[i : i + 64], TEXT_LEN)), dim=-1)
-                     for i in range(0, len(data.reports), 64)])  # fmt: skip
+    txt = torch.cat(
+        [
+            F.normalize(_text_features(model, _tokens(tok, data.reports[i : i + 64], TEXT_LEN)), dim=-1)
+            for i in range(0, len(data.reports), 64)
+        ]
+    )
     sim = txt @ img_t.T  # (N texts, N images)
     rank = (sim > sim.diagonal().unsqueeze(1)).sum(1)  # images scoring above the true one
     hits_t, hits_all, n_all = 0, 0, 0
@@ -300,8 +320,15 @@ def load_trained(path: str | Path) -> tuple[Any, Any]:
     return SiglipModel.from_pretrained(str(path), local_files_only=True).eval(), load_tokenizer(path)
 
 
-def bench_encoder(encoder_dir: str | Path, manifest: str | Path, out_dir: str | Path, *, split: str = "test",
-                  limit: int | None = 500, phantom_seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def bench_encoder(
+    encoder_dir: str | Path,
+    manifest: str | Path,
+    out_dir: str | Path,
+    *,
+    split: str = "test",
+    limit: int | None = 500,
+    phantom_seed: int = 0,
+) -> dict[str, Any]:
     """Score the trained encoder and a random-init one of the same architecture on a split; write JSON + md."""
     import platform
 
@@ -323,10 +350,15 @@ def bench_encoder(encoder_dir: str | Path, manifest: str | Path, out_dir: str | 
         "machine": f"{platform.machine()} CPU ({torch.get_num_threads()} threads, {os.cpu_count()} cores, "
         f"load average {load:.1f}), torch {torch.__version__}",
         "training": training,
-        "encoder": str(encoder_dir), "manifest": str(manifest), "split": split,
-        "trained": trained, "random_init": random,
-        "ratio": {k: round(trained[k] / random[k], 2) if random[k] else None for k in trained if k != "n_images"},
-    }  # fmt: skip
+        "encoder": str(encoder_dir),
+        "manifest": str(manifest),
+        "split": split,
+        "trained": trained,
+        "random_init": random,
+        "ratio": {
+            k: round(trained[k] / random[k], 2) if random[k] else None for k in trained if k != "n_images"
+        },
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "encoder-tiny.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -352,8 +384,12 @@ def bench_encoder(encoder_dir: str | Path, manifest: str | Path, out_dir: str | 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `vital train-encoder`."""
-    p = sub.add_parser("train-encoder", help="train the tiny MedSigLIP encoder of vital-tiny on phantom data",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "train-encoder",
+        help="train the tiny MedSigLIP encoder of vital-tiny on phantom data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--manifest", default="data/tiny-build/phantom/manifest.jsonl", help="phantom manifest")
     p.add_argument("--out", default="data/tiny-build/encoder", help="directory to write (HF SiglipModel)")
     p.add_argument("--steps", type=int, default=150)
@@ -379,8 +415,16 @@ def run(args: argparse.Namespace) -> int:
         if not (Path(args.out) / "config.json").is_file():
             raise CLIError(f"--eval-only: no trained encoder in {args.out}")
     else:
-        train_encoder(args.manifest, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      images=args.images, seed=args.seed, phantom_seed=args.phantom_seed)  # fmt: skip
+        train_encoder(
+            args.manifest,
+            args.out,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            images=args.images,
+            seed=args.seed,
+            phantom_seed=args.phantom_seed,
+        )
     if args.bench_out:
         res = bench_encoder(args.out, args.manifest, args.bench_out, phantom_seed=args.phantom_seed)
         print(json.dumps({"trained": res["trained"], "random_init": res["random_init"]}))

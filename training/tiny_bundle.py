@@ -24,8 +24,12 @@ log = logging.getLogger("vital.tiny")
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `vital build-tiny-bundle`."""
-    p = sub.add_parser("build-tiny-bundle", help="train the embedded vital-tiny bundle from scratch (CPU)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "build-tiny-bundle",
+        help="train the embedded vital-tiny bundle from scratch (CPU)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="bundles/vital-tiny", help="bundle directory to write")
     p.add_argument("--work", default="data/tiny-build", help="working directory (data, stores, runs)")
     p.add_argument("--n", type=int, default=12000, help="phantom samples to generate")
@@ -63,13 +67,27 @@ def run(args: argparse.Namespace) -> int:
 
     recipe = Recipe.from_yaml(args.recipe, [f"model.init_bundle={stage0_bundle}"])
     out = export_bundle(
-        model, recipe, args.out, scores=scores, command=" ".join(["vital", *sys.argv[1:]]) if sys.argv else None,
-        encoder_dir=encoder_dir, index_dir=index_dir,
-    )  # fmt: skip
+        model,
+        recipe,
+        args.out,
+        scores=scores,
+        command=" ".join(["vital", *sys.argv[1:]]) if sys.argv else None,
+        encoder_dir=encoder_dir,
+        index_dir=index_dir,
+    )
     (work / "scores.json").write_text(json.dumps(scores, indent=2))
     log.info("vital-tiny written to %s in %.1f min", out, (time.perf_counter() - t0) / 60)
-    print(json.dumps({"bundle": str(out), "minutes": round((time.perf_counter() - t0) / 60, 1), "scores": {
-        k: v["overall"] for k, v in scores.items() if isinstance(v, dict) and "overall" in v}}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bundle": str(out),
+                "minutes": round((time.perf_counter() - t0) / 60, 1),
+                "scores": {
+                    k: v["overall"] for k, v in scores.items() if isinstance(v, dict) and "overall" in v
+                },
+            }
+        )
+    )
     return 0
 
 
@@ -95,11 +113,17 @@ def _encoder(manifest: Path, out: Path, args: argparse.Namespace) -> Path:
     if (done.get("steps"), done.get("images")) == (args.encoder_steps, args.encoder_images):
         log.info("trained encoder already at %s", out)
         return out
-    return train_encoder(manifest, out, steps=args.encoder_steps, images=args.encoder_images, seed=args.seed,
-                         phantom_seed=args.seed)  # fmt: skip
+    return train_encoder(
+        manifest,
+        out,
+        steps=args.encoder_steps,
+        images=args.encoder_images,
+        seed=args.seed,
+        phantom_seed=args.seed,
+    )
 
 
-def trained_encoder(encoder_dir: Path, seed: int = 0):  # noqa: ANN201
+def trained_encoder(encoder_dir: Path, seed: int = 0):
     """The frozen patch encoder (vision tower) of a trained tiny MedSigLIP directory."""
     import dataclasses
 
@@ -119,12 +143,17 @@ def _roi_store(manifest: Path, out: Path, seed: int, encoder_dir: Path) -> Path:
         return out
     enc = trained_encoder(encoder_dir, seed)
     params = ROIParams()
-    extract_to_store(enc, read_manifest(manifest, require_mask=True), out, params,
-                     spec={"encoder": str(encoder_dir), "seed": seed, "params": repr(params)})  # fmt: skip
+    extract_to_store(
+        enc,
+        read_manifest(manifest, require_mask=True),
+        out,
+        params,
+        spec={"encoder": str(encoder_dir), "seed": seed, "params": repr(params)},
+    )
     return out
 
 
-def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, init: Path | None):  # noqa: ANN001, ANN202
+def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, init: Path | None):
     from training.export import export_bundle
     from training.recipe import Recipe
     from training.trainer import Trainer
@@ -146,7 +175,7 @@ def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, ini
     return bundle, trainer.model
 
 
-def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:  # noqa: ANN001
+def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:
     from index_builder.faiss_index import build_patch_index
     from index_builder.samples import read_manifest
 
@@ -159,7 +188,7 @@ def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:  # noqa
     return index_dir
 
 
-def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:  # noqa: ANN001
+def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:
     from training.analysis import multihop_accuracy
     from training.cli.train import evaluate_model
     from training.data.manifest import load_manifest

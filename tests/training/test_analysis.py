@@ -95,9 +95,19 @@ def test_multihop_accuracy_counts_only_multihop_samples_per_depth():
     from training.eval.evaluate import Prediction
 
     def pred(answer, truth, qtype, k):
-        s = Sample(id=f"x{answer}{truth}{k}", image="i.png", mask="m.png", question="q", answer=truth,
-                   reasoning=["s."] * k, question_type=qtype, modality="CT", target="liver",
-                   target_type="organ", split="test")  # fmt: skip
+        s = Sample(
+            id=f"x{answer}{truth}{k}",
+            image="i.png",
+            mask="m.png",
+            question="q",
+            answer=truth,
+            reasoning=["s."] * k,
+            question_type=qtype,
+            modality="CT",
+            target="liver",
+            target_type="organ",
+            split="test",
+        )
         return Prediction(item=None, answer=answer, k=k, sample=s)
 
     preds = [

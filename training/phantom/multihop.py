@@ -63,11 +63,11 @@ def _pairs(
     return [(a, b) for a in scene.objects for b in scene.objects if a is not b and ok(a, b)]
 
 
-def _pick(rng: np.random.Generator, items: list):  # noqa: ANN202
+def _pick(rng: np.random.Generator, items: list):
     return items[int(rng.integers(len(items)))]
 
 
-def _size(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):  # noqa: ANN202
+def _size(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
     pairs = _pairs(scene, lambda a, b: max(_area(a), _area(b)) >= MIN_AREA_RATIO * min(_area(a), _area(b)))
     if not pairs:
         return None
@@ -82,7 +82,7 @@ def _size(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
     return question, "Yes." if bigger else "No.", steps, a
 
 
-def _brightness(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):  # noqa: ANN202
+def _brightness(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
     lum = {o.name: brightness(scene, o) for o in scene.objects}
     pairs = _pairs(scene, lambda a, b: abs(lum[a.name] - lum[b.name]) >= MIN_BRIGHTNESS_GAP)
     if not pairs:
@@ -98,7 +98,7 @@ def _brightness(scene: Scene, modality: Modality, mod: str, rng: np.random.Gener
     return question, "Yes." if brighter else "No.", steps, a
 
 
-def _position(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):  # noqa: ANN202
+def _position(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
     axis = int(rng.integers(2))  # 0: vertical (above), 1: horizontal (left of)
     pairs = _pairs(scene, lambda a, b: abs(centroid(a.mask)[axis] - centroid(b.mask)[axis]) >= MIN_OFFSET)
     if not pairs:
@@ -118,7 +118,7 @@ def _position(scene: Scene, modality: Modality, mod: str, rng: np.random.Generat
     return question, "Yes." if ca < cb else "No.", steps, a
 
 
-def _count(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):  # noqa: ANN202
+def _count(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
     lesions = sorted((o for o in scene.objects if o.target_type in LESION_TYPES), key=lambda o: -_area(o))
     if not 1 <= len(lesions) <= 2:
         return None
@@ -132,7 +132,7 @@ def _count(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator)
     return question, f"{_COUNT_WORD[n]}.", steps, lesions[0]
 
 
-def _inside(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):  # noqa: ANN202
+def _inside(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
     lesions = [o for o in scene.objects if o.target_type in LESION_TYPES]
     organs = [o for o in scene.objects if o.target_type not in LESION_TYPES]
     if not lesions or not organs:
@@ -150,7 +150,7 @@ def _inside(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator
     return question, "Yes." if inside else "No.", steps, les
 
 
-def _conditional(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):  # noqa: ANN202
+def _conditional(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
     present = {o.name for o in scene.objects}
     side = "left" if rng.random() < 0.5 else "right"
     pool = sorted(present) if rng.random() < 0.6 else [n for n, _ in modality.targets]  # balance yes / no
