@@ -34,14 +34,33 @@ def _build(ckpt: Path) -> int:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
     arch = {
-        "text_config": {"vocab_size": 151936, "hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4,
-                        "num_attention_heads": 8, "num_key_value_heads": 2, "head_dim": 64,
-                        "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [16, 8, 8],
-                                            "mrope_interleaved": True}},
-        "vision_config": {"depth": 2, "hidden_size": 128, "intermediate_size": 256, "num_heads": 2, "patch_size": 16,
-                          "out_hidden_size": 512, "num_position_embeddings": 64, "deepstack_visual_indexes": [1]},
+        "text_config": {
+            "vocab_size": 151936,
+            "hidden_size": 512,
+            "intermediate_size": 1536,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 8,
+            "num_key_value_heads": 2,
+            "head_dim": 64,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [16, 8, 8],
+                "mrope_interleaved": True,
+            },
+        },
+        "vision_config": {
+            "depth": 2,
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_heads": 2,
+            "patch_size": 16,
+            "out_hidden_size": 512,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [1],
+        },
         "tie_word_embeddings": False,
-    }  # fmt: skip
+    }
     model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(**arch)).to(torch.bfloat16)
     model.save_pretrained(ckpt, max_shard_size="64MB")
     return sum(p.numel() * p.element_size() for p in model.parameters())
@@ -80,8 +99,14 @@ def _variant(ckpt: str, out: str, variant: str) -> dict:
     if variant == "deepcopy":  # what export and `bundle init` did before: copy, merge in bf16, save
         merge_lora(copy.deepcopy(model)).save_pretrained(out)
     else:
-        write_backbone(model.state_dict(), core, out, lora_scaling=lora.alpha / lora.r, dtype=torch.bfloat16,
-                       max_shard_bytes=64 << 20)  # fmt: skip
+        write_backbone(
+            model.state_dict(),
+            core,
+            out,
+            lora_scaling=lora.alpha / lora.r,
+            dtype=torch.bfloat16,
+            max_shard_bytes=64 << 20,
+        )
     stop.set()
     th.join()
     return {"loaded_bytes": loaded, "peak_bytes": max(peak[0], _rss()) - base}
@@ -97,8 +122,12 @@ def main() -> None:
         weight_bytes = _build(ckpt)
         rows = {}
         for variant in ("deepcopy", "stream"):
-            out = subprocess.run([sys.executable, __file__, str(ckpt), str(Path(tmp) / variant), variant],
-                                 capture_output=True, text=True, check=True)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, __file__, str(ckpt), str(Path(tmp) / variant), variant],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
             r["copies"] = r["peak_bytes"] / weight_bytes
             rows[variant] = r

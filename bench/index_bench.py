@@ -102,7 +102,7 @@ def encoder_data(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict
     return np.asarray(feats[:n_img], np.float32), q, info
 
 
-def cold_ms(index, queries: np.ndarray, k: int, reps: int = 10) -> float:  # noqa: ANN001
+def cold_ms(index, queries: np.ndarray, k: int, reps: int = 10) -> float:
     """Median K=4 search latency with the store's pages evicted from the page cache before each call."""
     times = []
     fd = os.open(index.store.path, os.O_RDONLY)
@@ -118,7 +118,7 @@ def cold_ms(index, queries: np.ndarray, k: int, reps: int = 10) -> float:  # noq
     return 1000.0 * float(np.median(times))
 
 
-def warm_ms(index, queries: np.ndarray, k: int, reps: int = 50) -> float:  # noqa: ANN001
+def warm_ms(index, queries: np.ndarray, k: int, reps: int = 50) -> float:
     """Median latency of one /explain search (K = 4 queries at once), store pages cached."""
     times = []
     for i in range(reps):
@@ -132,7 +132,7 @@ def warm_ms(index, queries: np.ndarray, k: int, reps: int = 50) -> float:  # noq
 
 def bench_variant(
     factory: str, grids: np.ndarray, tq: np.ndarray, eq: np.ndarray, gt: np.ndarray, args
-) -> dict:  # noqa: ANN001
+) -> dict:
     """Build, auto-tune and evaluate one two-stage index."""
     n_img, g, _, d = grids.shape
     work = args.work / factory.replace(",", "_")

@@ -67,8 +67,10 @@ def main() -> None:
         ax.text(0.95, 0.5, "L", color="yellow", transform=ax.transAxes, fontsize=11, va="center")
     axes[0, 3].text(0.02, 0.5, "A", color="yellow", transform=axes[0, 3].transAxes, fontsize=11, va="center")
     axes[0, 3].text(0.95, 0.5, "P", color="yellow", transform=axes[0, 3].transAxes, fontsize=11, va="center")
-    fig.suptitle("vital_core.imaging: the bright marker is on the patient's LEFT → the image's RIGHT (radiological)",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle(
+        "vital_core.imaging: the bright marker is on the patient's LEFT → the image's RIGHT (radiological)",
+        fontsize=11,
+    )
     fig.tight_layout()
     fig.savefig(OUT, dpi=72)
     print(f"wrote {OUT} ({OUT.stat().st_size} bytes)")

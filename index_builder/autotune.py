@@ -93,7 +93,7 @@ def _prefix_recalls(
     return (hits / len(queries)).tolist()
 
 
-def _explain_ms(index, queries: np.ndarray, k: int, reps: int = 15) -> float:  # noqa: ANN001
+def _explain_ms(index, queries: np.ndarray, k: int, reps: int = 15) -> float:
     times = []
     for i in range(reps):
         q = queries[(4 * i) % max(1, len(queries) - 4) :][:4]  # (4, D): one /explain call
@@ -104,12 +104,12 @@ def _explain_ms(index, queries: np.ndarray, k: int, reps: int = 15) -> float:  #
 
 
 def tune(
-    index,  # noqa: ANN001 - a PatchIndex with a vector store
+    index,  # a PatchIndex with a vector store
     queries: np.ndarray,
     target_recall: float = 0.95,
     k: int = 10,
-    candidates=CANDIDATES,  # noqa: ANN001
-    nprobes=NPROBES,  # noqa: ANN001
+    candidates=CANDIDATES,
+    nprobes=NPROBES,
 ) -> TuneResult:
     """Choose and apply (nprobe, k_candidates) for `index` on held-out unit queries [Q, D]."""
     store = index.store

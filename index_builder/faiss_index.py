@@ -506,7 +506,7 @@ def merge_shards_ondisk(
     )
 
 
-def build_patch_index(*args, **kwargs) -> PatchIndex:  # noqa: ANN002, ANN003
+def build_patch_index(*args, **kwargs) -> PatchIndex:
     """Encode a corpus and build its patch index: see `index_builder.index_build.build_patch_index`."""
     from index_builder.index_build import build_patch_index as build
 

@@ -34,7 +34,7 @@ from index_builder.faiss_index import (
 log = logging.getLogger(__name__)
 
 
-def _encode_refs(encoder, refs, batch_size: int):  # noqa: ANN001, ANN202
+def _encode_refs(encoder, refs, batch_size: int):
     """Yield (ids, grids [b, G, G, D] numpy) for consecutive batches of SampleRefs."""
     from index_builder.samples import load_image
 
@@ -90,7 +90,7 @@ def check_budget(index: PatchIndex, fraction: float = RESIDENT_FRACTION) -> None
 
 
 def build_patch_index(
-    encoder,  # noqa: ANN001 - a PatchEncoderLike
+    encoder,  # a PatchEncoderLike
     refs: Sequence,
     out_dir: str | Path,
     factory: str | None = None,
@@ -154,14 +154,14 @@ def build_patch_index(
 
 def _build_shards(  # noqa: PLR0913
     builder: IndexBuilder,
-    encoder,  # noqa: ANN001
+    encoder,
     refs: Sequence,
     out: Path,
     shard_images: int,
     ondisk: bool,
     two_stage: bool,
     nprobe: int,
-    bar,  # noqa: ANN001
+    bar,
     batch_size: int,
 ) -> PatchIndex:
     """Build (or resume) the shards under out/shards and merge them."""

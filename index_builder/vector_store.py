@@ -62,7 +62,7 @@ class VectorStore:
             return np.zeros((0, self.dim), np.float32)
         return np.asarray(self.vectors[ids], dtype=np.float32)  # (n, D)
 
-    def iter_chunks(self, chunk: int = 262_144):  # noqa: ANN201 - yields (start, float32 [m, D])
+    def iter_chunks(self, chunk: int = 262_144):  # yields (start, float32 [m, D])
         """Consecutive float32 chunks of the whole store (for exact scans)."""
         for start in range(0, self.count, chunk):
             yield start, np.asarray(self.vectors[start : start + chunk], dtype=np.float32)

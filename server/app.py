@@ -243,8 +243,12 @@ class RequestContext:
             m.errors.labels("internal_error", "500").inc()
             if started:
                 raise
-            await _send_error(send_wrapper, 500, "internal_error",
-                              f"internal server error; see the server log for request {rid}")  # fmt: skip
+            await _send_error(
+                send_wrapper,
+                500,
+                "internal_error",
+                f"internal server error; see the server log for request {rid}",
+            )
         finally:
             if not probe:
                 m.in_flight.dec()

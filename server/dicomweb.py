@@ -35,7 +35,7 @@ class SourceInstance:
     part10: bytes
 
 
-def client_for(settings: Settings):  # noqa: ANN201 - dicomweb_client.DICOMwebClient
+def client_for(settings: Settings):  # dicomweb_client.DICOMwebClient
     """A DICOMweb client for the configured server (400 when none is configured)."""
     from dicomweb_client import DICOMwebClient
 
@@ -67,12 +67,15 @@ def client_for(settings: Settings):  # noqa: ANN201 - dicomweb_client.DICOMwebCl
 def _size_guard(limit: int) -> Callable:
     """A response hook: a PACS reply declaring more than `limit` bytes gets 413 before it is read."""
 
-    def check(response: requests.Response, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+    def check(response: requests.Response, *args, **kwargs) -> None:
         size = int(response.headers.get("Content-Length") or 0)
         if size > limit:
             response.close()
-            raise APIError(413, f"the PACS instance is {size} bytes; the limit is {limit} (VITAL_MAX_BODY_BYTES)",
-                           "image_too_large")  # fmt: skip
+            raise APIError(
+                413,
+                f"the PACS instance is {size} bytes; the limit is {limit} (VITAL_MAX_BODY_BYTES)",
+                "image_too_large",
+            )
 
     return check
 
@@ -151,9 +154,10 @@ def store_instances(settings: Settings, study_uid: str, datasets: Sequence[pydic
     missing = [ds.SOPInstanceUID for ds in datasets if ds.SOPInstanceUID not in held]
     if missing:
         raise APIError(
-            502, f"the PACS accepted but did not keep {len(missing)} of {len(datasets)} instance(s)",
+            502,
+            f"the PACS accepted but did not keep {len(missing)} of {len(datasets)} instance(s)",
             "pacs_store_refused",
-        )  # fmt: skip
+        )
 
 
 def frame_index(ref: DicomwebRef, frame: int | None) -> int | None:

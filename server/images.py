@@ -40,7 +40,7 @@ def spec_from(**fields) -> ImagingSpec:
         raise as_api_error(exc) from exc
 
 
-def limits_from(settings) -> ImagingLimits:  # noqa: ANN001 - server.settings.Settings
+def limits_from(settings) -> ImagingLimits:  # server.settings.Settings
     """The decoding limits of a deployment (VITAL_MAX_PIXELS, VITAL_MAX_DECODED_BYTES, VITAL_MAX_STREAM_BYTES)."""
     default = ImagingLimits()
     return ImagingLimits(

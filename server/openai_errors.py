@@ -27,15 +27,15 @@ class OpenAIErrorShape:
     """ASGI middleware: under /v1/, rewrite `{"error": {"code", "message"}}` bodies made outside the /v1
     handlers (413 from the body limit, 404/405 from routing) into OpenAI's error object; status kept."""
 
-    def __init__(self, app):  # noqa: ANN001 - ASGI app
+    def __init__(self, app):
         self.app = app
 
-    async def __call__(self, scope, receive, send):  # noqa: ANN001
+    async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
             return await self.app(scope, receive, send)
         held: dict = {}
 
-        async def send_wrapper(message):  # noqa: ANN001
+        async def send_wrapper(message):
             if message["type"] == "http.response.start":
                 ctype = dict(message.get("headers", [])).get(b"content-type", b"")
                 if message["status"] >= 400 and ctype.startswith(b"application/json"):

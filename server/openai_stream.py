@@ -22,7 +22,7 @@ def usage(prompt: int, completion: int) -> dict[str, int]:
 class DeltaDecoder:
     """Incremental detokenisation: feed token ids, get the new text, never half a multi-byte character."""
 
-    def __init__(self, tokenizer):  # noqa: ANN001
+    def __init__(self, tokenizer):
         self.tokenizer, self.tokens, self.emitted = tokenizer, [], ""
 
     def push(self, token: int) -> str:
@@ -43,7 +43,7 @@ class DeltaDecoder:
         return piece
 
 
-def token_deltas(tokenizer, tokens: list[int], final: str) -> list[str]:  # noqa: ANN001
+def token_deltas(tokenizer, tokens: list[int], final: str) -> list[str]:
     """Text pieces, one per token where it completes a character, that concatenate to `final`."""
     dec = DeltaDecoder(tokenizer)
     pieces = [dec.push(t) for t in tokens]
@@ -56,16 +56,21 @@ class Stream:
 
     def __init__(
         self, tokenizer, cid: str, created: int, model: str, max_new: int, prompt_tokens: int | None
-    ):  # noqa: ANN001
+    ):
         self.tokenizer, self.cid, self.created, self.model = tokenizer, cid, created, model
         self.max_new, self.prompt_tokens = max_new, prompt_tokens
 
     def chunk(self, delta: dict | None, finish_reason: str | None = None, usage: dict | None = None) -> str:
         """One `chat.completion.chunk` event."""
         body = {
-            "id": self.cid, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if delta is not None else [],
-        }  # fmt: skip
+            "id": self.cid,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
+            if delta is not None
+            else [],
+        }
         if self.prompt_tokens is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"

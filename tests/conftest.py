@@ -12,7 +12,7 @@ from PIL import Image
 torch.set_num_threads(2)
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ANN001, ARG001
+def pytest_collection_modifyitems(config, items):  # noqa: ARG001
     """`@pytest.mark.gpu` tests skip (with the reason) where CUDA is absent."""
     if torch.cuda.is_available():
         return

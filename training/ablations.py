@@ -162,8 +162,13 @@ def arm_recipe(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
 
 
 def _eval_spec(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
-    return {"split": cfg.eval_split, "n": cfg.eval_samples, "k": arm.k if arm.k is not None else cfg.eval_k,
-            "analysis_k": arm.k if arm.k is not None else cfg.analysis_k, "analysis_n": cfg.analysis_samples}  # fmt: skip
+    return {
+        "split": cfg.eval_split,
+        "n": cfg.eval_samples,
+        "k": arm.k if arm.k is not None else cfg.eval_k,
+        "analysis_k": arm.k if arm.k is not None else cfg.analysis_k,
+        "analysis_n": cfg.analysis_samples,
+    }
 
 
 def run_arm(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
@@ -197,9 +202,14 @@ def run_arm(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
         model = load_bundle(cfg.init_bundle)
     train_s = time.perf_counter() - t0
     samples = [s for s in load_manifest(cfg.manifest) if s.split == cfg.eval_split]
-    result = {"arm": arm.name, "label": arm.label, "spec_hash": digest, "spec": spec,
-              "train": {**train, "seconds": round(train_s, 1)},
-              **evaluate_arm(model, samples, _eval_spec(cfg, arm), k0=not arm.train)}  # fmt: skip
+    result = {
+        "arm": arm.name,
+        "label": arm.label,
+        "spec_hash": digest,
+        "spec": spec,
+        "train": {**train, "seconds": round(train_s, 1)},
+        **evaluate_arm(model, samples, _eval_spec(cfg, arm), k0=not arm.train),
+    }
     result["eval_seconds"] = round(time.perf_counter() - t0 - train_s, 1)
     done.write_text(json.dumps(result, indent=2))
     if arm.train and not cfg.keep_checkpoints:
@@ -235,21 +245,32 @@ def _fmt(x: float | None, pct: bool = True) -> str:
 
 def tables_markdown(cfg: AblationConfig, results: dict[str, dict[str, Any]]) -> str:
     """One markdown table per ablation group, shaped like the paper's Tables 2, 3, 13 and §C.5."""
-    titles = {"supervision": "Dual supervision (paper Table 2)", "depth": "Reasoning depth K (paper Table 3)",
-              "curriculum": "Curriculum (paper Table 3)", "projector": "Visual projector (paper Table 13, §C.2)",
-              "visual_target": "Shared vs per-step visual target (paper §C.5)"}  # fmt: skip
-    lines = [f"## {cfg.name}", "",
-             f"Phantom {cfg.eval_split} split (first {cfg.eval_samples}); {cfg.train_samples} training samples, "
-             f"epochs/phase {cfg.epochs}, seed {cfg.seed}, warm start {cfg.init_bundle}. Closed acc. is the "
-             "paper's 'In-D.' column; collapse = mean off-diagonal inter-step cosine (§C.6); pointing / IoU "
-             "at the last latent step (§C.7).", ""]  # fmt: skip
+    titles = {
+        "supervision": "Dual supervision (paper Table 2)",
+        "depth": "Reasoning depth K (paper Table 3)",
+        "curriculum": "Curriculum (paper Table 3)",
+        "projector": "Visual projector (paper Table 13, §C.2)",
+        "visual_target": "Shared vs per-step visual target (paper §C.5)",
+    }
+    lines = [
+        f"## {cfg.name}",
+        "",
+        f"Phantom {cfg.eval_split} split (first {cfg.eval_samples}); {cfg.train_samples} training samples, "
+        f"epochs/phase {cfg.epochs}, seed {cfg.seed}, warm start {cfg.init_bundle}. Closed acc. is the "
+        "paper's 'In-D.' column; collapse = mean off-diagonal inter-step cosine (§C.6); pointing / IoU "
+        "at the last latent step (§C.7).",
+        "",
+    ]
     for t in cfg.tables:
         arms = [a for a in ARMS[t] if a.name in results]
         if not arms:
             continue
-        lines += [f"### {titles[t]}", "",
-                  "| variant | closed acc. | token-F1 (all) | open token-F1 | collapse | pointing@K | IoU@K | train s |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"### {titles[t]}",
+            "",
+            "| variant | closed acc. | token-F1 (all) | open token-F1 | collapse | pointing@K | IoU@K | train s |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for a in arms:
             r = results[a.name]
             o = r["eval"]["overall"]
@@ -279,9 +300,11 @@ def run_ablations(cfg: AblationConfig) -> dict[str, Any]:
         results[arm.name] = run_arm(cfg, arm)
     res = Path(cfg.results)
     res.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"config": dataclasses.asdict(cfg),
-               "tables": {t: [a.name for a in ARMS[t] if a.name in results] for t in cfg.tables},
-               "arms": results}  # fmt: skip
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "tables": {t: [a.name for a in ARMS[t] if a.name in results] for t in cfg.tables},
+        "arms": results,
+    }
     res.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     res.with_suffix(".md").write_text(tables_markdown(cfg, results))
     return summary

@@ -109,8 +109,12 @@ def step_grounding(cos: np.ndarray, cells: np.ndarray) -> dict[str, float]:
     top = np.zeros_like(m)
     top[np.argsort(-flat, kind="stable")[:n]] = True
     iou = lambda a, b: float((a & b).sum() / max(1, (a | b).sum()))  # noqa: E731
-    return {"pointing": float(m[peak]), "iou": iou(active, m), "iou_top": iou(top, m),
-            "active_fraction": float(active.mean())}  # fmt: skip
+    return {
+        "pointing": float(m[peak]),
+        "iou": iou(active, m),
+        "iou_top": iou(top, m),
+        "active_fraction": float(active.mean()),
+    }
 
 
 def grounding_from_predictions(
@@ -150,13 +154,18 @@ def grounding_from_predictions(
 def grounding_table(report: dict[str, Any], title: str = "") -> str:
     """Per-step grounding as a markdown table."""
     lines = [f"### {title}", ""] if title else []
-    lines += [f"n = {report['n']}, K = {report['k']}, chance pointing (mean mask share of the grid) = "
-              f"{100 * report['chance_pointing']:.1f}%", "",
-              "| step | pointing acc. | IoU (> mean+std) | IoU (top-\\|M\\|) | active fraction |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        f"n = {report['n']}, K = {report['k']}, chance pointing (mean mask share of the grid) = "
+        f"{100 * report['chance_pointing']:.1f}%",
+        "",
+        "| step | pointing acc. | IoU (> mean+std) | IoU (top-\\|M\\|) | active fraction |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["per_step"]:
-        lines.append(f"| h{r['step']} | {100 * r['pointing']:.1f} | {100 * r['iou']:.1f} | "
-                     f"{100 * r['iou_top']:.1f} | {100 * r['active_fraction']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| h{r['step']} | {100 * r['pointing']:.1f} | {100 * r['iou']:.1f} | "
+            f"{100 * r['iou_top']:.1f} | {100 * r['active_fraction']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -176,3 +185,25 @@ def encoder_for(config: Any, bundle: str | Path | None = None, device: str = "cp
     from index_builder.encoder import load_bundle_encoder
 
     return load_bundle_encoder(config, bundle, device=device)
+
+
+def multihop_accuracy(predictions: Sequence[Prediction]) -> dict[str, Any]:
+    """Closed exact-match accuracy on the phantom's multi-hop questions, overall and per depth (hops)."""
+    from training.data.manifest import normalize_answer
+    from training.phantom.multihop import is_multihop
+
+    by_depth: dict[int, list[bool]] = {}
+    for p in predictions:
+        s = p.sample
+        if s is None or not is_multihop(s.question_type, s.answer):
+            continue
+        by_depth.setdefault(s.k, []).append(normalize_answer(p.answer) == normalize_answer(s.answer))
+    hits = [h for v in by_depth.values() for h in v]
+    return {
+        "n": len(hits),
+        "closed_accuracy": round(sum(hits) / len(hits), 4) if hits else None,
+        "by_hops": {
+            str(d): {"n": len(v), "closed_accuracy": round(sum(v) / len(v), 4)}
+            for d, v in sorted(by_depth.items())
+        },
+    }

@@ -1,6 +1,7 @@
 """`vital build-tiny-bundle`: make the embedded `vital-tiny` bundle from nothing, reproducibly, on CPU.
 
-1. phantom data (training/phantom) → 2. ROI targets with the frozen tiny encoder (index_builder) →
+1. phantom data (training/phantom) → 1b. the tiny MedSigLIP encoder, trained on the phantom's image–report
+pairs and frozen (training/encoder_train.py, `vital train-encoder`) → 2. ROI targets with it (index_builder) →
 3. stage 0: train the tiny backbone as a direct-answer VQA model (our stand-in for a pretrained MLLM) →
 4. the paper's recipe on top: frozen backbone + LoRA + both heads + curriculum, then merge →
 5. a FAISS index of reference patches → 6. scores on the test split, for the bundle and for stage 0 at K = 0.
@@ -23,8 +24,12 @@ log = logging.getLogger("vital.tiny")
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `vital build-tiny-bundle`."""
-    p = sub.add_parser("build-tiny-bundle", help="train the embedded vital-tiny bundle from scratch (CPU)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p = sub.add_parser(
+        "build-tiny-bundle",
+        help="train the embedded vital-tiny bundle from scratch (CPU)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--out", default="bundles/vital-tiny", help="bundle directory to write")
     p.add_argument("--work", default="data/tiny-build", help="working directory (data, stores, runs)")
     p.add_argument("--n", type=int, default=12000, help="phantom samples to generate")
@@ -34,7 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default="configs/tiny.yaml")
     p.add_argument("--index-images", type=int, default=400, help="reference images in the FAISS index")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test samples")
+    p.add_argument("--encoder-steps", type=int, default=150, help="training steps of the tiny MedSigLIP")
+    p.add_argument("--encoder-images", type=int, default=1200, help="train images for the tiny MedSigLIP")
     p.set_defaults(func=run)
+    from training.encoder_train import register as register_encoder
+
+    register_encoder(sub)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,23 +56,38 @@ def run(args: argparse.Namespace) -> int:
         if not Path(f).is_file():
             raise CLIError(f"recipe {f} not found (run from the repository root)")
     manifest = _phantom(work / "phantom", args)
-    roi = _roi_store(manifest, work / "roi", args.seed)
+    encoder_dir = _encoder(manifest, work / "encoder", args)
+    roi = _roi_store(manifest, work / "roi", args.seed, encoder_dir)
     stage0_bundle, stage0_model = _train(args.stage0_recipe, work / "stage0", manifest, roi, args, init=None)
     _, model = _train(args.recipe, work / "latent", manifest, roi, args, init=stage0_bundle)
-    encoder_dir, index_dir = _encoder_and_index(model, manifest, work, args)
+    index_dir = _index(encoder_dir, manifest, work, args)
     scores = _scores(model, stage0_model, manifest, args.eval_limit)
     from training.export import export_bundle
     from training.recipe import Recipe
 
     recipe = Recipe.from_yaml(args.recipe, [f"model.init_bundle={stage0_bundle}"])
     out = export_bundle(
-        model, recipe, args.out, scores=scores, command=" ".join(["vital", *sys.argv[1:]]) if sys.argv else None,
-        encoder_dir=encoder_dir, index_dir=index_dir,
-    )  # fmt: skip
+        model,
+        recipe,
+        args.out,
+        scores=scores,
+        command=" ".join(["vital", *sys.argv[1:]]) if sys.argv else None,
+        encoder_dir=encoder_dir,
+        index_dir=index_dir,
+    )
     (work / "scores.json").write_text(json.dumps(scores, indent=2))
     log.info("vital-tiny written to %s in %.1f min", out, (time.perf_counter() - t0) / 60)
-    print(json.dumps({"bundle": str(out), "minutes": round((time.perf_counter() - t0) / 60, 1), "scores": {
-        k: v["overall"] for k, v in scores.items() if isinstance(v, dict) and "overall" in v}}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bundle": str(out),
+                "minutes": round((time.perf_counter() - t0) / 60, 1),
+                "scores": {
+                    k: v["overall"] for k, v in scores.items() if isinstance(v, dict) and "overall" in v
+                },
+            }
+        )
+    )
     return 0
 
 
@@ -79,24 +104,56 @@ def _phantom(out: Path, args: argparse.Namespace) -> Path:
     return generate(out, n=args.n, seed=args.seed, size=128, workers=args.workers)
 
 
-def _roi_store(manifest: Path, out: Path, seed: int) -> Path:
+def _encoder(manifest: Path, out: Path, args: argparse.Namespace) -> Path:
+    """The tiny MedSigLIP, trained on the phantom's train split (reused when already there)."""
+    from training.encoder_train import train_encoder
+
+    info = out / "encoder_train.json"
+    done = json.loads(info.read_text()) if info.is_file() else {}
+    if (done.get("steps"), done.get("images")) == (args.encoder_steps, args.encoder_images):
+        log.info("trained encoder already at %s", out)
+        return out
+    return train_encoder(
+        manifest,
+        out,
+        steps=args.encoder_steps,
+        images=args.encoder_images,
+        seed=args.seed,
+        phantom_seed=args.seed,
+    )
+
+
+def trained_encoder(encoder_dir: Path, seed: int = 0):
+    """The frozen patch encoder (vision tower) of a trained tiny MedSigLIP directory."""
+    import dataclasses
+
     from index_builder.encoder import load_encoder
+    from vital_core.presets import tiny
+
+    return load_encoder(dataclasses.replace(tiny().encoder, path=str(encoder_dir)), device="cpu", seed=seed)
+
+
+def _roi_store(manifest: Path, out: Path, seed: int, encoder_dir: Path) -> Path:
     from index_builder.roi import ROIParams
     from index_builder.samples import read_manifest
     from index_builder.store import extract_to_store
-    from vital_core.presets import tiny
 
     if (out / "manifest.json").is_file():
         log.info("ROI store already at %s", out)
         return out
-    enc = load_encoder(tiny().encoder, device="cpu", seed=seed)
+    enc = trained_encoder(encoder_dir, seed)
     params = ROIParams()
-    extract_to_store(enc, read_manifest(manifest, require_mask=True), out, params,
-                     spec={"encoder": "tiny", "seed": seed, "params": repr(params)})  # fmt: skip
+    extract_to_store(
+        enc,
+        read_manifest(manifest, require_mask=True),
+        out,
+        params,
+        spec={"encoder": str(encoder_dir), "seed": seed, "params": repr(params)},
+    )
     return out
 
 
-def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, init: Path | None):  # noqa: ANN001, ANN202
+def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, init: Path | None):
     from training.export import export_bundle
     from training.recipe import Recipe
     from training.trainer import Trainer
@@ -118,26 +175,32 @@ def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, ini
     return bundle, trainer.model
 
 
-def _encoder_and_index(model, manifest: Path, work: Path, args):  # noqa: ANN001, ANN202
-    from index_builder.encoder import load_encoder
+def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:
     from index_builder.faiss_index import build_patch_index
     from index_builder.samples import read_manifest
 
-    enc = load_encoder(model.config.encoder, device="cpu", seed=args.seed)
-    encoder_dir = work / "encoder"
-    enc.model.save_pretrained(encoder_dir)
+    enc = trained_encoder(encoder_dir, args.seed)
     rows = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
     train_ids = {r["id"] for r in rows if r["split"] == "train"}
     refs = [r for r in read_manifest(manifest) if r.id in train_ids][: args.index_images]
     index_dir = work / "index"
     build_patch_index(enc, refs, index_dir, use_gpu=False, seed=args.seed, progress=True)
-    return encoder_dir, index_dir
+    return index_dir
 
 
-def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:  # noqa: ANN001
+def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:
+    from training.analysis import multihop_accuracy
     from training.cli.train import evaluate_model
+    from training.data.manifest import load_manifest
+    from training.eval.evaluate import predict
+    from training.phantom.multihop import is_multihop
 
+    hops = [
+        s for s in load_manifest(manifest) if s.split == "test" and is_multihop(s.question_type, s.answer)
+    ]
     return {
         "test_split_k_auto": evaluate_model(model, str(manifest), "test", "auto", limit),
         "stage0_test_split_k0": evaluate_model(stage0_model, str(manifest), "test", "0", limit),
+        # multi-hop questions of the test split: does thinking longer help where several facts are needed?
+        "test_multihop": {f"k{k}": multihop_accuracy(predict(model, hops[:limit], k=k)) for k in (0, 4)},
     }

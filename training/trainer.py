@@ -52,7 +52,7 @@ class TrainStep(nn.Module):
         self.model = model
         self.recipe = recipe
 
-    def forward(self, prompts, k: int, answers, answer_mask, step_ids, step_mask, step_has, target):  # noqa: ANN001
+    def forward(self, prompts, k: int, answers, answer_mask, step_ids, step_mask, step_has, target):
         r = self.recipe.loss
         out = self.model(prompts, k, answer_ids=answers, answer_mask=answer_mask)
         losses = {"task": out.loss}
@@ -141,7 +141,7 @@ def apply_precision(model: VitalModel, precision: str) -> None:
             p.data = p.data.float()
 
 
-def _override(cfg, overrides: dict):  # noqa: ANN001, ANN202
+def _override(cfg, overrides: dict):
     if not overrides:
         return cfg
     from vital_core.config import VitalConfig, deep_merge
@@ -200,7 +200,7 @@ class Trainer:
             raise ValueError(f"{d.manifest}: no samples in split {d.train_split!r}")
         return samples
 
-    def _autocast(self):  # noqa: ANN202
+    def _autocast(self):
         """bf16 compute: `bf16` everywhere (CPU autocast included), `auto` on CUDA; fp32 otherwise."""
         if self._bf16_compute():
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -210,13 +210,17 @@ class Trainer:
         p = self.recipe.precision
         return p == "bf16" or (p == "auto" and self.device.type == "cuda")
 
-    def _optimizer(self, model: VitalModel, total_steps: int):  # noqa: ANN202
+    def _optimizer(self, model: VitalModel, total_steps: int):
         o = self.recipe.optim
         backbone = [p for p in model.backbone.parameters() if p.requires_grad]
         groups = [{"params": backbone, "lr": o.lr}]
         if model.scaffold is not None:
-            groups.append({"params": [p for p in model.scaffold.parameters() if p.requires_grad],
-                           "lr": o.scaffold_lr or o.lr})  # fmt: skip
+            groups.append(
+                {
+                    "params": [p for p in model.scaffold.parameters() if p.requires_grad],
+                    "lr": o.scaffold_lr or o.lr,
+                }
+            )
         opt = torch.optim.AdamW(groups, betas=tuple(o.betas), weight_decay=o.weight_decay)
         warm = max(1, int(round(o.warmup_ratio * total_steps))) if o.warmup_ratio > 0 else 0
 
@@ -257,7 +261,7 @@ class Trainer:
     def _ckpt_dirs(self) -> list[Path]:
         return sorted(self.out.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
 
-    def save_checkpoint(self, model: VitalModel, opt, sched, state: TrainState) -> Path | None:  # noqa: ANN001
+    def save_checkpoint(self, model: VitalModel, opt, sched, state: TrainState) -> Path | None:
         """Atomically write ckpt-STEP/ and keep only the last N (rank 0 writes)."""
         # Every rank takes part in gathering sharded (FSDP) tensors; rank 0 writes them.
         tensors = {k: _full(v) for k, v in trainable_state(model, self.recipe).items()}
@@ -269,8 +273,12 @@ class Trainer:
             tmp.mkdir(parents=True)
         if self.world > 1:
             dist.barrier()
-        extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}  # fmt: skip
+        extra = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
         if sharded_optim:  # optimizer state is sharded like the parameters: one file per rank
             torch.save(extra, tmp / f"optimizer-rank{self.rank}.pt")
         if self.world > 1:
@@ -348,8 +356,14 @@ class Trainer:
             extra = None
             bar = _progress(self.is_main, len(seq), state.batch_pos, f"{r.name} {phase.name or pi + 1}")
             t_last, n_since = time.perf_counter(), 0
-            loader = batch_loader(subset, seq[state.batch_pos :], k_override=self._k_override(), targets=targets,
-                                  global_features=global_feats, num_workers=r.num_workers)  # fmt: skip
+            loader = batch_loader(
+                subset,
+                seq[state.batch_pos :],
+                k_override=self._k_override(),
+                targets=targets,
+                global_features=global_feats,
+                num_workers=r.num_workers,
+            )
             acc: dict[str, torch.Tensor] = {}
             for pos, batch in enumerate(loader, start=state.batch_pos):
                 losses = self._forward_backward(wrapped, model, batch)
@@ -365,8 +379,14 @@ class Trainer:
                 last = self._mean_losses(acc, pos % r.grad_accum + 1)
                 if state.step % r.log_every == 0 or pos + 1 == len(seq):
                     dt = time.perf_counter() - t_last
-                    row = {"step": state.step, "phase": phase.name or pi + 1, "k": batch.k, "lr": sched.get_last_lr()[0],
-                           "samples_per_s": n_since * self.world / max(dt, 1e-9), **last}  # fmt: skip
+                    row = {
+                        "step": state.step,
+                        "phase": phase.name or pi + 1,
+                        "k": batch.k,
+                        "lr": sched.get_last_lr()[0],
+                        "samples_per_s": n_since * self.world / max(dt, 1e-9),
+                        **last,
+                    }
                     t_last, n_since = time.perf_counter(), 0
                     self._log(metrics_path, row, bar)
                 if state.step % r.checkpoint.every_steps == 0:
@@ -416,10 +436,13 @@ class Trainer:
             return fully_shard(step_fn, mp_policy=mp)
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return DDP(step_fn, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                   find_unused_parameters=True)  # fmt: skip
+        return DDP(
+            step_fn,
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
 
-    def _forward_backward(self, wrapped: nn.Module, model: VitalModel, batch) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    def _forward_backward(self, wrapped: nn.Module, model: VitalModel, batch) -> dict[str, torch.Tensor]:
         r = self.recipe
         tok = model.tokenizer
         prompts = encode_prompts(batch.images, [s.question for s in batch.samples], tok, model.processor).to(
@@ -427,15 +450,27 @@ class Trainer:
         )
         answers, amask = encode_answers([s.answer for s in batch.samples], tok, r.data.max_answer_tokens)
         k = batch.k
-        sid, smask, shas = encode_steps([list(s.reasoning) for s in batch.samples], tok, max(k, 1),
-                                        model.config.decoder.max_sentence_tokens)  # fmt: skip
+        sid, smask, shas = encode_steps(
+            [list(s.reasoning) for s in batch.samples],
+            tok,
+            max(k, 1),
+            model.config.decoder.max_sentence_tokens,
+        )
         target = batch.targets
         if target is not None and r.loss.visual_target == "per_step" and k > 0:
             target = per_step_targets(target, batch.globals_, k)
         to = lambda t: t.to(self.device) if t is not None else None  # noqa: E731
         with self._autocast():
-            losses = wrapped(prompts, k, to(answers), to(amask), to(sid[:, :k]), to(smask[:, :k]), to(shas[:, :k]),
-                             to(target))  # fmt: skip
+            losses = wrapped(
+                prompts,
+                k,
+                to(answers),
+                to(amask),
+                to(sid[:, :k]),
+                to(smask[:, :k]),
+                to(shas[:, :k]),
+                to(target),
+            )
         (losses["total"] / r.grad_accum).backward()
         return {k_: v.detach() for k_, v in losses.items()}
 
@@ -449,7 +484,7 @@ class Trainer:
             vec /= self.world
         return dict(zip(keys, vec.tolist()))
 
-    def _optimizer_step(self, model: VitalModel, opt, sched) -> None:  # noqa: ANN001
+    def _optimizer_step(self, model: VitalModel, opt, sched) -> None:
         params = [p for g in opt.param_groups for p in g["params"]]
         if self.recipe.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, self.recipe.optim.grad_clip)
@@ -457,7 +492,7 @@ class Trainer:
         sched.step()
         opt.zero_grad(set_to_none=True)
 
-    def _log(self, path: Path, row: dict, bar) -> None:  # noqa: ANN001
+    def _log(self, path: Path, row: dict, bar) -> None:
         if not self.is_main:
             return
         with open(path, "a") as f:
@@ -501,7 +536,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().cpu()
 
 
-def _progress(enabled: bool, total: int, initial: int, desc: str):  # noqa: ANN202
+def _progress(enabled: bool, total: int, initial: int, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)

@@ -228,32 +228,55 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _serving(args: argparse.Namespace, model, image, question: str) -> dict:  # noqa: ANN001
+def _serving(args: argparse.Namespace, model, image, question: str) -> dict:
     """Step-mode and prefix-cache arms at K = `--scaling-k`."""
     from vital_core.bench_serving import prefix_arm, step_modes
 
-    kw = {"k": args.scaling_k, "tokens": args.answer_tokens, "repeats": args.repeats, "warmup": args.warmup,
-          "device": args.device}  # fmt: skip
+    kw = {
+        "k": args.scaling_k,
+        "tokens": args.answer_tokens,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "device": args.device,
+    }
     modes = step_modes(model, image, question, **kw)
     for r in modes:
-        print(f"step mode {r['mode']}: {r['e2e_ms']:.2f} ms e2e ({r['e2e_vs_dynamic']:.3f}× dynamic), "
-              f"decode/token {r['decode_token_ms']:.3f} ms")  # fmt: skip
+        print(
+            f"step mode {r['mode']}: {r['e2e_ms']:.2f} ms e2e ({r['e2e_vs_dynamic']:.3f}× dynamic), "
+            f"decode/token {r['decode_token_ms']:.3f} ms"
+        )
     prefix = prefix_arm(model, image, **kw)
-    print(f"prefix cache, {prefix['questions']} questions: cold {prefix['cold_total_ms']:.1f} ms, warm "
-          f"{prefix['warm_total_ms']:.1f} ms ({prefix['warm_vs_cold']:.3f}×)")  # fmt: skip
-    return {"k": args.scaling_k, "answer_tokens": args.answer_tokens, "repeats": args.repeats,
-            "step_modes": modes, "prefix": prefix}  # fmt: skip
+    print(
+        f"prefix cache, {prefix['questions']} questions: cold {prefix['cold_total_ms']:.1f} ms, warm "
+        f"{prefix['warm_total_ms']:.1f} ms ({prefix['warm_vs_cold']:.3f}×)"
+    )
+    return {
+        "k": args.scaling_k,
+        "answer_tokens": args.answer_tokens,
+        "repeats": args.repeats,
+        "step_modes": modes,
+        "prefix": prefix,
+    }
 
 
-def _save_serving(serving: dict, name: str, model, side: int, wb: dict, bw: float, args, out: Path) -> None:  # noqa: ANN001
+def _save_serving(serving: dict, name: str, model, side: int, wb: dict, bw: float, args, out: Path) -> None:
     """Serving arms alone: their own JSON + markdown (the full latency file is left as it is)."""
     from vital_core.bench_serving import serving_markdown
 
     m = machine()
     dtype = str(next(model.core.parameters()).dtype).replace("torch.", "")
     m["load_avg_1m_end"] = os.getloadavg()[0]  # other work on the machine (ratios are interleaved)
-    result = {"benchmark": "serving", "model": name, "device": args.device, "dtype": dtype, "image_size": side,
-              "machine": m, "weight_bytes": wb, "bandwidth_bytes_per_s": bw, **serving}  # fmt: skip
+    result = {
+        "benchmark": "serving",
+        "model": name,
+        "device": args.device,
+        "dtype": dtype,
+        "image_size": side,
+        "machine": m,
+        "weight_bytes": wb,
+        "bandwidth_bytes_per_s": bw,
+        **serving,
+    }
     out.mkdir(parents=True, exist_ok=True)
     tag = (m["gpu"] or "cpu").replace(" ", "-").lower()
     stem = out / f"serving-{name}-{args.device.split(':')[0]}-{tag}"

@@ -37,8 +37,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def step_modes(model, image: Image.Image, question: str, *, k: int, tokens: int, repeats: int, warmup: int,
-               device: str) -> list[dict]:  # fmt: skip  # noqa: ANN001
+def step_modes(
+    model, image: Image.Image, question: str, *, k: int, tokens: int, repeats: int, warmup: int, device: str
+) -> list[dict]:
     """Dynamic vs static vs graphs at one K: end to end (no per-step sync) and per-step medians."""
     runners: dict[str, StaticRunner | None] = {"dynamic": None, "static": StaticRunner(model.core)}
     if device.startswith("cuda"):
@@ -67,13 +68,17 @@ def step_modes(model, image: Image.Image, question: str, *, k: int, tokens: int,
     for mode in runners:
         steps = [x for s in stages[mode] for x in s.get("latent", [])]
         toks = [x for s in stages[mode] for x in s.get("decode", [])]
-        rows.append({
-            "mode": mode,
-            "e2e_ms": 1000 * statistics.median(e2e[mode]),
-            "e2e_p99_ms": 1000 * max(e2e[mode]) if len(e2e[mode]) < 100 else 1000 * statistics.quantiles(e2e[mode], n=100)[98],
-            "latent_step_ms": 1000 * statistics.median(steps) if steps else 0.0,
-            "decode_token_ms": 1000 * statistics.median(toks) if toks else 0.0,
-        })  # fmt: skip
+        rows.append(
+            {
+                "mode": mode,
+                "e2e_ms": 1000 * statistics.median(e2e[mode]),
+                "e2e_p99_ms": 1000 * max(e2e[mode])
+                if len(e2e[mode]) < 100
+                else 1000 * statistics.quantiles(e2e[mode], n=100)[98],
+                "latent_step_ms": 1000 * statistics.median(steps) if steps else 0.0,
+                "decode_token_ms": 1000 * statistics.median(toks) if toks else 0.0,
+            }
+        )
     base = rows[0]
     for r in rows:
         r["e2e_vs_dynamic"] = r["e2e_ms"] / base["e2e_ms"]
@@ -83,8 +88,17 @@ def step_modes(model, image: Image.Image, question: str, *, k: int, tokens: int,
     return rows
 
 
-def prefix_arm(model, image: Image.Image, *, k: int, tokens: int, repeats: int, warmup: int, device: str,
-               questions: tuple[str, ...] = QUESTIONS) -> dict:  # fmt: skip  # noqa: ANN001
+def prefix_arm(
+    model,
+    image: Image.Image,
+    *,
+    k: int,
+    tokens: int,
+    repeats: int,
+    warmup: int,
+    device: str,
+    questions: tuple[str, ...] = QUESTIONS,
+) -> dict:
     """Ten questions on one image, cold (no prefix cache) vs warm (first misses, the rest hit)."""
     mode = "graphs" if device.startswith("cuda") else "eager"
     runner = StaticRunner(model.core, mode=mode)
@@ -100,8 +114,16 @@ def prefix_arm(model, image: Image.Image, *, k: int, tokens: int, repeats: int, 
                     t0 = time.perf_counter()
                     batch = model.encode([image], [q])
                     keys = [pc.key(image)] if pc is not None else None
-                    latent_forward(model.core, batch, k, max_new_tokens=tokens, stop_ids=[], runner=runner,
-                                   prefix_cache=pc, image_keys=keys)  # fmt: skip
+                    latent_forward(
+                        model.core,
+                        batch,
+                        k,
+                        max_new_tokens=tokens,
+                        stop_ids=[],
+                        runner=runner,
+                        prefix_cache=pc,
+                        image_keys=keys,
+                    )
                     _sync(device)
                     times.append(time.perf_counter() - t0)
                 if rep < warmup:

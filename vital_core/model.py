@@ -94,7 +94,7 @@ class VitalModel(nn.Module):
         answer_mask: torch.Tensor | None = None,
         max_new_tokens: int | None = None,
         timer: Callable = null_timer,
-        **serving,  # noqa: ANN003 - runner / prefix_cache / image_keys (see latent_forward)
+        **serving,  # runner / prefix_cache / image_keys (see latent_forward)
     ) -> LatentOutput:
         """The latent loop (see `vital_core.latent.latent_forward`)."""
         return latent_forward(
@@ -128,8 +128,16 @@ class VitalModel(nn.Module):
             with timer("preprocess"):
                 batch = self.encode(images, questions)
                 keys = [prefix_cache.key(im) for im in images] if prefix_cache is not None else None
-            out = self(batch, k, max_new_tokens=max_new_tokens, timer=timer, runner=runner,
-                       prefix_cache=prefix_cache, image_keys=keys, on_tokens=on_tokens)  # fmt: skip
+            out = self(
+                batch,
+                k,
+                max_new_tokens=max_new_tokens,
+                timer=timer,
+                runner=runner,
+                prefix_cache=prefix_cache,
+                image_keys=keys,
+                on_tokens=on_tokens,
+            )
         return [
             Answer(
                 text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),

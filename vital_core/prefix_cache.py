@@ -143,7 +143,7 @@ def _sub_batch(batch: PromptBatch, rows: list[int], pad: list[int], plen: list[i
     return PromptBatch(ids, attn, mm, pixels, batch.image_grid_thw[rows])
 
 
-def _compute_entries(vl, batch, rows, pad, plen, timer) -> list[PrefixEntry]:  # noqa: ANN001
+def _compute_entries(vl, batch, rows, pad, plen, timer) -> list[PrefixEntry]:
     """Prefill the image prefixes of `rows` in one batch; one entry per row, padding stripped."""
     sub = _sub_batch(batch, rows, pad, plen)
     pre = prefill(vl, sub, timer)
@@ -200,7 +200,7 @@ def prefill_cached(
         return _suffix(vl.language_model, batch, [entries[k] for k in keys], pad, plen, hits)
 
 
-def _suffix(text, batch, rows: list[PrefixEntry], pad, plen, hits) -> Prefill:  # noqa: ANN001
+def _suffix(text, batch, rows: list[PrefixEntry], pad, plen, hits) -> Prefill:
     """Load the prefixes into one cache and run the question tokens on it."""
     ids = batch.input_ids
     bsz, width = ids.shape

@@ -47,6 +47,6 @@ def _null(stage: str) -> Iterator[None]:
     yield
 
 
-def null_timer(stage: str):  # noqa: ANN201 - a context manager factory like StageTimer.__call__
+def null_timer(stage: str):  # a context manager factory like StageTimer.__call__
     """A timer that records nothing."""
     return _null(stage)

@@ -18,21 +18,83 @@ from vital_core.config import QUESTION_TYPES
 from vital_core.presets import TINY_SPECIAL_TOKENS
 
 MODALITIES = (
-    "CT", "MRI", "X-ray", "ultrasound", "endoscopy", "dermoscopy", "fundus", "pathology", "OCT",
-)  # fmt: skip
+    "CT",
+    "MRI",
+    "X-ray",
+    "ultrasound",
+    "endoscopy",
+    "dermoscopy",
+    "fundus",
+    "pathology",
+    "OCT",
+)
 TARGETS = (
-    "liver", "kidney", "spleen", "lung", "heart", "brain", "tumor", "lesion", "nodule", "cyst",
-    "polyp", "vessel", "optic disc", "gland", "nucleus", "mass", "bone", "prostate", "pancreas",
-    "bladder", "stomach", "colon", "skin lesion", "retina", "macula", "fluid", "edema", "calcification",
-)  # fmt: skip
+    "liver",
+    "kidney",
+    "spleen",
+    "lung",
+    "heart",
+    "brain",
+    "tumor",
+    "lesion",
+    "nodule",
+    "cyst",
+    "polyp",
+    "vessel",
+    "optic disc",
+    "gland",
+    "nucleus",
+    "mass",
+    "bone",
+    "prostate",
+    "pancreas",
+    "bladder",
+    "stomach",
+    "colon",
+    "skin lesion",
+    "retina",
+    "macula",
+    "fluid",
+    "edema",
+    "calcification",
+)
 REGIONS = (
-    "upper left", "upper right", "lower left", "lower right", "center", "upper", "lower", "left", "right",
-)  # fmt: skip
+    "upper left",
+    "upper right",
+    "lower left",
+    "lower right",
+    "center",
+    "upper",
+    "lower",
+    "left",
+    "right",
+)
 ADJECTIVES = (
-    "round", "oval", "irregular", "lobulated", "elongated", "bright", "dark", "hyperintense",
-    "hypointense", "hyperechoic", "hypoechoic", "homogeneous", "heterogeneous", "speckled", "smooth",
-    "ill-defined", "well-defined", "small", "large", "medium", "textured", "uniform", "sharp", "blurred",
-)  # fmt: skip
+    "round",
+    "oval",
+    "irregular",
+    "lobulated",
+    "elongated",
+    "bright",
+    "dark",
+    "hyperintense",
+    "hypointense",
+    "hyperechoic",
+    "hypoechoic",
+    "homogeneous",
+    "heterogeneous",
+    "speckled",
+    "smooth",
+    "ill-defined",
+    "well-defined",
+    "small",
+    "large",
+    "medium",
+    "textured",
+    "uniform",
+    "sharp",
+    "blurred",
+)
 TEMPLATES = (
     "Is there a {t} in this {m} image?",
     "Is the {t} visible in the {r} region?",
@@ -66,11 +128,14 @@ def corpus() -> Iterator[str]:
             if (j + i) % 97:  # a deterministic ~1% sample of the product per template
                 continue
             yield tpl.format(
-                t=t, m=m, r=r, a=a,
+                t=t,
+                m=m,
+                r=r,
+                a=a,
                 t2=TARGETS[(j + 3) % len(TARGETS)],
                 r2=REGIONS[(j + 5) % len(REGIONS)],
                 a2=ADJECTIVES[(j + 7) % len(ADJECTIVES)],
-            )  # fmt: skip
+            )
 
 
 def train_bpe_tokenizer(

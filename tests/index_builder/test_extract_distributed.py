@@ -33,16 +33,32 @@ def test_torchrun_two_ranks_equal_one_process(synthetic_manifest, tmp_path):
     common = ["extract-roi", str(synthetic_manifest), "--shard-size", "3", "--no-progress"]
     one = subprocess.run(
         [sys.executable, "-m", "index_builder.cli", *common, "--out", str(tmp_path / "one")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
         [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-            str(_free_port()), "-m", "index_builder.cli", *common, "--out", str(tmp_path / "two"),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "-m",
+            "index_builder.cli",
+            *common,
+            "--out",
+            str(tmp_path / "two"),
         ],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = FeatureStore(tmp_path / "one"), FeatureStore(tmp_path / "two")
     assert a.keys() == b.keys() and len(a) == 12

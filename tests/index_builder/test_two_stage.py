@@ -35,7 +35,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():  # noqa: ANN201
+def one_faiss_thread():
     """Tiny indexes: one OpenMP thread avoids spin-waiting on a shared 2-core machine."""
     before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
@@ -54,7 +54,7 @@ def clustered() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def built(clustered, tmp_path_factory):  # noqa: ANN001, ANN201
+def built(clustered, tmp_path_factory):
     """A two-stage IVF16,PQ16x4 index over the clustered set (built once; tests may retune it)."""
     return _two_stage(clustered[0], tmp_path_factory.mktemp("two_stage"))
 

@@ -67,15 +67,29 @@ def live_server(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    live = SimpleNamespace(base=f"http://127.0.0.1:{port}", key="live-test-key", max_body=2 * 1024 * 1024,
-                           max_new_tokens=32, bundle=bundle, log=tmp_path_factory.mktemp("live") / "server.log")  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "VITAL_API_KEY": live.key, "VITAL_MAX_WAIT_MS": "0",
-           "VITAL_MAX_BODY_BYTES": str(live.max_body), "VITAL_MAX_NEW_TOKENS": str(live.max_new_tokens)}  # fmt: skip
+    live = SimpleNamespace(
+        base=f"http://127.0.0.1:{port}",
+        key="live-test-key",
+        max_body=2 * 1024 * 1024,
+        max_new_tokens=32,
+        bundle=bundle,
+        log=tmp_path_factory.mktemp("live") / "server.log",
+    )
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "VITAL_API_KEY": live.key,
+        "VITAL_MAX_WAIT_MS": "0",
+        "VITAL_MAX_BODY_BYTES": str(live.max_body),
+        "VITAL_MAX_NEW_TOKENS": str(live.max_new_tokens),
+    }
     with open(live.log, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "vital_core.cli", "serve", "--bundle", str(bundle), "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     try:
         deadline = time.time() + 180
         while True:

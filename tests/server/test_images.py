@@ -83,8 +83,13 @@ def test_imaging_fields_over_http(client, ask):
     r = ask(client, data, axis="coronal", slice=8, window="bone", k=0)
     assert r.status_code == 200, r.text
     assert r.json()["image"] == {"format": "nifti", "width": 12, "height": 6}
-    for fields, status in [({"axis": "oblique"}, 422), ({"window": "liver"}, 422), ({"window_center": 40}, 422),
-                           ({"window_width": -1, "window_center": 0}, 422), ({"slice": 12}, 422)]:  # fmt: skip
+    for fields, status in [
+        ({"axis": "oblique"}, 422),
+        ({"window": "liver"}, 422),
+        ({"window_center": 40}, 422),
+        ({"window_width": -1, "window_center": 0}, 422),
+        ({"slice": 12}, 422),
+    ]:
         check_error(ask(client, data, **fields), status)
 
 
@@ -119,8 +124,12 @@ def test_unexpected_errors_carry_the_request_id(client, ask, monkeypatch, encode
     logging.getLogger("vital.server").addHandler(handler)
     monkeypatch.setattr("server.routes.decode_image", boom)
     try:
-        r = client.post("/answer", files={"image": ("i", encode_image(1, (8, 8), "PNG"))},
-                        data={"question": "q"}, headers={"x-request-id": "trace-500"})  # fmt: skip
+        r = client.post(
+            "/answer",
+            files={"image": ("i", encode_image(1, (8, 8), "PNG"))},
+            data={"question": "q"},
+            headers={"x-request-id": "trace-500"},
+        )
     finally:
         logging.getLogger("vital.server").removeHandler(handler)
     err = check_error(r, 500)
@@ -253,8 +262,13 @@ def test_hostile_files_are_refused_with_bounded_memory():
 
     limits = json.dumps(vars(limits_from(Settings())))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-c", HOSTILE, limits, *HOSTILE_CASES], capture_output=True,
-                          text=True, env=env, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", HOSTILE, limits, *HOSTILE_CASES],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["case"] for r in rows] == list(HOSTILE_CASES)

@@ -73,13 +73,25 @@ class Orthanc:
             "end\n"
         )
         self.config = tmp / "orthanc.json"
-        self.config.write_text(json.dumps({
-            "Name": "VITAL-test", "StorageDirectory": str(tmp / "db"), "IndexDirectory": str(tmp / "db"),
-            "HttpPort": self.port, "RemoteAccessAllowed": False, "AuthenticationEnabled": True,
-            "RegisteredUsers": dict([AUTH]),
-            "DicomServerEnabled": False, "DicomPort": _free_port(), "HttpCompressionEnabled": False,
-            "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}, "LuaScripts": [str(lua)],
-        }))  # fmt: skip
+        self.config.write_text(
+            json.dumps(
+                {
+                    "Name": "VITAL-test",
+                    "StorageDirectory": str(tmp / "db"),
+                    "IndexDirectory": str(tmp / "db"),
+                    "HttpPort": self.port,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": True,
+                    "RegisteredUsers": dict([AUTH]),
+                    "DicomServerEnabled": False,
+                    "DicomPort": _free_port(),
+                    "HttpCompressionEnabled": False,
+                    "Plugins": [plugin],
+                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+                    "LuaScripts": [str(lua)],
+                }
+            )
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -115,8 +127,11 @@ def dropped():
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory, dropped):
-    server = Orthanc(tmp_path_factory.mktemp("orthanc"), _dataset("MR_small.dcm").StudyInstanceUID,
-                     dropped.StudyInstanceUID)  # fmt: skip
+    server = Orthanc(
+        tmp_path_factory.mktemp("orthanc"),
+        _dataset("MR_small.dcm").StudyInstanceUID,
+        dropped.StudyInstanceUID,
+    )
     server.start()
     try:
         for ds in (_dataset("CT_small.dcm"), _dataset("MR_small.dcm"), _dataset(MULTIFRAME), dropped):
@@ -130,8 +145,13 @@ def orthanc(tmp_path_factory, dropped):
 def pacs_client(orthanc, tiny_bundle, wait_ready):
     from server import Settings, create_app
 
-    settings = Settings(bundle=tiny_bundle, dicomweb_url=f"{orthanc.url}/dicom-web", dicomweb_timeout_s=20,
-                        dicomweb_username=AUTH[0], dicomweb_password=AUTH[1])  # fmt: skip
+    settings = Settings(
+        bundle=tiny_bundle,
+        dicomweb_url=f"{orthanc.url}/dicom-web",
+        dicomweb_timeout_s=20,
+        dicomweb_username=AUTH[0],
+        dicomweb_password=AUTH[1],
+    )
     with TestClient(create_app(settings)) as c:
         wait_ready(c)
         yield c
@@ -160,8 +180,11 @@ def test_answer_by_uid_equals_uploading_the_file(pacs_client, ask, name):
     by_json = pacs_client.post(
         "/answer", json={"dicomweb": _ref(ds), "question": Q, "k": 2, "max_new_tokens": 4}
     )
-    by_form = pacs_client.post("/answer", files={"dicomweb": (None, json.dumps(_ref(ds)))},
-                               data={"question": Q, "k": "2", "max_new_tokens": "4"})  # fmt: skip
+    by_form = pacs_client.post(
+        "/answer",
+        files={"dicomweb": (None, json.dumps(_ref(ds)))},
+        data={"question": Q, "k": "2", "max_new_tokens": "4"},
+    )
     assert by_bytes.status_code == by_json.status_code == by_form.status_code == 200, (
         by_json.text,
         by_form.text,
@@ -173,13 +196,18 @@ def test_answer_by_uid_equals_uploading_the_file(pacs_client, ask, name):
 def test_frame_is_numbered_from_one_as_in_dicom(pacs_client, ask):
     ds, raw = _dataset(MULTIFRAME), Path(get_testdata_file(MULTIFRAME)).read_bytes()
     for frame in (1, 2):
-        by_uid = pacs_client.post("/answer", json={"dicomweb": _ref(ds, frame=frame), "question": Q, "k": 1,
-                                                   "max_new_tokens": 4})  # fmt: skip
+        by_uid = pacs_client.post(
+            "/answer", json={"dicomweb": _ref(ds, frame=frame), "question": Q, "k": 1, "max_new_tokens": 4}
+        )
         by_file = ask(pacs_client, raw, Q, frame=frame - 1, k=1, max_new_tokens=4)
         assert by_uid.status_code == by_file.status_code == 200, by_uid.text
         assert by_uid.json()["answer"] == by_file.json()["answer"]
-    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ds, frame=2), "question": Q, "frame": 1}), 422,
-         "invalid_request", "give it once")  # fmt: skip
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": _ref(ds, frame=2), "question": Q, "frame": 1}),
+        422,
+        "invalid_request",
+        "give it once",
+    )
 
 
 def test_openai_route_takes_a_dicomweb_reference(pacs_client):
@@ -193,24 +221,46 @@ def test_openai_route_takes_a_dicomweb_reference(pacs_client):
             "/answer", json={"dicomweb": ref, "question": Q, "k": 1, "max_new_tokens": 4}
         )
         part = {"type": "dicomweb", "dicomweb": ref}
-        by_part = pacs_client.post("/v1/chat/completions", json={**chat, "messages": [
-            {"role": "user", "content": [part, text]}]})  # fmt: skip
-        by_field = pacs_client.post("/v1/chat/completions", json={**chat, "dicomweb": ref, "stream": True,
-                                    "messages": [{"role": "user", "content": Q}]})  # fmt: skip
+        by_part = pacs_client.post(
+            "/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": [part, text]}]}
+        )
+        by_field = pacs_client.post(
+            "/v1/chat/completions",
+            json={**chat, "dicomweb": ref, "stream": True, "messages": [{"role": "user", "content": Q}]},
+        )
         assert by_answer.status_code == by_part.status_code == by_field.status_code == 200, by_part.text
         assert by_part.json()["choices"][0]["message"]["content"] == by_answer.json()["answer"]
         assert by_part.json()["vital"]["image"] == by_answer.json()["image"]
         events = [json.loads(line[6:]) for line in by_field.text.splitlines() if line.startswith("data: {")]
         streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
         assert streamed == by_answer.json()["answer"]
-    both = pacs_client.post("/v1/chat/completions", json={**chat, "dicomweb": _ref(ds), "messages": [
-        {"role": "user", "content": [{"type": "dicomweb", "dicomweb": _ref(ds)}, text]}]})  # fmt: skip
+    both = pacs_client.post(
+        "/v1/chat/completions",
+        json={
+            **chat,
+            "dicomweb": _ref(ds),
+            "messages": [{"role": "user", "content": [{"type": "dicomweb", "dicomweb": _ref(ds)}, text]}],
+        },
+    )
     assert both.status_code == 400 and both.json()["error"]["param"] == "messages", both.text
-    twice = pacs_client.post("/v1/chat/completions", json={**chat, "dicomweb": _ref(ds, frame=2), "frame": 1,
-                             "messages": [{"role": "user", "content": Q}]})  # fmt: skip
+    twice = pacs_client.post(
+        "/v1/chat/completions",
+        json={
+            **chat,
+            "dicomweb": _ref(ds, frame=2),
+            "frame": 1,
+            "messages": [{"role": "user", "content": Q}],
+        },
+    )
     assert twice.status_code == 400 and twice.json()["error"]["param"] == "frame", twice.text
-    missing = pacs_client.post("/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": Q}],
-                               "dicomweb": {**_ref(ds), "instance": "1.2.3.4"}})  # fmt: skip
+    missing = pacs_client.post(
+        "/v1/chat/completions",
+        json={
+            **chat,
+            "messages": [{"role": "user", "content": Q}],
+            "dicomweb": {**_ref(ds), "instance": "1.2.3.4"},
+        },
+    )
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error", missing.text
 
 
@@ -221,8 +271,9 @@ def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
     from server.images import decode_image
 
     src = _dataset("CT_small.dcm")
-    r = pacs_client.post("/explain", json={"dicomweb": _ref(src), "question": Q, "k": 2, "max_new_tokens": 4,
-                                           "store": True})  # fmt: skip
+    r = pacs_client.post(
+        "/explain", json={"dicomweb": _ref(src), "question": Q, "k": 2, "max_new_tokens": 4, "store": True}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     stored = body["stored"]
@@ -232,8 +283,12 @@ def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
     session = requests.Session()
     session.auth = AUTH
     wado = DICOMwebClient(f"{orthanc.url}/dicom-web", session=session)
-    got = {i["sop_instance_uid"]: wado.retrieve_instance(src.StudyInstanceUID, i["series_instance_uid"],
-                                                         i["sop_instance_uid"]) for i in stored["instances"]}  # fmt: skip
+    got = {
+        i["sop_instance_uid"]: wado.retrieve_instance(
+            src.StudyInstanceUID, i["series_instance_uid"], i["sop_instance_uid"]
+        )
+        for i in stored["instances"]
+    }
     sr = got[stored["instances"][0]["sop_instance_uid"]]
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33" and sr.Modality == "SR"  # Comprehensive SR
     assert (sr.StudyInstanceUID, sr.PatientID) == (src.StudyInstanceUID, src.PatientID)
@@ -244,8 +299,12 @@ def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
     assert Q in texts and all((t or EMPTY) in texts for t in said), (texts, said)
     refs = _image_refs(sr)
     assert src.SOPInstanceUID in refs and {i["sop_instance_uid"] for i in stored["instances"][1:]} <= refs
-    evidence = {it.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
-                for se in st.ReferencedSeriesSequence for it in se.ReferencedSOPSequence}  # fmt: skip
+    evidence = {
+        it.ReferencedSOPInstanceUID
+        for st in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in st.ReferencedSeriesSequence
+        for it in se.ReferencedSOPSequence
+    }
     assert src.SOPInstanceUID in evidence
     assert 2 in [n.MeasuredValueSequence[0].NumericValue for n in _items(sr) if n.ValueType == "NUM"]
     for info in stored["instances"][1:]:
@@ -281,27 +340,53 @@ def test_bad_references(pacs_client):
     ct = _dataset("CT_small.dcm")
     unknown = _ref(ct, instance="1.2.826.0.1.3680043.8.498.1")
     _err(pacs_client.post("/answer", json={"dicomweb": unknown, "question": Q}), 404, "dicomweb_not_found")
-    for bad in ({**_ref(ct), "study": "1.2.03"}, {**_ref(ct), "series": "1.2.x"}, {**_ref(ct), "instance": "9" * 65},
-                {**_ref(ct), "url": "http://evil.example/"}, {"study": ct.StudyInstanceUID}):  # fmt: skip
+    for bad in (
+        {**_ref(ct), "study": "1.2.03"},
+        {**_ref(ct), "series": "1.2.x"},
+        {**_ref(ct), "instance": "9" * 65},
+        {**_ref(ct), "url": "http://evil.example/"},
+        {"study": ct.StudyInstanceUID},
+    ):
         _err(pacs_client.post("/answer", json={"dicomweb": bad, "question": Q}), 422, "invalid_request")
-    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct, frame=2), "question": Q}), 422, "invalid_request",
-         "frame 1 out of range")  # fmt: skip
-    _err(pacs_client.post("/answer", files={"dicomweb": (None, "{not json")}, data={"question": Q}), 422,
-         "invalid_request", "dicomweb")  # fmt: skip
-    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct), "image": "aGk=", "question": Q}), 422,
-         "invalid_request", "exactly one")  # fmt: skip
-    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q, "store": True}), 422,
-         "invalid_request", "only /explain")  # fmt: skip
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": _ref(ct, frame=2), "question": Q}),
+        422,
+        "invalid_request",
+        "frame 1 out of range",
+    )
+    _err(
+        pacs_client.post("/answer", files={"dicomweb": (None, "{not json")}, data={"question": Q}),
+        422,
+        "invalid_request",
+        "dicomweb",
+    )
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": _ref(ct), "image": "aGk=", "question": Q}),
+        422,
+        "invalid_request",
+        "exactly one",
+    )
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q, "store": True}),
+        422,
+        "invalid_request",
+        "only /explain",
+    )
     data = Path(get_testdata_file("CT_small.dcm")).read_bytes()
-    _err(pacs_client.post("/explain", files={"image": ("a", data)}, data={"question": Q, "store": "true"}), 422,
-         "invalid_request", "needs a 'dicomweb' reference")  # fmt: skip
+    _err(
+        pacs_client.post("/explain", files={"image": ("a", data)}, data={"question": Q, "store": "true"}),
+        422,
+        "invalid_request",
+        "needs a 'dicomweb' reference",
+    )
 
 
 @pytest.mark.parametrize("how", ["http-403", "silently-dropped"])
 def test_refused_store_is_502(pacs_client, dropped, how):
     src = _dataset("MR_small.dcm") if how == "http-403" else dropped
-    r = pacs_client.post("/explain", json={"dicomweb": _ref(src), "question": Q, "k": 1, "max_new_tokens": 2,
-                                           "store": True})  # fmt: skip
+    r = pacs_client.post(
+        "/explain", json={"dicomweb": _ref(src), "question": Q, "k": 1, "max_new_tokens": 2, "store": True}
+    )
     _err(r, 502, "pacs_store_refused")
 
 
@@ -330,8 +415,12 @@ def test_instance_larger_than_the_body_limit_is_413(pacs_client, monkeypatch):
 def test_no_pacs_configured_is_400(pacs_client, monkeypatch):
     monkeypatch.setattr(pacs_client.app.state.service.settings, "dicomweb_url", None)
     ct = _dataset("CT_small.dcm")
-    _err(pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q}), 400, "dicomweb_not_configured",
-         "VITAL_DICOMWEB_URL")  # fmt: skip
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": _ref(ct), "question": Q}),
+        400,
+        "dicomweb_not_configured",
+        "VITAL_DICOMWEB_URL",
+    )
 
 
 def test_slow_pacs_is_504(pacs_client, monkeypatch):

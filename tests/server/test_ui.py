@@ -14,9 +14,18 @@ from PIL import Image
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 QUESTION = "Describe the appearance of the aorta in this CT scan."
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1100")  # fmt: skip
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1100",
+)
 STATIC = Path(__file__).resolve().parents[2] / "server" / "static" / "ui"
 
 
@@ -97,8 +106,13 @@ def test_viewer_in_chromium(browser, live_server, tmp_path):
 
     # what the page shows is what /explain returns
     auth = {"Authorization": f"Bearer {live_server.key}"}
-    ref = httpx.post(f"{live_server.base}/explain", files={"image": ("a.png", png)}, headers=auth, timeout=60,
-                     data={"question": QUESTION, "k": "3", "top_k": "5"}).json()  # fmt: skip
+    ref = httpx.post(
+        f"{live_server.base}/explain",
+        files={"image": ("a.png", png)},
+        headers=auth,
+        timeout=60,
+        data={"question": QUESTION, "k": "3", "top_k": "5"},
+    ).json()
     assert el(By.ID, "answer").text == ref["answer"] != ""
     assert "K = 3" in el(By.ID, "meta").text and "png 128×128" in el(By.ID, "meta").text
     thumbs = d.find_elements(By.CSS_SELECTOR, "#strip img.heatmap-thumb")

@@ -16,8 +16,19 @@ def test_repo_config_covers_every_table_and_arm():
     cfg = AblationConfig.from_yaml(REPO / "configs/ablations-tiny.yaml")
     names = [a.name for a in selected_arms(cfg)]
     assert len(names) == len(set(names)) == 18  # VITAL is shared by four tables and trained once
-    assert {"backbone", "task_only", "semantic", "visual", "vital", "k0", "k4", "reverse", "vp_linear",
-            "vp_transformer", "per_step"} <= set(names)  # fmt: skip
+    assert {
+        "backbone",
+        "task_only",
+        "semantic",
+        "visual",
+        "vital",
+        "k0",
+        "k4",
+        "reverse",
+        "vp_linear",
+        "vp_transformer",
+        "per_step",
+    } <= set(names)
     assert [a.k for a in ARMS["depth"]] == [0, 1, 2, 3, 4]
 
 
@@ -65,8 +76,14 @@ def stage0_and_roi(phantom_dir, tmp_path_factory):
     ids = {s.id for s in load_manifest(phantom_dir / "manifest.jsonl") if s.split == "train"}
     first = [s.id for s in load_manifest(phantom_dir / "manifest.jsonl") if s.id in ids][:16]
     recs = [r for r in read_manifest(phantom_dir / "manifest.jsonl", require_mask=True) if r.id in set(first)]
-    extract_to_store(load_encoder(tiny().encoder, device="cpu", seed=0), recs, root / "roi", ROIParams(),
-                     spec={"test": 1}, progress=False)  # fmt: skip
+    extract_to_store(
+        load_encoder(tiny().encoder, device="cpu", seed=0),
+        recs,
+        root / "roi",
+        ROIParams(),
+        spec={"test": 1},
+        progress=False,
+    )
     return root
 
 
@@ -75,12 +92,19 @@ def test_two_arm_smoke_run_and_resume(stage0_and_roi, phantom_dir, tmp_path, cap
 
     root = stage0_and_roi
     cfg = {
-        "output_dir": str(tmp_path / "runs"), "results": str(tmp_path / "res" / "abl"),
-        "base_recipe": str(REPO / "configs/tiny.yaml"), "init_bundle": str(root / "stage0"),
-        "manifest": str(phantom_dir / "manifest.jsonl"), "roi_store": str(root / "roi"), "train_samples": 16,
-        "epochs": [0.5, 0.5, 0.5], "batch_size": 4, "eval_samples": 6, "analysis_samples": 4,
+        "output_dir": str(tmp_path / "runs"),
+        "results": str(tmp_path / "res" / "abl"),
+        "base_recipe": str(REPO / "configs/tiny.yaml"),
+        "init_bundle": str(root / "stage0"),
+        "manifest": str(phantom_dir / "manifest.jsonl"),
+        "roi_store": str(root / "roi"),
+        "train_samples": 16,
+        "epochs": [0.5, 0.5, 0.5],
+        "batch_size": 4,
+        "eval_samples": 6,
+        "analysis_samples": 4,
         "arms": ["task_only", "vp_linear"],
-    }  # fmt: skip
+    }
     f = tmp_path / "abl.yaml"
     f.write_text(json.dumps(cfg))
     assert main(["eval", "ablations", "--config", str(f)]) == 0

@@ -87,3 +87,36 @@ def test_collapse_and_grounding_commands(random_bundle, phantom_dir, tmp_path):
     assert all(0 <= r["pointing"] <= 1 and 0 <= r["iou"] <= 1 for r in g["per_step"])
     assert 0 < g["chance_pointing"] < 1 and len(list((tmp_path / "g" / "examples").glob("*.png"))) == 3
     assert main(["eval", "collapse", *common, "--k", "1"]) == 2
+
+
+def test_multihop_accuracy_counts_only_multihop_samples_per_depth():
+    from training.analysis import multihop_accuracy
+    from training.data.manifest import Sample
+    from training.eval.evaluate import Prediction
+
+    def pred(answer, truth, qtype, k):
+        s = Sample(
+            id=f"x{answer}{truth}{k}",
+            image="i.png",
+            mask="m.png",
+            question="q",
+            answer=truth,
+            reasoning=["s."] * k,
+            question_type=qtype,
+            modality="CT",
+            target="liver",
+            target_type="organ",
+            split="test",
+        )
+        return Prediction(item=None, answer=answer, k=k, sample=s)
+
+    preds = [
+        pred("yes", "Yes.", "reasoning", 3),
+        pred("No.", "Yes.", "reasoning", 3),
+        pred("Two.", "Two.", "reasoning", 4),
+        pred("Yes.", "Yes.", "yesno", 1),  # one-hop: not counted
+        pred("The liver is large.", "The liver is a large organ.", "reasoning", 3),  # open: not counted
+    ]
+    out = multihop_accuracy(preds)
+    assert out["n"] == 3 and out["closed_accuracy"] == round(2 / 3, 4)
+    assert out["by_hops"] == {"3": {"n": 2, "closed_accuracy": 0.5}, "4": {"n": 1, "closed_accuracy": 1.0}}

@@ -14,6 +14,7 @@ from PIL import Image
 from training.data.manifest import SPLITS, load_manifest
 from training.phantom import MODALITIES, generate, make_sample
 from training.phantom.facts import shape_class
+from training.phantom.multihop import KINDS, LESION_TYPES, is_multihop
 from vital_core.config import QUESTION_TYPES
 from vital_core.qtypes import REASONING_DEPTH, classify_question
 
@@ -139,7 +140,7 @@ def test_answers_match_the_saved_masks(phantom_samples: list) -> None:
             if any(f"{w} part" in s.answer for w in ("upper", "middle", "lower")):
                 word = truth["v"]
             assert s.answer == f"The {s.target} is in the {word} part of the image."
-        elif s.question_type in ("describe", "reasoning"):
+        elif s.question_type in ("describe", "reasoning") and not is_multihop(s.question_type, s.answer):
             words = re.findall(r"\b(small|medium-sized|large)\b", s.answer)
             assert words == [_SIZE_WORDS[truth["size"]]], (s.id, s.answer, truth)
             shape = shape_class(np.asarray(Image.open(s.mask)) > 0)
@@ -197,3 +198,90 @@ def test_generate_rejects_bad_arguments(tmp_path: Path) -> None:
         generate(tmp_path, 0, 0, 128, 1, progress=False)
     with pytest.raises(ValueError):
         generate(tmp_path, 5, 0, 16, 1, progress=False)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _multihop_samples(n: int = 120) -> list:
+    """The first n multi-hop samples among the `reasoning` indices of seed 0 (regenerated, not from disk)."""
+    out, i = [], 0
+    while len(out) < n:
+        index = (i // 9) * 54 + 45 + i % 9  # question type index 5 (reasoning) in every modality
+        s = make_sample(index, PHANTOM_SEED, PHANTOM_SIZE)
+        if is_multihop(s.question_type, s.qa.answer):
+            out.append(s)
+        i += 1
+    return out
+
+
+def _truth_luma(image: np.ndarray, mask: np.ndarray) -> float:
+    img = image.astype(np.float64) / 255.0
+    return float((img @ _LUMA if img.ndim == 3 else img)[mask].mean())
+
+
+def test_multihop_answers_recomputed_from_masks() -> None:
+    kinds = Counter()
+    for s in _multihop_samples():
+        q, a, steps, objs = s.qa.question, s.qa.answer, s.qa.reasoning, {o.name: o for o in s.scene.objects}
+        assert 3 <= len(steps) <= 4 and classify_question(q) == "reasoning", q
+        img = s.scene.to_uint8()
+        area = {n: o.mask.mean() for n, o in objs.items()}
+        cen = {n: np.argwhere(o.mask).mean(0) for n, o in objs.items()}
+        if m := re.match(r"Compare the sizes in this .*: is the (.+) larger than the (.+)\?$", q):
+            x, y = m.groups()
+            assert (a == "Yes.") == (area[x] > area[y]) and max(area[x], area[y]) >= 1.25 * min(
+                area[x], area[y]
+            )
+            assert s.qa.target.name == x
+            kinds["size"] += 1
+        elif m := re.match(r"Compare the (.+) and the (.+) in this .*: is the (.+) brighter\?$", q):
+            x, y, x2 = m.groups()
+            lx, ly = _truth_luma(img, objs[x].mask), _truth_luma(img, objs[y].mask)
+            assert x == x2 and (a == "Yes.") == (lx > ly) and abs(lx - ly) >= 0.08
+            kinds["brightness"] += 1
+        elif m := re.match(
+            r"Infer the relationship in this .*: does the (.+) lie (above|to the left of) the (.+)\?$", q
+        ):
+            x, rel, y = m.groups()
+            axis = 0 if rel == "above" else 1
+            assert (a == "Yes.") == (cen[x][axis] < cen[y][axis])
+            kinds["position"] += 1
+        elif re.match(r"Reason step by step: how many lesions or tumors", q):
+            n = sum(o.target_type in LESION_TYPES for o in objs.values())
+            assert a == {1: "One.", 2: "Two."}[n] and len(steps) == n + 2
+            assert s.qa.target.target_type in LESION_TYPES
+            kinds["count"] += 1
+        elif m := re.match(r"Reason about the relationship: does the (.+) lie inside the (.+)\?$", q):
+            les, organ = m.groups()
+            inside = (objs[les].mask & objs[organ].mask).sum() >= 0.9 * objs[les].mask.sum()
+            assert (a == "Yes.") == inside and objs[les].target_type in LESION_TYPES
+            kinds["inside"] += 1
+        elif m := re.match(
+            r"Reason step by step: if there is a (.+) in this .*, is it in the (left|right) half\?$", q
+        ):
+            name, side = m.groups()
+            if name not in objs:
+                assert a == "No." and steps[0] == f"No {name} is seen in the image."
+            else:
+                cx = (cen[name][1] + 0.5) / PHANTOM_SIZE
+                assert (a == "Yes.") == ((cx < 0.5) == (side == "left")) and s.qa.target.name == name
+            kinds["conditional"] += 1
+        else:
+            raise AssertionError(f"unrecognised multi-hop question {q!r}")
+        # every percentage a step states about a named structure is that structure's mask area
+        for name, pct in re.findall(
+            r"The (.+?) (?:covers|is a \w+ covering) (under 1%|about \d+%)", " ".join(steps)
+        ):
+            want = "under 1%" if area[name] < 0.01 else f"about {area[name] * 100:.0f}%"
+            assert pct == want, (q, name, pct, want)
+    assert set(kinds) == set(KINDS), kinds
+    answers = Counter(s.qa.answer for s in _multihop_samples())
+    assert answers["Yes."] >= 0.3 * answers["No."], answers  # both answers common: no free lunch in guessing
+
+
+def test_multihop_share_of_reasoning(phantom_samples: list) -> None:
+    hops = [s for s in phantom_samples if is_multihop(s.question_type, s.answer)]
+    reasoning = [s for s in phantom_samples if s.question_type == "reasoning"]
+    assert 0.3 * len(reasoning) <= len(hops) <= 0.8 * len(reasoning)
+    assert all(s.question_type == "reasoning" and 3 <= s.k <= 4 for s in hops)

@@ -35,8 +35,9 @@ def standin_data(phantom_dir, standin_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("standin")
     roi = out / "roi"
     enc = load_encoder(standin_config.encoder, device="cpu", seed=0)
-    extract_to_store(enc, read_manifest(manifest, require_mask=True), roi, ROIParams(), spec={"t": 1},
-                     progress=False)  # fmt: skip
+    extract_to_store(
+        enc, read_manifest(manifest, require_mask=True), roi, ROIParams(), spec={"t": 1}, progress=False
+    )
     cfg = out / "model.yaml"
     c = standin_config
     c.heads.vp_dropout = 0.0  # deterministic: runs of different world sizes must match
@@ -76,8 +77,9 @@ def test_one_process_every_precision(tmp_path, standin_data, precision):
     """A bf16 checkpoint trains at every precision: trainable weights and AdamW moments fp32."""
     from training.trainer import Trainer
 
-    t = Trainer(Recipe.from_yaml(_recipe(tmp_path, standin_data, precision=precision,
-                                         **{"data.max_samples": 4})))  # fmt: skip
+    t = Trainer(
+        Recipe.from_yaml(_recipe(tmp_path, standin_data, precision=precision, **{"data.max_samples": 4}))
+    )
     result = t.run()
     rows = _rows(tmp_path / "run")
     assert result["steps"] >= 1 and all(torch.isfinite(torch.tensor([r["total"]])).all() for r in rows)
@@ -97,10 +99,26 @@ def _torchrun(recipe: Path, nproc: int, *args: str) -> subprocess.CompletedProce
         port = str(sock.getsockname()[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", port,
-         "-m", "vital_core.cli", "train", "--recipe", str(recipe), *args],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_port",
+            port,
+            "-m",
+            "vital_core.cli",
+            "train",
+            "--recipe",
+            str(recipe),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 COMMON = {"precision": "fp32", "data.max_samples": 8, "curriculum.epochs": [1.0]}

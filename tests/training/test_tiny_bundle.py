@@ -61,13 +61,19 @@ def test_served_bundle_answers_a_phantom_question_correctly(unseen):
         for s in unseen[:12]:
             buf = io.BytesIO()
             Image.fromarray(s.scene.to_uint8()).save(buf, format="PNG")
-            r = client.post("/answer", files={"image": ("p.png", buf.getvalue(), "image/png")},
-                            data={"question": s.qa.question, "k": "auto"})  # fmt: skip
+            r = client.post(
+                "/answer",
+                files={"image": ("p.png", buf.getvalue(), "image/png")},
+                data={"question": s.qa.question, "k": "auto"},
+            )
             assert r.status_code == 200, r.text
             hits += closed_correct(r.json()["answer"], s.qa.answer, s.question_type)
         assert hits >= 1
-        ex = client.post("/explain", files={"image": ("p.png", buf.getvalue(), "image/png")},
-                         data={"question": "Describe the lesion.", "k": "3", "top_k": "3"})  # fmt: skip
+        ex = client.post(
+            "/explain",
+            files={"image": ("p.png", buf.getvalue(), "image/png")},
+            data={"question": "Describe the lesion.", "k": "3", "top_k": "3"},
+        )
         body = ex.json()
         assert ex.status_code == 200 and len(body["steps"]) == 3
         assert all(len(step["nearest"]) == 3 and step["sentence"] for step in body["steps"])

@@ -28,8 +28,14 @@ def roi_store(phantom_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("roi")
     enc = load_encoder(tiny().encoder, device="cpu", seed=0)
-    extract_to_store(enc, read_manifest(phantom_dir / "manifest.jsonl", require_mask=True), out, ROIParams(),
-                     spec={"test": 1}, progress=False)  # fmt: skip
+    extract_to_store(
+        enc,
+        read_manifest(phantom_dir / "manifest.jsonl", require_mask=True),
+        out,
+        ROIParams(),
+        spec={"test": 1},
+        progress=False,
+    )
     return out
 
 
@@ -200,8 +206,12 @@ def test_resume_equals_uninterrupted(tmp_path, phantom_dir, roi_store):
 def test_ablation_switches(tmp_path, phantom_dir, roi_store):
     from training.trainer import Trainer
 
-    f = _recipe(tmp_path, phantom_dir, roi_store, **{"loss.semantic": False, "loss.visual_target": "per_step",
-                                                     "curriculum.epochs": [0.25, 0.25, 0.25]})  # fmt: skip
+    f = _recipe(
+        tmp_path,
+        phantom_dir,
+        roi_store,
+        **{"loss.semantic": False, "loss.visual_target": "per_step", "curriculum.epochs": [0.25, 0.25, 0.25]},
+    )
     Trainer(Recipe.from_yaml(f)).run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all("sem" not in r for r in rows) and any("vis" in r for r in rows)
@@ -214,10 +224,25 @@ def test_torchrun_two_processes(tmp_path, phantom_dir, roi_store):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-         "-m", "vital_core.cli", "train", "--recipe", str(f)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "vital_core.cli",
+            "train",
+            "--recipe",
+            str(f),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows and rows[-1]["samples_per_s"] > 0

@@ -14,8 +14,25 @@ from vital_core.cli import main
 def test_serving_arms_run_and_save(tmp_path):
     threads = torch.get_num_threads()
     try:
-        rc = main(["bench", "--preset", "tiny", "--serving", "only", "--answer-tokens", "2", "--repeats", "1",
-                   "--warmup", "0", "--threads", "1", "--out", str(tmp_path)])  # fmt: skip
+        rc = main(
+            [
+                "bench",
+                "--preset",
+                "tiny",
+                "--serving",
+                "only",
+                "--answer-tokens",
+                "2",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)  # --threads is process-wide
     assert rc == 0

@@ -27,14 +27,31 @@ def test_tokenizer_is_the_real_qwen_vocabulary(hf_standins):
     assert PRETOKENIZE_REGEX == HF_REGEX
     tok = load_tokenizer(hf_standins[BB])
     assert tok("<|im_start|>system\nYou are a helpful assistant.<|im_end|>")["input_ids"] == [
-        151644, 8948, 198, 2610, 525, 264, 10950, 17847, 13, 151645,
-    ]  # fmt: skip
+        151644,
+        8948,
+        198,
+        2610,
+        525,
+        264,
+        10950,
+        17847,
+        13,
+        151645,
+    ]
     assert tok("Hello, world!")["input_ids"] == [9707, 11, 1879, 0]
     assert tok("<|im_start|>assistant\n")["input_ids"] == [151644, 77091, 198]
     ids = tok.convert_tokens_to_ids(
-        ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
-         "<|video_pad|>", "</think>"]
-    )  # fmt: skip
+        [
+            "<|endoftext|>",
+            "<|im_start|>",
+            "<|im_end|>",
+            "<|vision_start|>",
+            "<|vision_end|>",
+            "<|image_pad|>",
+            "<|video_pad|>",
+            "</think>",
+        ]
+    )
     assert ids == [151643, 151644, 151645, 151652, 151653, 151655, 151656, 151668]
     assert tok.eos_token_id == 151645 and tok.pad_token_id == 151643
     text = "Is the 12 mm lesion hypoechoic?  Ünïcödé → 肝脏"

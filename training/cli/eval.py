@@ -25,20 +25,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--bundle", help="bundle directory")
     e.add_argument("--manifest", help="five-tuple JSONL manifest (for --benchmark five-tuple)")
-    e.add_argument("--benchmark", default="five-tuple",
-                   help="five-tuple (default), vqa-rad, slake, pathvqa, pmc-vqa or gemex")  # fmt: skip
+    e.add_argument(
+        "--benchmark",
+        default="five-tuple",
+        help="five-tuple (default), vqa-rad, slake, pathvqa, pmc-vqa or gemex",
+    )
     e.add_argument("--data", help="benchmark file or folder in a published layout (docs/evaluation.md)")
-    e.add_argument("--format", dest="fmt", help="force the layout instead of detecting it from --data "
-                   "(vqa-rad: osf-json|hf-parquet; pathvqa: vqa-pkl|qa-pkl|hf-parquet; gemex: v1-jsonl|thinkvg-parquet)")  # fmt: skip
-    e.add_argument("--image-dir", help="image folder when it is not where the layout puts it "
-                   "(GEMeX: the MIMIC-CXR-JPG files/ folder)")  # fmt: skip
+    e.add_argument(
+        "--format",
+        dest="fmt",
+        help="force the layout instead of detecting it from --data "
+        "(vqa-rad: osf-json|hf-parquet; pathvqa: vqa-pkl|qa-pkl|hf-parquet; gemex: v1-jsonl|thinkvg-parquet)",
+    )
+    e.add_argument(
+        "--image-dir",
+        help="image folder when it is not where the layout puts it (GEMeX: the MIMIC-CXR-JPG files/ folder)",
+    )
     e.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
     e.add_argument("--k", default="auto", help='K: an integer, "auto" (question classifier) or "sample"')
     e.add_argument("--limit", type=int, help="evaluate only the first N questions")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-new-tokens", type=int, help="cap on answer tokens (default: the bundle's)")
-    e.add_argument("--grounding", action="store_true",
-                   help="also score each latent step's heatmap against the items' boxes (GEMeX; loads the scaffolding)")  # fmt: skip
+    e.add_argument(
+        "--grounding",
+        action="store_true",
+        help="also score each latent step's heatmap against the items' boxes (GEMeX; loads the scaffolding)",
+    )
     e.add_argument("--device", default="cpu")
     e.add_argument(
         "--out", help="write the JSON report here, a .md table and FILE.predictions.jsonl beside it"
@@ -46,23 +58,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_eval)
     esub = e.add_subparsers(dest="eval_command", metavar="SUBCOMMAND")
 
-    a = esub.add_parser("ablations", help="train and score the ablation arms (paper Tables 2, 3, 13, §C.5)",
-                        description="Train every arm of an ablation config from the same stage-0 bundle, "
-                        "score it, and write RESULTS.json / RESULTS.md. Finished arms are skipped.")  # fmt: skip
+    a = esub.add_parser(
+        "ablations",
+        help="train and score the ablation arms (paper Tables 2, 3, 13, §C.5)",
+        description="Train every arm of an ablation config from the same stage-0 bundle, "
+        "score it, and write RESULTS.json / RESULTS.md. Finished arms are skipped.",
+    )
     a.add_argument("--config", default="configs/ablations-tiny.yaml", help="ablation config YAML")
     a.add_argument("--arms", help="comma-separated arm names to run (default: the config's)")
     a.add_argument("--list", action="store_true", help="print the arms and exit")
     a.set_defaults(func=run_ablations_cmd)
 
-    r = esub.add_parser("rescore", help="re-score a per-item predictions file without the model",
-                        description="Recompute the report of a FILE.predictions.jsonl written by `vital eval --out` "
-                        "with the current metrics (no model, no images).")  # fmt: skip
+    r = esub.add_parser(
+        "rescore",
+        help="re-score a per-item predictions file without the model",
+        description="Recompute the report of a FILE.predictions.jsonl written by `vital eval --out` "
+        "with the current metrics (no model, no images).",
+    )
     r.add_argument("predictions", help="the .predictions.jsonl file")
     r.add_argument("--out", help="write the JSON report here (and a .md table beside it)")
     r.set_defaults(func=run_rescore)
 
-    for name, helptext in (("collapse", "inter-step cosine similarity of h_1..h_K (paper §C.6)"),
-                           ("grounding", "per-step pointing accuracy and IoU of the /explain heatmaps (§C.7)")):  # fmt: skip
+    for name, helptext in (
+        ("collapse", "inter-step cosine similarity of h_1..h_K (paper §C.6)"),
+        ("grounding", "per-step pointing accuracy and IoU of the /explain heatmaps (§C.7)"),
+    ):
         p = esub.add_parser(name, help=helptext, description=helptext + "; see docs/evaluation.md.")
         p.add_argument("--bundle", required=True, help="bundle directory (grounding needs its scaffolding)")
         p.add_argument("--manifest", required=True, help="five-tuple JSONL manifest (masks for grounding)")
@@ -136,8 +156,15 @@ def run_eval(args: argparse.Namespace) -> int:
     items = _eval_items(args)
     model = _load(args.bundle, args.device, scaffold=args.grounding)
     try:
-        preds = predict(model, items, k=k, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                        keep_latents=args.grounding, progress=len(items) > args.batch_size)  # fmt: skip
+        preds = predict(
+            model,
+            items,
+            k=k,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            keep_latents=args.grounding,
+            progress=len(items) > args.batch_size,
+        )
         if args.grounding:
             from training.analysis import encoder_for
             from training.eval.gemex import grounding_per_item
@@ -148,8 +175,14 @@ def run_eval(args: argparse.Namespace) -> int:
     except BenchmarkError as exc:
         raise CLIError(str(exc)) from exc
     report = score(preds)
-    report.update(bundle=str(args.bundle), benchmark=args.benchmark, data=str(args.data or args.manifest),
-                  format=args.fmt, split=args.split, k=args.k)  # fmt: skip
+    report.update(
+        bundle=str(args.bundle),
+        benchmark=args.benchmark,
+        data=str(args.data or args.manifest),
+        format=args.fmt,
+        split=args.split,
+        k=args.k,
+    )
     table = markdown_table(report, f"{Path(args.bundle).name} on {args.benchmark} {args.split} (k={args.k})")
     print(table)
     if args.out:
@@ -247,8 +280,9 @@ def run_grounding(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and args.examples:
         (out / "examples").mkdir(parents=True, exist_ok=True)
-    report = grounding_from_predictions(preds, model.scaffold.vp, encoder, examples=args.examples,
-                                        out=out / "examples" if out else None)  # fmt: skip
+    report = grounding_from_predictions(
+        preds, model.scaffold.vp, encoder, examples=args.examples, out=out / "examples" if out else None
+    )
     report.update(bundle=str(args.bundle), split=args.split)
     table = grounding_table(report, f"grounding: {Path(args.bundle).name}, K={args.k}")
     print(table)

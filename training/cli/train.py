@@ -18,11 +18,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "unless --no-resume. Multi-GPU: torchrun --nproc_per_node N -m vital_core.cli train --recipe ...",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set optim.lr=1e-4 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set optim.lr=1e-4 (repeatable)",
+    )
     p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
-    p.add_argument("--stop-after-steps", type=int, metavar="N",
-                   help="stop after N optimizer steps in total, as a kill would (resume later)")  # fmt: skip
+    p.add_argument(
+        "--stop-after-steps",
+        type=int,
+        metavar="N",
+        help="stop after N optimizer steps in total, as a kill would (resume later)",
+    )
     p.add_argument("--export", metavar="DIR", help="write the trained model as a bundle here")
     p.add_argument("--eval-split", help="evaluate on this split after training (scores go into the bundle)")
     p.set_defaults(func=run_train)
@@ -51,8 +60,14 @@ def run_train(args: argparse.Namespace) -> int:
             scores = {}
             if args.eval_split and not (trainer.world > 1 and recipe.distributed == "fsdp"):
                 scores = evaluate_model(trainer.model, recipe.data.manifest, args.eval_split)
-            out = export_bundle(trainer.model, recipe, args.export, scores=scores, state=state,
-                                command=" ".join(["vital", *sys.argv[1:]]))  # fmt: skip
+            out = export_bundle(
+                trainer.model,
+                recipe,
+                args.export,
+                scores=scores,
+                state=state,
+                command=" ".join(["vital", *sys.argv[1:]]),
+            )
             print(f"bundle written to {out}")
         if trainer.world > 1:
             import torch.distributed as dist
@@ -61,7 +76,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int | None = None) -> dict:  # noqa: ANN001
+def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int | None = None) -> dict:
     """Score a model on one split of a manifest."""
     from training.data.manifest import load_manifest
     from training.eval.evaluate import predict, score

@@ -9,5 +9,19 @@ from training.eval.items import BenchItem, BenchmarkError, load_benchmark_image
 from training.eval.metrics import item_correct, item_score, token_f1
 from training.eval.vqa_datasets import FORMATS, detect_format, load_benchmark
 
-__all__ = ["BenchItem", "BenchmarkError", "FORMATS", "Prediction", "detect_format", "item_correct", "item_score",
-           "load_benchmark", "load_benchmark_image", "predict", "rescore", "score", "token_f1", "write_predictions"]  # fmt: skip
+__all__ = [
+    "BenchItem",
+    "BenchmarkError",
+    "FORMATS",
+    "Prediction",
+    "detect_format",
+    "item_correct",
+    "item_score",
+    "load_benchmark",
+    "load_benchmark_image",
+    "predict",
+    "rescore",
+    "score",
+    "token_f1",
+    "write_predictions",
+]

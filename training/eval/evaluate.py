@@ -21,9 +21,22 @@ from training.data.manifest import Sample
 from training.eval.items import CLOSED_TYPES, BenchItem, BenchmarkError, from_sample
 from training.eval.metrics import choice_letter, closed_correct, item_correct, item_score, normalize, token_f1
 
-__all__ = ["CLOSED_TYPES", "normalize", "token_f1", "closed_correct", "choice_letter", "item_correct",
-           "Prediction", "predict", "score", "markdown_table", "write_predictions", "read_predictions",
-           "rescore", "predictions_path"]  # fmt: skip
+__all__ = [
+    "CLOSED_TYPES",
+    "normalize",
+    "token_f1",
+    "closed_correct",
+    "choice_letter",
+    "item_correct",
+    "Prediction",
+    "predict",
+    "score",
+    "markdown_table",
+    "write_predictions",
+    "read_predictions",
+    "rescore",
+    "predictions_path",
+]
 
 
 @dataclass
@@ -102,8 +115,11 @@ def _agg(rows: list[tuple[Prediction, dict]]) -> dict:
 def score(preds: Sequence[Prediction]) -> dict:
     """Overall and per answer type / question type / modality: closed accuracy, open and all token-F1."""
     rows = [(p, item_score(p.answer, p.item)) for p in preds]
-    groups: dict[str, dict[str, list]] = {"by_answer_type": defaultdict(list),
-                                          "by_question_type": defaultdict(list), "by_modality": defaultdict(list)}  # fmt: skip
+    groups: dict[str, dict[str, list]] = {
+        "by_answer_type": defaultdict(list),
+        "by_question_type": defaultdict(list),
+        "by_modality": defaultdict(list),
+    }
     for p, s in rows:
         groups["by_answer_type"][p.item.answer_type].append((p, s))
         groups["by_question_type"][p.item.question_type].append((p, s))
@@ -127,8 +143,10 @@ def markdown_table(report: dict, title: str = "") -> str:
     """Per-question-type and per-modality tables (closed acc., open token-F1, all token-F1) as markdown."""
     lines = [f"### {title}", ""] if title else []
     for key, label in (("by_question_type", "question type"), ("by_modality", "modality")):
-        lines += [f"| {label} | n | closed n | closed acc. | open n | open token-F1 | token-F1 (all) |",
-                  "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"| {label} | n | closed n | closed acc. | open n | open token-F1 | token-F1 (all) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for name, r in [*report.get(key, {}).items(), ("**overall**", report["overall"])]:
             lines.append(
                 f"| {name} | {r['n']} | {r['closed_n']} | {_pct(r['closed_accuracy'])} | {r['open_n']} | "
@@ -137,8 +155,12 @@ def markdown_table(report: dict, title: str = "") -> str:
         lines.append("")
     if "grounding" in report:
         g = report["grounding"]
-        lines += [f"grounding against the reference boxes (n = {g['n']}):", "",
-                  "| step | n | pointing | heatmap-box IoU |", "|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"grounding against the reference boxes (n = {g['n']}):",
+            "",
+            "| step | n | pointing | heatmap-box IoU |",
+            "|---|---|---|---|",
+        ]
         lines += [
             f"| h{r['step']} | {r['n']} | {_pct(r['pointing'])} | {_pct(r['box_iou'])} |"
             for r in g["per_step"]
@@ -158,9 +180,20 @@ def predictions_path(report: str | Path) -> Path:
 
 def _row(p: Prediction) -> dict[str, Any]:
     it, s = p.item, item_score(p.answer, p.item)
-    row = {"id": it.id, "question": it.question, "gold": it.answer, "prediction": p.answer, "k": p.k,
-           "correct": s["correct"], "f1": round(s["f1"], 6), "type": it.answer_type, "kind": it.kind,
-           "question_type": it.question_type, "modality": it.modality, "benchmark": it.benchmark}  # fmt: skip
+    row = {
+        "id": it.id,
+        "question": it.question,
+        "gold": it.answer,
+        "prediction": p.answer,
+        "k": p.k,
+        "correct": s["correct"],
+        "f1": round(s["f1"], 6),
+        "type": it.answer_type,
+        "kind": it.kind,
+        "question_type": it.question_type,
+        "modality": it.modality,
+        "benchmark": it.benchmark,
+    }
     if it.choices:
         row.update(choices=list(it.choices), label=it.label)
     if it.boxes:
@@ -192,12 +225,19 @@ def read_predictions(path: str | Path) -> list[Prediction]:
     for n, r in enumerate(read_jsonl(path), 1):
         need_fields(r, ("id", "question", "gold", "prediction", "k", "kind"), f"{path} line {n}")
         try:
-            item = BenchItem(id=str(r["id"]), question=str(r["question"]), answer=str(r["gold"]), kind=str(r["kind"]),
-                             choices=tuple(r.get("choices") or ()), label=r.get("label"),
-                             question_type=str(r.get("question_type", "unknown")),
-                             modality=str(r.get("modality", "unknown")), benchmark=str(r.get("benchmark", "")),
-                             boxes=tuple(tuple(b) for b in r.get("boxes") or ()),
-                             box_frame=tuple(r["box_frame"]) if r.get("box_frame") else None)  # fmt: skip
+            item = BenchItem(
+                id=str(r["id"]),
+                question=str(r["question"]),
+                answer=str(r["gold"]),
+                kind=str(r["kind"]),
+                choices=tuple(r.get("choices") or ()),
+                label=r.get("label"),
+                question_type=str(r.get("question_type", "unknown")),
+                modality=str(r.get("modality", "unknown")),
+                benchmark=str(r.get("benchmark", "")),
+                boxes=tuple(tuple(b) for b in r.get("boxes") or ()),
+                box_frame=tuple(r["box_frame"]) if r.get("box_frame") else None,
+            )
             preds.append(Prediction(item, str(r["prediction"]), int(r["k"]), grounding=r.get("grounding")))
         except (TypeError, ValueError) as exc:
             raise BenchmarkError(f"{path} line {n}: bad field ({exc})") from exc

@@ -78,8 +78,16 @@ def _boxes(raw: Any, where: str) -> tuple[Box, ...]:
     return boxes  # type: ignore[return-value]
 
 
-def make_item(id_: str, qtype: str, question: str, answer: Any, choices: tuple[str, ...], boxes: tuple[Box, ...],
-              image: Path, where: str) -> BenchItem:  # fmt: skip
+def make_item(
+    id_: str,
+    qtype: str,
+    question: str,
+    answer: Any,
+    choices: tuple[str, ...],
+    boxes: tuple[Box, ...],
+    image: Path,
+    where: str,
+) -> BenchItem:
     """One GEMeX question as a BenchItem (choice answers become letters; their text is the gold text)."""
     label = None
     if qtype in ("single_choice", "multi_choice"):
@@ -95,9 +103,20 @@ def make_item(id_: str, qtype: str, question: str, answer: Any, choices: tuple[s
         text = "; ".join(choices[LETTERS.index(x)] for x in letters) if choices else label
     else:
         text = str(answer).strip()
-    return BenchItem(id=id_, question=question.strip(), answer=text, kind=_kind(qtype, text), image=image,
-                     choices=choices, label=label, question_type=qtype, modality="CXR", benchmark="gemex",
-                     boxes=boxes, box_frame=BOX_FRAME)  # fmt: skip
+    return BenchItem(
+        id=id_,
+        question=question.strip(),
+        answer=text,
+        kind=_kind(qtype, text),
+        image=image,
+        choices=choices,
+        label=label,
+        question_type=qtype,
+        modality="CXR",
+        benchmark="gemex",
+        boxes=boxes,
+        box_frame=BOX_FRAME,
+    )
 
 
 def _image_root(cands: list[Path], first: str) -> Path:
@@ -134,9 +153,18 @@ def load_v1(path: Path, split: str = "test", image_dir: Path | None = None) -> l
             where = f"{f} line {n}"
             need(r, ("question", "answer", "image_path", "visual_locations"), where)
             id_ = f"{qtype}-{r.get('row_id', '')}-{r.get('q_id', n)}"
-            items.append(make_item(id_, qtype, str(r["question"]), r["answer"], _choices(r.get("choices")),
-                                   _boxes(r["visual_locations"], where), root / str(r["image_path"]).lstrip("/"),
-                                   where))  # fmt: skip
+            items.append(
+                make_item(
+                    id_,
+                    qtype,
+                    str(r["question"]),
+                    r["answer"],
+                    _choices(r.get("choices")),
+                    _boxes(r["visual_locations"], where),
+                    root / str(r["image_path"]).lstrip("/"),
+                    where,
+                )
+            )
     return items
 
 
@@ -182,8 +210,11 @@ def load_thinkvg(path: Path, split: str = "train", image_dir: Path | None = None
                 base = path if path.is_dir() else path.parent
                 cands = [image_dir] if image_dir else [base / "files", base / "images", base]
                 root = _image_root(cands, rel)
-            items.append(make_item(f"{f.stem.split('-')[0]}-{i}", qtype, question, answer, choices, boxes,
-                                   root / rel, where))  # fmt: skip
+            items.append(
+                make_item(
+                    f"{f.stem.split('-')[0]}-{i}", qtype, question, answer, choices, boxes, root / rel, where
+                )
+            )
     return items
 
 
@@ -266,6 +297,11 @@ def grounding_summary(per_item: Sequence[list[dict] | None]) -> dict[str, Any] |
     steps = []
     for s in range(k):
         vals = [r[s] for r in rows if len(r) > s]
-        steps.append({"step": s + 1, "n": len(vals),
-                      **{m: round(float(np.mean([v[m] for v in vals])), 4) for m in ("pointing", "box_iou")}})  # fmt: skip
+        steps.append(
+            {
+                "step": s + 1,
+                "n": len(vals),
+                **{m: round(float(np.mean([v[m] for v in vals])), 4) for m in ("pointing", "box_iou")},
+            }
+        )
     return {"n": len(rows), "per_step": steps}

@@ -70,8 +70,11 @@ class BenchItem:
         if not self.choices:
             return self.question
         opts = "\n".join(f"{LETTERS[i]}: {c}" for i, c in enumerate(self.choices) if c)
-        tail = ("Answer with the letters of all correct options." if self.kind == "multi_choice"
-                else "Answer with the option's letter from the given choices.")  # fmt: skip
+        tail = (
+            "Answer with the letters of all correct options."
+            if self.kind == "multi_choice"
+            else "Answer with the option's letter from the given choices."
+        )
         return f"{self.question}\n{opts}\n{tail}"
 
     def load_image(self) -> Image.Image:
@@ -99,8 +102,16 @@ def from_sample(s: Sample) -> BenchItem:
     kind = {"yesno": "yesno", "location_choice": "location_choice", "identify": "exact"}.get(
         s.question_type, "open"
     )
-    return BenchItem(s.id, s.question, s.answer, kind, image=Path(s.image), question_type=s.question_type,
-                     modality=s.modality, benchmark="five-tuple")  # fmt: skip
+    return BenchItem(
+        s.id,
+        s.question,
+        s.answer,
+        kind,
+        image=Path(s.image),
+        question_type=s.question_type,
+        modality=s.modality,
+        benchmark="five-tuple",
+    )
 
 
 def check_images(items: list[BenchItem], name: str) -> None:

@@ -22,8 +22,17 @@ from collections.abc import Sequence
 
 from training.eval.items import LETTERS, BenchItem
 
-__all__ = ["tokens", "normalize", "token_f1", "choice_letter", "choice_letters", "closed_correct",
-           "item_correct", "item_score", "polarity"]  # fmt: skip
+__all__ = [
+    "tokens",
+    "normalize",
+    "token_f1",
+    "choice_letter",
+    "choice_letters",
+    "closed_correct",
+    "item_correct",
+    "item_score",
+    "polarity",
+]
 
 REGION_WORDS = {"left", "right", "center", "centre", "central", "middle", "upper", "lower", "top", "bottom"}
 _EDGE = string.punctuation + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026"

@@ -40,8 +40,18 @@ from training.eval.items import (
     from_sample,
 )
 
-__all__ = ["CLOSED_TYPES", "LETTERS", "BenchItem", "BenchmarkError", "from_sample", "FORMATS", "BENCHMARKS",
-           "detect_format", "load_benchmark", "closed_kind"]  # fmt: skip
+__all__ = [
+    "CLOSED_TYPES",
+    "LETTERS",
+    "BenchItem",
+    "BenchmarkError",
+    "from_sample",
+    "FORMATS",
+    "BENCHMARKS",
+    "detect_format",
+    "load_benchmark",
+    "closed_kind",
+]
 
 _CHOICE_PREFIX = re.compile(r"^\s*\(?([A-Ha-h])\s*[:.)]\s*")
 YES_NO = ("yes", "no")
@@ -81,12 +91,18 @@ def _vqa_rad_json(path: Path, split: str, image_dir: Path | None) -> list[BenchI
         if split != "all" and (phrase.startswith("test") != (split == "test")):
             continue
         answer, closed = str(r["answer"]).strip(), str(r["answer_type"]).strip().upper().startswith("CLOSED")
-        items.append(BenchItem(
-            id=str(r.get("qid", i)), question=str(r["question"]), answer=answer,
-            kind=closed_kind(answer) if closed else "open", image=Path(image_dir) / str(r["image_name"]),
-            question_type=str(r.get("question_type", "unknown")).strip().upper() or "unknown",
-            modality=str(r.get("image_organ", "unknown")).strip().upper() or "unknown", benchmark="vqa-rad",
-        ))  # fmt: skip
+        items.append(
+            BenchItem(
+                id=str(r.get("qid", i)),
+                question=str(r["question"]),
+                answer=answer,
+                kind=closed_kind(answer) if closed else "open",
+                image=Path(image_dir) / str(r["image_name"]),
+                question_type=str(r.get("question_type", "unknown")).strip().upper() or "unknown",
+                modality=str(r.get("image_organ", "unknown")).strip().upper() or "unknown",
+                benchmark="vqa-rad",
+            )
+        )
     return items
 
 
@@ -97,11 +113,17 @@ def _vqa_rad_parquet(path: Path, split: str, image_dir: Path | None) -> list[Ben
         for i, r in enumerate(read_parquet(f, ("image", "question", "answer"))):
             answer = str(r["answer"]).strip()
             kind = _yes_no_rule(answer)
-            items.append(BenchItem(
-                id=f"{f.stem.split('-')[0]}-{i}", question=str(r["question"]), answer=answer, kind=kind,
-                image_bytes=image_bytes(r["image"], f"{f} row {i}"),
-                question_type="yes/no" if kind == "yesno" else "other", benchmark="vqa-rad",
-            ))  # fmt: skip
+            items.append(
+                BenchItem(
+                    id=f"{f.stem.split('-')[0]}-{i}",
+                    question=str(r["question"]),
+                    answer=answer,
+                    kind=kind,
+                    image_bytes=image_bytes(r["image"], f"{f} row {i}"),
+                    question_type="yes/no" if kind == "yesno" else "other",
+                    benchmark="vqa-rad",
+                )
+            )
     return items
 
 
@@ -122,12 +144,18 @@ def _slake(path: Path, split: str, image_dir: Path | None, lang: str = "en") -> 
         if r["q_lang"] != lang:
             continue
         answer, closed = str(r["answer"]).strip(), str(r["answer_type"]).strip().upper() == "CLOSED"
-        items.append(BenchItem(
-            id=str(r.get("qid", i)), question=str(r["question"]), answer=answer,
-            kind=closed_kind(answer) if closed else "open", image=imgs / r["img_name"],
-            question_type=str(r.get("content_type", "unknown")), modality=str(r.get("modality", "unknown")),
-            benchmark="slake",
-        ))  # fmt: skip
+        items.append(
+            BenchItem(
+                id=str(r.get("qid", i)),
+                question=str(r["question"]),
+                answer=answer,
+                kind=closed_kind(answer) if closed else "open",
+                image=imgs / r["img_name"],
+                question_type=str(r.get("content_type", "unknown")),
+                modality=str(r.get("modality", "unknown")),
+                benchmark="slake",
+            )
+        )
     return items
 
 
@@ -137,8 +165,16 @@ def _slake(path: Path, split: str, image_dir: Path | None, lang: str = "en") -> 
 def _pathvqa_item(id_: str, question: str, answer: str, **image) -> BenchItem:
     answer = str(answer).strip()
     kind = _yes_no_rule(answer)
-    return BenchItem(id_, str(question), answer, kind, question_type="yes/no" if kind == "yesno" else "other",
-                     modality="pathology", benchmark="pathvqa", **image)  # fmt: skip
+    return BenchItem(
+        id_,
+        str(question),
+        answer,
+        kind,
+        question_type="yes/no" if kind == "yesno" else "other",
+        modality="pathology",
+        benchmark="pathvqa",
+        **image,
+    )
 
 
 def _pathvqa_root(pkl: Path) -> Path:
@@ -153,8 +189,11 @@ def _find_pkl(path: Path, split: str, kind: str) -> Path:
     if path.is_file():
         return path
     for name in split_names(split):
-        for cand in ([path / "qas" / f"{name}_vqa.pkl", path / f"{name}_vqa.pkl"] if kind == "vqa-pkl" else
-                     [path / "qas" / name / f"{name}_qa.pkl", path / name / f"{name}_qa.pkl"]):  # fmt: skip
+        for cand in (
+            [path / "qas" / f"{name}_vqa.pkl", path / f"{name}_vqa.pkl"]
+            if kind == "vqa-pkl"
+            else [path / "qas" / name / f"{name}_qa.pkl", path / name / f"{name}_qa.pkl"]
+        ):
             if cand.is_file():
                 return cand
     raise BenchmarkError(f"{path}: no PathVQA {kind} file for split {split!r}")
@@ -261,11 +300,20 @@ def _pmc_vqa(path: Path, split: str, image_dir: Path | None) -> list[BenchItem]:
         choices = tuple(_CHOICE_PREFIX.sub("", r[f"Choice {c}"]).strip() for c in opts)
         letters = [LETTERS[j] for j, c in enumerate(choices) if c]
         label = _pmc_gold(r, letters, choices, where)
-        items.append(BenchItem(
-            id=str(r.get("index", i)).strip() or str(i), question=r["Question"].strip(),
-            answer=choices[LETTERS.index(label)], kind="choice", image=img_dir / r["Figure_path"].strip(),
-            choices=choices, label=label, question_type="choice", modality="figure", benchmark="pmc-vqa",
-        ))  # fmt: skip
+        items.append(
+            BenchItem(
+                id=str(r.get("index", i)).strip() or str(i),
+                question=r["Question"].strip(),
+                answer=choices[LETTERS.index(label)],
+                kind="choice",
+                image=img_dir / r["Figure_path"].strip(),
+                choices=choices,
+                label=label,
+                question_type="choice",
+                modality="figure",
+                benchmark="pmc-vqa",
+            )
+        )
     return items
 
 

@@ -52,9 +52,15 @@ def endoscopy(rng: np.random.Generator, size: int) -> Scene:
     if sc.chance(0.6):
         pale = sc.chance(0.5)
         colour = (0.96, 0.64, 0.56) if pale else (0.68, 0.22, 0.2)
-        ok = sc.place("polyp", "lesion", lambda: _blob_in(sc, centre, (0.06, 0.1)), colour,
-                      texture=0.15 if sc.chance(0.5) else 0.0, edge=sc.edge(sc.chance(0.4)),
-                      hue="pale pink" if pale else "reddish")  # fmt: skip
+        ok = sc.place(
+            "polyp",
+            "lesion",
+            lambda: _blob_in(sc, centre, (0.06, 0.1)),
+            colour,
+            texture=0.15 if sc.chance(0.5) else 0.0,
+            edge=sc.edge(sc.chance(0.4)),
+            hue="pale pink" if pale else "reddish",
+        )
         if ok:
             sc.paint(
                 _specks(sc, sc.get("polyp").mask, 2, (0.006, 0.01)) & sc.get("polyp").mask, (1.0, 1.0, 1.0)

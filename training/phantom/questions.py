@@ -16,6 +16,7 @@ import numpy as np
 
 from training.phantom.facts import MaskFacts, mask_facts, nearest, relation
 from training.phantom.modalities import Modality
+from training.phantom.multihop import multihop
 from training.phantom.scene import PhantomObject, Scene
 
 YESNO = (
@@ -219,7 +220,16 @@ def _describe(scene: Scene, modality: Modality, mod: str, rng: np.random.Generat
     return QA(question, answer, steps, w.obj, w.t)
 
 
+MULTIHOP_SHARE = 0.6
+"""Share of `reasoning` samples that are multi-hop closed questions (training.phantom.multihop)."""
+
+
 def _reasoning(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator) -> QA:
+    if rng.random() < MULTIHOP_SHARE:
+        hop = multihop(scene, modality, mod, rng)
+        if hop is not None:
+            question, answer, steps, target = hop
+            return QA(question, answer, steps, target, target.name)
     w = _Words(_any_object(scene, rng), scene, modality)
     question = _choose(rng, REASONING).format(t=w.t, mod=mod)
     answer = (

@@ -217,5 +217,5 @@ def _volume_records(
                     "slice": str(z),
                     "frame": str(channel),
                     "window": window,
-                },  # fmt: skip
+                },
             )

@@ -29,7 +29,7 @@ def is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and bytes(head[128:132]) == b"DICM"
 
 
-def _attr(ds: Any, name: str, cast, default=None):  # noqa: ANN001, ANN202
+def _attr(ds: Any, name: str, cast, default=None):
     """An attribute as int/float, ImagingError(400) naming it when its value is not a number."""
     try:
         value = ds.get(name, None)
@@ -63,7 +63,7 @@ def _meta(data: bytes) -> tuple[Any, int]:
     return meta, f.tell()
 
 
-def _stop_at_pixels(tag, vr, length) -> bool:  # noqa: ANN001
+def _stop_at_pixels(tag, vr, length) -> bool:
     return int(tag) in PIXEL_TAGS
 
 
@@ -160,8 +160,15 @@ def _geometry(head: Any, spec: ImagingSpec, limits: ImagingLimits) -> dict[str, 
     limits.check_stream(
         frames * frame_bytes, f"DICOM pixel data ({frames} frame(s) of {rows}x{cols}x{samples})"
     )
-    return {"rows": rows, "cols": cols, "frames": frames, "samples": samples, "bits": bits, "frame": frame,
-            "frame_bytes": frame_bytes}  # fmt: skip
+    return {
+        "rows": rows,
+        "cols": cols,
+        "frames": frames,
+        "samples": samples,
+        "bits": bits,
+        "frame": frame,
+        "frame_bytes": frame_bytes,
+    }
 
 
 def _decode_frame(data: bytes, head: Any, geo: dict[str, int]) -> np.ndarray:
@@ -231,8 +238,9 @@ def _grey(arr: np.ndarray, head: Any, spec: ImagingSpec) -> tuple[np.ndarray, di
         item = head.VOILUTSequence[0]
         bits = int(item.LUTDescriptor[2])
         out = apply_voi_lut(values, head, prefer_lut=True)
-        pixels, info = render_grey(out, spec, file_window=Window("dicom_voi_lut", 0.0, float(2**bits - 1)),
-                                   invert=invert)  # fmt: skip
+        pixels, info = render_grey(
+            out, spec, file_window=Window("dicom_voi_lut", 0.0, float(2**bits - 1)), invert=invert
+        )
     else:
         pixels, info = render_grey(values, spec, modality, _file_window(head), invert)
     if modality:

@@ -109,11 +109,12 @@ def parse_header(stream: ByteStream) -> NiftiLayout:
     dims = (shape + (1, 1))[:3]
     ornt = _orientation(affine)
     offset = max(offset, len(head) + 4 if two else 352)
-    return NiftiLayout(dims, shape[3] if len(shape) > 3 else 1, dtype, offset,
-                       _finite(slope), _finite(inter), ornt)  # fmt: skip
+    return NiftiLayout(
+        dims, shape[3] if len(shape) > 3 else 1, dtype, offset, _finite(slope), _finite(inter), ornt
+    )
 
 
-def _finite(v) -> float | None:  # noqa: ANN001
+def _finite(v) -> float | None:
     return float(v) if v is not None and np.isfinite(v) else None
 
 
@@ -184,8 +185,9 @@ def read_stored_slice(stream: ByteStream, layout: NiftiLayout, s: int, i: int, f
     return out
 
 
-def render_slice(stored2d: np.ndarray, layout: NiftiLayout, spec: ImagingSpec, s: int, index: int,
-                 frame: int) -> ModelImage:  # fmt: skip
+def render_slice(
+    stored2d: np.ndarray, layout: NiftiLayout, spec: ImagingSpec, s: int, index: int, frame: int
+) -> ModelImage:
     """The one step both paths share: scale, orient for display, window → ModelImage."""
     values = to_display(_scaled(stored2d, layout), layout, s)
     pixels, info = render_grey(values, spec)

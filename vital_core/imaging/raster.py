@@ -74,7 +74,7 @@ def decode_raster(data: bytes, spec: ImagingSpec, limits: ImagingLimits) -> Mode
         im.close()
 
 
-def _to_model(im, fmt: str, spec: ImagingSpec) -> ModelImage:  # noqa: ANN001 - PIL image
+def _to_model(im, fmt: str, spec: ImagingSpec) -> ModelImage:  # PIL image
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         values = np.asarray(im)
@@ -94,7 +94,7 @@ def _to_model(im, fmt: str, spec: ImagingSpec) -> ModelImage:  # noqa: ANN001 - 
     return ModelImage(np.asarray(im), fmt, {"mode": mode})
 
 
-def _on_black(im) -> np.ndarray:  # noqa: ANN001 - PIL image with alpha
+def _on_black(im) -> np.ndarray:  # PIL image with alpha
     """Composite onto black in row strips (no full-size float copy)."""
     w, h = im.size
     premultiplied = im.mode in ("La", "RGBa")

@@ -93,7 +93,7 @@ class ImagingSpec:
     def from_fields(cls, fields: dict[str, str]) -> ImagingSpec:
         """Build a spec from string fields (CSV columns, record extras); empty strings mean default."""
 
-        def get(name: str, cast):  # noqa: ANN001, ANN202
+        def get(name: str, cast):
             raw = (fields.get(name) or "").strip()
             if not raw:
                 return None
@@ -177,7 +177,7 @@ class ModelImage:
     def height(self) -> int:
         return int(self.pixels.shape[0])
 
-    def to_pil(self):  # noqa: ANN201 - PIL.Image.Image
+    def to_pil(self):  # PIL.Image.Image
         """A PIL image (mode L for grey, RGB for colour); the processor converts L to RGB itself."""
         from PIL import Image
 

@@ -79,7 +79,7 @@ class ByteStream(io.RawIOBase):
             del self._buf[:drop]
             self._start += drop
 
-    def readinto(self, b) -> int:  # noqa: ANN001 - writable buffer
+    def readinto(self, b) -> int:  # writable buffer
         """Copy up to len(b) bytes into b piece by piece (the buffer never holds more than ~2 chunks)."""
         self.reads += 1
         if self.reads > MAX_READS:

@@ -116,7 +116,7 @@ def choose_window(
     values: np.ndarray,
     spec,
     modality: str | None = None,
-    file_window: Window | None = None,  # noqa: ANN001
+    file_window: Window | None = None,
 ) -> Window:
     """The window the rule in the module docstring picks for these values and this ImagingSpec."""
     if spec.window_center is not None:
@@ -134,7 +134,7 @@ def choose_window(
 
 def render_grey(
     values: np.ndarray,
-    spec,  # noqa: ANN001 - ImagingSpec
+    spec,  # ImagingSpec
     modality: str | None = None,
     file_window: Window | None = None,
     invert: bool = False,

@@ -44,18 +44,52 @@ def pmc_csv(path: Path, header: list[str], rows: list[list], encoding: str = "ut
 
 
 GEMEX_ROWS = {
-    "closed_ended": [{"question": "Is there evidence of pneumonia in this CXR?", "type": "disease", "answer": "No.",
-                      "visual_locations": [[43, 35, 212, 156]], "q_id": 0, "row_id": "row_0"}],
-    "open_ended": [{"question": "What condition is indicated by the low lung volume?", "type": "disease",
-                    "answer": "Restrictive lung disease.", "visual_locations": [[43, 35, 212, 156]], "q_id": 0,
-                    "row_id": "row_0"}],
-    "single_choice": [{"question": "What is the size of the calcified granuloma?", "type": "size",
-                       "choices": ["A: 0.5 cm", "B: 1.0 cm", "C: 1.2 cm", "D: 1.5 cm"], "answer": "C",
-                       "visual_locations": [[43, 126, 129, 150]], "q_id": 0, "row_id": "row_0"}],
-    "multi_choice": [{"question": "Which findings suggest the absence of significant lung disease?",
-                      "choices": ["A: No focal airspace consolidation", "B: No pleural effusions",
-                                  "C: Low lung volume", "D: No pulmonary edema"], "type": "finding",
-                      "answer": ["A", "B", "D"], "visual_locations": [[43, 38, 117, 147], [99, 105, 186, 154]],
-                      "q_id": 0, "row_id": "row_0"}],
-}  # fmt: skip
+    "closed_ended": [
+        {
+            "question": "Is there evidence of pneumonia in this CXR?",
+            "type": "disease",
+            "answer": "No.",
+            "visual_locations": [[43, 35, 212, 156]],
+            "q_id": 0,
+            "row_id": "row_0",
+        }
+    ],
+    "open_ended": [
+        {
+            "question": "What condition is indicated by the low lung volume?",
+            "type": "disease",
+            "answer": "Restrictive lung disease.",
+            "visual_locations": [[43, 35, 212, 156]],
+            "q_id": 0,
+            "row_id": "row_0",
+        }
+    ],
+    "single_choice": [
+        {
+            "question": "What is the size of the calcified granuloma?",
+            "type": "size",
+            "choices": ["A: 0.5 cm", "B: 1.0 cm", "C: 1.2 cm", "D: 1.5 cm"],
+            "answer": "C",
+            "visual_locations": [[43, 126, 129, 150]],
+            "q_id": 0,
+            "row_id": "row_0",
+        }
+    ],
+    "multi_choice": [
+        {
+            "question": "Which findings suggest the absence of significant lung disease?",
+            "choices": [
+                "A: No focal airspace consolidation",
+                "B: No pleural effusions",
+                "C: Low lung volume",
+                "D: No pulmonary edema",
+            ],
+            "type": "finding",
+            "answer": ["A", "B", "D"],
+            "visual_locations": [[43, 38, 117, 147], [99, 105, 186, 154]],
+            "q_id": 0,
+            "row_id": "row_0",
+        }
+    ],
+}
 GEMEX_IMAGE = "p10/p10046166/s50051329/abea5eb9-b7c32823.jpg"

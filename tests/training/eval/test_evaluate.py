@@ -53,8 +53,15 @@ def test_score_breakdowns():
 def test_predictions_file_round_trips_and_rescores_to_the_same_report(tmp_path):
     preds = _preds()
     preds[0].grounding = [{"step": 1, "pointing": 1.0, "box_iou": 0.5}]
-    preds[0].item = _item("yesno", "yes", id="1", question_type="PRES", modality="CHEST",
-                          boxes=((1.0, 2.0, 30.0, 40.0),), box_frame=(224, 224))  # fmt: skip
+    preds[0].item = _item(
+        "yesno",
+        "yes",
+        id="1",
+        question_type="PRES",
+        modality="CHEST",
+        boxes=((1.0, 2.0, 30.0, 40.0),),
+        box_frame=(224, 224),
+    )
     path = write_predictions(preds, predictions_path(tmp_path / "rep.json"))
     assert path.name == "rep.predictions.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -38,10 +38,17 @@ def test_token_f1_worked_examples_from_the_docs():
 
 @pytest.mark.parametrize(
     ("text", "pol"),
-    [("Yes.", "yes"), ("No, there is no mass.", "no"), ("Yes, there is no fracture.", "yes"),
-     ("Yes and no.", None), ("yes or no", None), ("The answer is yes", "yes"), ("maybe", None),
-     ("There is no mass, yes", "no")],
-)  # fmt: skip
+    [
+        ("Yes.", "yes"),
+        ("No, there is no mass.", "no"),
+        ("Yes, there is no fracture.", "yes"),
+        ("Yes and no.", None),
+        ("yes or no", None),
+        ("The answer is yes", "yes"),
+        ("maybe", None),
+        ("There is no mass, yes", "no"),
+    ],
+)
 def test_polarity(text, pol):
     assert polarity(text) == pol
 

@@ -47,7 +47,9 @@ def test_pathvqa_original_pickles_resolve_images_at_the_root(pathvqa):
     assert detect_format("pathvqa", pathvqa) == "vqa-pkl"
     vqa = load_benchmark("pathvqa", pathvqa)
     assert [(it.id, it.question, it.answer, it.kind) for it in vqa] == [
-        ("100", "Is this tissue necrotic?", "no", "yesno"), ("101", "What is present?", "granuloma", "open")]  # fmt: skip
+        ("100", "Is this tissue necrotic?", "no", "yesno"),
+        ("101", "What is present?", "granuloma", "open"),
+    ]
     assert vqa[0].image == pathvqa / "images" / "test" / "test_0001.jpg"
     qa = load_benchmark("pathvqa", pathvqa / "qas" / "test" / "test_qa.pkl")
     assert [it.image for it in qa] == [it.image for it in vqa]  # not under qas/
