@@ -211,6 +211,7 @@ def test_train_mode_latents_equal_static_served_path(tiny_model, images, questio
     assert trained.logits[:, 0].argmax(-1).tolist() == [t[0] for t in served.tokens]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop_every", [0, 3])  # 0: dynamic cache; else a static runner checking every n
 def test_on_tokens_streams_each_step_and_equals_the_result(tiny_model, images, questions, stop_every):
     """The per-step callback gets every row's tokens in order, stop tokens and ended rows as None, and the
