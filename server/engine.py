@@ -10,6 +10,11 @@ metrics cover them all. Two kinds of job share the queue:
   request gets alone.
 - *call* jobs (/explain) run alone, as one function call on the model thread.
 
+An answer job may pass a `stream` queue: its answer tokens are put there (from the model thread, with
+`loop.call_soon_threadsafe`) at each decode step, as the loop's stop check sees them; the result still
+carries the whole answer. Jobs without a queue add no work to the loop. When every job of a batch
+went away (disconnect, timeout), decoding stops early.
+
 The kinds take turns: when both are waiting, a call job runs after an answer batch and an answer
 batch after a call job, each the oldest of its kind, so a burst of one route cannot make the other
 wait behind all of it.
@@ -59,6 +64,10 @@ class Job:
     max_new_tokens: int = 0
     call: Callable[[], Any] | None = None
     """call jobs: the function to run alone on the model thread."""
+    stream: asyncio.Queue | None = None
+    """answer jobs that stream: receives each answer token id (int) as it is decoded."""
+    loop: asyncio.AbstractEventLoop | None = None
+    streamed: int = 0
     enqueued: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
     seq: int = field(default_factory=lambda: next(_ids))
@@ -169,13 +178,17 @@ class Engine:
         request_id: str,
         timeout: float,
         arrived: float | None = None,
+        stream: asyncio.Queue | None = None,
     ) -> Result:
         """Queue one answer request and wait for its result (APIError 429/503/504).
 
         `arrived` (perf_counter) is when the request's headers arrived: a request that arrived before
-        the drain began is still accepted.
+        the drain began is still accepted. `stream`: a queue that receives the answer's token ids
+        (ints, at most `max_new_tokens`) while it is decoded, before the result.
         """
-        job = Job("answer", request_id, self._future(), image, question, k, max_new_tokens)
+        job = Job("answer", request_id, self._future(), image, question, k, max_new_tokens, stream=stream)
+        if stream is not None:
+            job.loop = asyncio.get_running_loop()
         return await self._enqueue(job, timeout, arrived)
 
     async def submit_call(
@@ -306,7 +319,7 @@ class Engine:
         images, questions = [j.image for j in batch], [j.question for j in batch]
         answers = self.model.answer(
             images, questions, k=batch[0].k, max_new_tokens=cap, timer=timer,
-            runner=self.runner, prefix_cache=self.prefix_cache,
+            runner=self.runner, prefix_cache=self.prefix_cache, on_tokens=_forwarder(batch),
         )  # fmt: skip
         stages = timer.totals_ms()
         m = self.metrics
@@ -330,3 +343,23 @@ class Engine:
 
     def _decode(self, tokens: list[int]) -> str:
         return self.model.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+def _forwarder(batch: list[Job]) -> Callable[[list[int | None]], bool] | None:
+    """The decode loop's per-step callback for a batch with streaming jobs (None when none streams).
+
+    Runs on the model thread: each streaming row's new token goes to its queue on the event loop
+    (thread-safe), up to the job's own cap. Returns True (stop decoding) once every job went away.
+    """
+    if all(j.stream is None for j in batch):
+        return None
+
+    def on_tokens(step_tokens: list[int | None]) -> bool:
+        for job, tok in zip(batch, step_tokens):
+            if job.stream is None or tok is None or job.cancelled or job.streamed >= job.max_new_tokens:
+                continue
+            job.streamed += 1
+            job.loop.call_soon_threadsafe(job.stream.put_nowait, tok)
+        return all(j.cancelled for j in batch)
+
+    return on_tokens

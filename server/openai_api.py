@@ -1,22 +1,25 @@
 """OpenAI-compatible routes: `POST /v1/chat/completions` and `GET /v1/models` over the same engine.
 
 A chat request carries one image (an `image_url` content part with a `data:` URI; remote URLs are
-refused, never fetched) and the question as text. VITAL's own options (`k`, `frame`, `slice`) ride
-as extra body fields. The request goes through the same path as `/answer`: image decoding and its
+refused, never fetched; or a `dicomweb` reference to an instance on the configured PACS, as a content
+part or an extra body field) and the question as text. VITAL's own options (`k`, `frame`, `slice`)
+ride as extra body fields. The request goes through the same path as `/answer`: image decoding and its
 limits, K resolution, and the engine's one bounded queue (batching, 429, 504, metrics, drain).
+With `stream: true` the answer's tokens are sent as server-sent events while the batch decodes
+(`server.openai_stream`). Errors: `server.openai_errors`.
 Errors keep their status but take OpenAI's shape `{"error": {"message", "type", "param", "code"}}`;
 invalid fields are 400, as OpenAI answers them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Request
@@ -25,10 +28,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from server.errors import APIError, describe_validation
-from server.images import decode_image
 from server.logs import request_id_var
-from server.protocol import AnswerParams
-from server.routes import arrived, require_key, require_ready, resolve_k, resolve_max_new_tokens, service_of
+from server.openai_errors import OpenAIErrorShape, openai_error
+from server.openai_stream import Stream, usage
+from server.protocol import AnswerParams, DicomwebRef
+from server.routes import (
+    arrived,
+    decode_input,
+    require_key,
+    require_ready,
+    resolve_k,
+    resolve_max_new_tokens,
+    service_of,
+)
 
 log = logging.getLogger("vital.server")
 router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
@@ -51,7 +63,14 @@ class ImagePart(BaseModel):
     image_url: ImageURL
 
 
-ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+class DicomwebPart(BaseModel):
+    """VITAL: the image is an instance on the configured DICOMweb server (as /answer's `dicomweb`)."""
+
+    type: Literal["dicomweb"]
+    dicomweb: DicomwebRef
+
+
+ContentPart = Annotated[TextPart | ImagePart | DicomwebPart, Field(discriminator="type")]
 
 
 class ChatMessage(BaseModel):
@@ -88,6 +107,10 @@ class ChatCompletionRequest(BaseModel):
     k: int | Literal["auto"] | None = Field(None, description='VITAL: latent steps 0..K_max or "auto"')
     frame: int | None = Field(None, ge=0, description="VITAL: frame of a multi-frame DICOM")
     slice: int | None = Field(None, ge=0, description="VITAL: slice of a NIfTI volume")
+    dicomweb: DicomwebRef | None = Field(
+        None,
+        description="VITAL: instead of an image part, an instance on the PACS (study/series/instance/frame)",
+    )
 
 
 class Usage(BaseModel):
@@ -141,22 +164,6 @@ class OpenAIErrorResponse(BaseModel):
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def error_type(status: int) -> str:
-    """OpenAI's error `type` for an HTTP status."""
-    if status == 401:
-        return "authentication_error"
-    if status == 404:
-        return "not_found_error"
-    if status == 429:
-        return "rate_limit_error"
-    return "server_error" if status >= 500 else "invalid_request_error"
-
-
-def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict:
-    """The error body in OpenAI's shape."""
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
-
-
 class ParamError(APIError):
     """An APIError that names the request field at fault (OpenAI's `param`)."""
 
@@ -241,48 +248,69 @@ async def chat_completions(request: Request) -> Response:
         require_ready(request)
         req = await _read_request(request)
         _check_model(req.model, svc, param="model")
-        data, question = _extract(req.messages)
+        data, question = _extract(req.messages, req.dicomweb)
         params = _params(req, question, svc)
         k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
-        decoded, decode_ms = await _decode(data, params, svc)
+        decoded, decode_ms, _source = await decode_input(data, params, svc)
         prompt_tokens = await run_in_threadpool(count_prompt_tokens, svc.model, decoded.image, question)
         rid = request_id_var.get()
-        res = await svc.loaded_engine().submit(
-            decoded.image, question, k, max_new, rid, svc.settings.request_timeout_s, arrived(request)
-        )
+        engine, timeout = svc.loaded_engine(), svc.settings.request_timeout_s
+        if req.stream:  # answer tokens go to `tokens` while the batch decodes; the result ends the stream
+            tokens: asyncio.Queue = asyncio.Queue()
+            job = asyncio.create_task(
+                engine.submit(
+                    decoded.image, question, k, max_new, rid, timeout, arrived(request), stream=tokens
+                )
+            )
+            job.add_done_callback(lambda _: tokens.put_nowait(None))  # after every token (same loop, FIFO)
+            first = await _first_token(tokens, job)  # errors before the first token keep their HTTP status
+        else:
+            res = await engine.submit(decoded.image, question, k, max_new, rid, timeout, arrived(request))
     except APIError as exc:
         return _reply_error(svc, exc)
     except Exception:  # a model failure fails this request (the app's 500 handler sits outside /v1's shape)
         log.exception("chat completion failed")
         return _reply_error(svc, APIError(500, "internal server error; see the server log", "internal_error"))
+    cid, created, name = f"chatcmpl-{rid}", int(time.time()), svc.model.config.name
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        stream = Stream(
+            svc.model.tokenizer, cid, created, name, max_new, prompt_tokens if include_usage else None
+        )
+        return StreamingResponse(
+            stream.events(first, tokens, job),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     finish = "length" if len(res.tokens) >= max_new else "stop"
-    usage = Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=len(res.tokens),
-        total_tokens=prompt_tokens + len(res.tokens),
-    )
+    usage = _usage(prompt_tokens, len(res.tokens))
     timings = {"decode_image": decode_ms, **res.timings_ms, "total": 1000 * (time.perf_counter() - t0)}
     vital = {
         "k": res.k, "request_id": rid, "batch_size": res.batch_size,
         "timings_ms": {k_: round(v, 3) for k_, v in timings.items()},
         "image": {"format": decoded.format, "width": decoded.width, "height": decoded.height},
     }  # fmt: skip
-    cid, created, name = f"chatcmpl-{rid}", int(time.time()), svc.model.config.name
-    if req.stream:
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _events(
-            svc.model.tokenizer, res, cid, created, name, finish, usage if include_usage else None
-        )
-        return StreamingResponse(
-            events,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
     body = ChatCompletion(
         id=cid, created=created, model=name, usage=usage, vital=vital,
         choices=[Choice(message=AssistantMessage(content=res.text), finish_reason=finish)],
     )  # fmt: skip
     return JSONResponse(body.model_dump())
+
+
+def _usage(prompt: int, completion: int) -> Usage:
+    return Usage(**usage(prompt, completion))
+
+
+async def _first_token(tokens: asyncio.Queue, job: asyncio.Task) -> int | None:
+    """The first streamed token, or None when the job ended without one (its error is raised here)."""
+    try:
+        first = await tokens.get()
+    except asyncio.CancelledError:
+        job.cancel()
+        raise
+    if first is None:
+        job.result()  # raises the job's APIError (429, 503, 504) or model failure
+    return first
 
 
 # -- request handling -----------------------------------------------------------------------------
@@ -320,9 +348,9 @@ def _card(svc) -> ModelCard:  # noqa: ANN001
     return ModelCard(id=svc.model.config.name, created=int(svc.started))
 
 
-def _extract(messages: list[ChatMessage]) -> tuple[bytes, str]:
-    """The one image's bytes and the question (the user messages' text parts, joined)."""
-    images: list[tuple[str, str]] = []
+def _extract(messages: list[ChatMessage], ref: DicomwebRef | None = None) -> tuple[bytes | DicomwebRef, str]:
+    """The one image (its bytes, or a PACS reference) and the question (the user messages' text, joined)."""
+    images: list[tuple[str | DicomwebRef, str]] = [(ref, "dicomweb")] if ref is not None else []
     texts: list[str] = []
     for i, msg in enumerate(messages):
         if msg.role in ("assistant", "tool"):
@@ -336,16 +364,18 @@ def _extract(messages: list[ChatMessage]) -> tuple[bytes, str]:
         for j, part in enumerate(msg.content):
             if isinstance(part, TextPart):
                 texts.append(part.text)
+            elif isinstance(part, DicomwebPart):
+                images.append((part.dicomweb, f"messages[{i}].content[{j}].dicomweb"))
             else:
                 images.append((part.image_url.url, f"messages[{i}].content[{j}].image_url.url"))
     if len(images) != 1:
-        raise _bad(f"exactly one image is needed (an image_url content part with a data: URI), got {len(images)}",
-                   "messages")  # fmt: skip
+        raise _bad(f"exactly one image is needed (an image_url content part with a data: URI, or a dicomweb "
+                   f"reference), got {len(images)}", "messages")  # fmt: skip
     question = "\n".join(t.strip() for t in texts if t.strip())
     if not question:
         raise _bad("the question is missing: add a text part to the user message", "messages")
-    url, where = images[0]
-    return decode_data_uri(url, where), question
+    source, where = images[0]
+    return (source if isinstance(source, DicomwebRef) else decode_data_uri(source, where)), question
 
 
 def decode_data_uri(url: str, param: str = "image_url.url") -> bytes:
@@ -385,16 +415,6 @@ def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:  # 
         raise _bad(describe_validation(exc.errors()), "messages") from exc
 
 
-async def _decode(data: bytes, params: AnswerParams, svc):  # noqa: ANN001, ANN202
-    t = time.perf_counter()
-    decoded = await run_in_threadpool(
-        decode_image, data, max_pixels=svc.settings.max_pixels, frame=params.frame, slice_index=params.slice
-    )
-    ms = 1000 * (time.perf_counter() - t)
-    svc.metrics.stage_latency.labels("decode_image").observe(ms / 1000)
-    return decoded, ms
-
-
 def count_prompt_tokens(model, image, question: str) -> int:  # noqa: ANN001
     """Tokens of the model's prompt for this image and question (image tokens included), no pixels."""
     from vital_core.preprocess import chat_prompt
@@ -402,95 +422,6 @@ def count_prompt_tokens(model, image, question: str) -> int:  # noqa: ANN001
     proc = model.processor
     n_image = proc.get_number_of_image_patches(image.height, image.width, {}) // proc.merge_size**2
     return len(model.tokenizer(chat_prompt(question, n_image), add_special_tokens=False)["input_ids"])
-
-
-# -- streaming ------------------------------------------------------------------------------------
-def token_deltas(tokenizer, tokens: list[int], final: str) -> list[str]:  # noqa: ANN001
-    """Text pieces, one per token where it completes a character, that concatenate to `final`."""
-    deltas, emitted = [], ""
-    for i in range(1, len(tokens) + 1):
-        text = tokenizer.decode(tokens[:i], skip_special_tokens=True).strip()
-        if text.endswith("\ufffd") or not text.startswith(emitted) or len(text) == len(emitted):
-            continue  # an incomplete multi-byte character, or nothing new yet
-        deltas.append(text[len(emitted) :])
-        emitted = text
-    if not final.startswith(emitted):  # cannot happen with a prefix-stable tokenizer; stay correct anyway
-        return [final]
-    if final != emitted:
-        deltas.append(final[len(emitted) :])
-    return deltas
-
-
-def _events(tokenizer, res, cid: str, created: int, model: str, finish: str, usage: Usage | None):  # noqa: ANN001
-    """Server-sent events: a role chunk, one chunk per token delta, the finish chunk, usage, [DONE]."""
-
-    def chunk(delta: dict, finish_reason: str | None = None, with_usage: Usage | None = None) -> str:
-        body = {
-            "id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}] if delta is not None else [],
-        }  # fmt: skip
-        if with_usage is not None:
-            body["usage"] = with_usage.model_dump()
-        elif usage is not None:
-            body["usage"] = None
-        return f"data: {json.dumps(body)}\n\n"
-
-    async def gen() -> AsyncIterator[str]:
-        yield chunk({"role": "assistant", "content": ""})
-        for piece in token_deltas(tokenizer, res.tokens, res.text):
-            yield chunk({"content": piece})
-        yield chunk({}, finish)
-        if usage is not None:
-            yield chunk(None, with_usage=usage)
-        yield "data: [DONE]\n\n"
-
-    return gen()
-
-
-# -- error shape for /v1 responses made outside these handlers -------------------------------------
-class OpenAIErrorShape:
-    """ASGI middleware: under /v1/, rewrite `{"error": {"code", "message"}}` bodies made outside the /v1
-    handlers (413 from the body limit, 404/405 from routing) into OpenAI's error object; status kept."""
-
-    def __init__(self, app):  # noqa: ANN001 - ASGI app
-        self.app = app
-
-    async def __call__(self, scope, receive, send):  # noqa: ANN001
-        if scope["type"] != "http" or not scope.get("path", "").startswith("/v1/"):
-            return await self.app(scope, receive, send)
-        held: dict = {}
-
-        async def send_wrapper(message):  # noqa: ANN001
-            if message["type"] == "http.response.start":
-                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
-                if message["status"] >= 400 and ctype.startswith(b"application/json"):
-                    held["start"], held["body"] = message, b""
-                    return
-                return await send(message)
-            if message["type"] == "http.response.body" and "start" in held:
-                held["body"] += message.get("body", b"")
-                if message.get("more_body"):
-                    return
-                start = held.pop("start")
-                body = _reshape(held.pop("body"), int(start["status"]))
-                headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await send({**start, "headers": headers})
-                return await send({"type": "http.response.body", "body": body})
-            return await send(message)
-
-        return await self.app(scope, receive, send_wrapper)
-
-
-def _reshape(body: bytes, status: int) -> bytes:
-    try:
-        doc = json.loads(body)
-        err = doc["error"]
-        if "type" in err:
-            return body  # already OpenAI's shape
-        return json.dumps(openai_error(status, err.get("code"), err.get("message", ""))).encode()
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return body
 
 
 def install(app: FastAPI) -> None:

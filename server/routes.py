@@ -198,7 +198,7 @@ async def answer(request: Request, _: Authorized, svc: ReadyService) -> JSONResp
     t0 = time.perf_counter()
     data, params = await read_input(request)
     check_store(params.store, isinstance(data, DicomwebRef), explain=False)
-    decoded, decode_ms, _source = await _decode(data, params, svc)
+    decoded, decode_ms, _source = await decode_input(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
     engine, rid = svc.loaded_engine(), request_id_var.get()
     res = await engine.submit(
@@ -233,7 +233,7 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
     explainer = await get_explainer(svc)  # 404/503 when not configured
     data, params = await read_input(request)
     check_store(params.store, isinstance(data, DicomwebRef), explain=True)
-    decoded, decode_ms, source = await _decode(data, params, svc)
+    decoded, decode_ms, source = await decode_input(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
     engine, rid = svc.loaded_engine(), request_id_var.get()
     queued, started = time.perf_counter(), []
@@ -349,7 +349,7 @@ def _validate(model: type[M], data: dict) -> M:
         raise APIError(422, describe_validation(exc.errors()), "invalid_request") from exc
 
 
-async def _decode(
+async def decode_input(
     data: bytes | DicomwebRef, params: AnswerParams, svc: Service
 ) -> tuple[DecodedImage, float, SourceInstance | None]:
     """(DecodedImage, ms, SourceInstance | None): a PACS reference is fetched first, then decoded."""

@@ -37,6 +37,9 @@ from vital_core.static_cache import StaticRunner
 from vital_core.step import positions3, step
 from vital_core.timing import null_timer
 
+TokenCallback = Callable[[list[int | None]], object]
+"""`on_tokens(step_tokens)`: one decode step's new token per batch row (None: row ended)."""
+
 
 @dataclass
 class LatentOutput:
@@ -81,6 +84,7 @@ def latent_forward(
     runner: StaticRunner | None = None,
     prefix_cache: PrefixCache | None = None,
     image_keys: Sequence[str] | None = None,
+    on_tokens: TokenCallback | None = None,
 ) -> LatentOutput:
     """Run prefix → K latent steps → answer on one left-padded batch.
 
@@ -98,6 +102,10 @@ def latent_forward(
             autograd only; ignored otherwise).
         prefix_cache: reuse image prefixes across calls (greedy decoding without autograd only).
         image_keys: one `prefix_cache.key(image)` per row; default: hashes of the pixel values.
+        on_tokens: greedy decoding only: called on this thread with each decode step's new tokens,
+            one entry per row (None once the row has ended; stop tokens are never passed), in order,
+            so a row's entries concatenate to its `tokens`. Delivered at the host's stop check (no
+            extra sync). A truthy return stops decoding early (every consumer went away).
     """
     vl = core.model
     text = vl.language_model
@@ -134,7 +142,7 @@ def latent_forward(
         start = pre.next_pos + ks  # (B,) position of the first fed answer token
         if answer_ids is not None:
             return _teacher_forced(core, text, seq, h_k, start, lat, ks, answer_ids, answer_mask, timer)
-        tokens = _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer)
+        tokens = _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer, on_tokens)
     return LatentOutput(latents=lat, k=ks, tokens=tokens, prefix_hits=pre.hits)
 
 
@@ -188,10 +196,11 @@ def _teacher_forced(core, text, seq, h_k, start, lat, ks, answer_ids, answer_mas
     return LatentOutput(latents=lat, k=ks, logits=logits, loss=loss)
 
 
-def _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer):
+def _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer, on_tokens=None):
     """Greedy decoding with a stop set; finished rows feed `pad_id` and are ignored.
 
-    The host looks at the stop condition every `seq.stop_every` tokens (the only sync in the loop).
+    The host looks at the stop condition every `seq.stop_every` tokens (the only sync in the loop);
+    with `on_tokens`, that one sync copies the tokens made since the last check instead of `done`.
     """
     stop_set = {int(s) for s in stop_ids}
     stops = torch.tensor(sorted(stop_set) or [-1], device=h_k.device)
@@ -199,8 +208,9 @@ def _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer
         tok = core.lm_head(h_k[:, -1]).argmax(-1)  # (B,)
     done = torch.isin(tok, stops)
     out = [tok]
+    stream = _Deliver(on_tokens, stop_set, len(tok)) if on_tokens is not None else None
     for i in range(1, max_new_tokens):
-        if (i - 1) % seq.stop_every == 0 and bool(done.all()):
+        if (i - 1) % seq.stop_every == 0 and (stream.flush(out) if stream else bool(done.all())):
             break
         with timer("decode"):
             hid = seq.step(text.embed_tokens(tok[:, None]), start + i - 1)  # (B, 1, H)
@@ -208,9 +218,36 @@ def _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer
             tok = torch.where(done, torch.full_like(tok, pad_id), tok)
             done = done | torch.isin(tok, stops)
             out.append(tok)
+    if stream:
+        stream.flush(out)
     seqs = torch.stack(out, dim=1).tolist()  # (B, T)
     result = []
     for row in seqs:
         cut = next((j for j, t in enumerate(row) if t in stop_set), len(row))
         result.append(row[:cut])
     return result
+
+
+class _Deliver:
+    """Hands decode steps' tokens to an `on_tokens` callback as the host sees them."""
+
+    def __init__(self, callback: TokenCallback, stop_set: set[int], batch: int):
+        self.callback, self.stop_set = callback, stop_set
+        self.ended = [False] * batch
+        self.sent = 0  # steps already delivered
+
+    def flush(self, out: list[torch.Tensor]) -> bool:
+        """Deliver steps `out[sent:]` (one host copy); True when every row ended or the callback asks to stop."""
+        if self.sent == len(out):
+            return all(self.ended)
+        steps = torch.stack(out[self.sent :], dim=0).tolist()  # (S, B): the loop's one sync
+        self.sent = len(out)
+        stop = False
+        for row_tokens in steps:
+            new: list[int | None] = []
+            for r, t in enumerate(row_tokens):
+                if not self.ended[r] and t in self.stop_set:
+                    self.ended[r] = True
+                new.append(None if self.ended[r] else t)
+            stop = bool(self.callback(new)) or stop
+        return stop or all(self.ended)

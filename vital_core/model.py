@@ -13,7 +13,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 
 from vital_core.config import VitalConfig
 from vital_core.heads import Scaffold, build_scaffold
-from vital_core.latent import LatentOutput, latent_forward
+from vital_core.latent import LatentOutput, TokenCallback, latent_forward
 from vital_core.lora import attach_lora, merge_lora, unwrap
 from vital_core.prefix_cache import PrefixCache
 from vital_core.preprocess import (
@@ -119,8 +119,10 @@ class VitalModel(nn.Module):
         timer: Callable = null_timer,
         runner: StaticRunner | None = None,
         prefix_cache: PrefixCache | None = None,
+        on_tokens: TokenCallback | None = None,
     ) -> list[Answer]:
-        """Answer a batch of questions (inference mode, greedy; optional static cache and prefix cache)."""
+        """Answer a batch of questions (inference mode, greedy; optional static cache, prefix cache and
+        per-step token callback, see `latent_forward`)."""
         k = self.config.latent.k_default if k is None else k
         with torch.inference_mode():
             with timer("preprocess"):
@@ -134,6 +136,7 @@ class VitalModel(nn.Module):
                 runner=runner,
                 prefix_cache=prefix_cache,
                 image_keys=keys,
+                on_tokens=on_tokens,
             )
         return [
             Answer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -228,7 +229,8 @@ def test_failures_in_process_and_helpers(tiny_bundle, png):
 
     from server import Settings, create_app
     from server.errors import APIError
-    from server.openai_api import decode_data_uri, token_deltas
+    from server.openai_api import decode_data_uri
+    from server.openai_stream import token_deltas
 
     def broken(settings, device):
         raise RuntimeError("no weights here")
@@ -270,3 +272,205 @@ def test_failures_in_process_and_helpers(tiny_bundle, png):
         deltas = token_deltas(tok, ids, final)
         assert "".join(deltas) == final and all(deltas)
         assert "\ufffd" not in "".join(deltas)
+
+
+# -- streaming as the engine decodes: an in-process uvicorn, so the tests can hold the model thread -----------
+@pytest.fixture(scope="module")
+def inproc():
+    """`vital-tiny` served by uvicorn on a thread of this process: `.base`, `.engine`, `.engine_settings`,
+    `.metric(name)`."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    from server import Settings, create_app
+
+    app = create_app(Settings(bundle=BUNDLE, max_wait_ms=0))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.time() < deadline and thread.is_alive(), "in-process server never became ready"
+        time.sleep(0.05)
+
+    def metric(name: str) -> float:
+        m = re.search(rf"^{re.escape(name)} (\S+)", httpx.get(f"{base}/metrics").text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    try:
+        svc = app.state.service
+        yield SimpleNamespace(base=base, engine=svc.engine, engine_settings=svc.settings, metric=metric)
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=30)
+
+
+class HeldDecode:
+    """Wraps the engine's `model.answer`: the streaming batch's decode loop blocks in its first per-step
+    callback until `release()`; records each step, what the engine's callback returned, and the end."""
+
+    def __init__(self, engine, monkeypatch):
+        import threading
+
+        self.real, self.gate = engine.model.answer, threading.Event()
+        self.steps: list[list[int | None]] = []
+        self.stops: list[bool] = []
+        self.held = self.returned = None
+        self.jobs: list = []
+        monkeypatch.setattr(engine.model, "answer", self.answer)
+        run_answers = engine._run_answers
+
+        def spy(batch, started):
+            self.jobs = batch
+            return run_answers(batch, started)
+
+        monkeypatch.setattr(engine, "_run_answers", spy)
+
+    def answer(self, *args, on_tokens=None, **kwargs):
+        def hooked(step):
+            self.steps.append(step)  # before the tokens go out: the client cannot see them first
+            self.stops.append(bool(on_tokens(step)))
+            if len(self.steps) == 1:
+                self.held = self.gate.wait(60)  # the first token is out; decoding waits here
+            return self.stops[-1]
+
+        out = self.real(*args, on_tokens=hooked if on_tokens else None, **kwargs)
+        self.returned = out
+        return out
+
+    def release(self) -> None:
+        self.gate.set()
+
+
+def _sse(lines) -> dict | None:
+    """The next `data: {...}` event from an iterator of SSE lines (None at the end)."""
+    for line in lines:
+        if line.startswith("data: {"):
+            import json
+
+            return json.loads(line[6:])
+    return None
+
+
+def _content(event: dict) -> str:
+    return (event["choices"][0]["delta"].get("content") or "") if event["choices"] else ""
+
+
+def test_stream_sends_tokens_while_the_batch_decodes(inproc, png, monkeypatch):
+    """Deterministic: the model thread is held inside decode step 1 while the client reads the first token."""
+    from server.openai_stream import DeltaDecoder
+
+    held = HeldDecode(inproc.engine, monkeypatch)
+    ref = held.real([Image.open(io.BytesIO(png))], [QUESTION], k=2, max_new_tokens=24)[0]
+    assert len(ref.tokens) >= 3 and DeltaDecoder(inproc.engine.model.tokenizer).push(ref.tokens[0])
+    body = {"model": MODEL, "messages": user(data_uri(png)), "max_tokens": 24, "k": 2, "stream": True}
+    with httpx.stream("POST", f"{inproc.base}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        assert _sse(lines)["choices"][0]["delta"]["role"] == "assistant"
+        first = _content(_sse(lines))
+        # the first token's text arrived while the engine had delivered one step and not finished
+        assert first and len(held.steps) == 1 and held.returned is None
+        held.release()
+        pieces, event = [first], _sse(lines)
+        while event is not None and _content(event):
+            pieces.append(_content(event))
+            event = _sse(lines)
+        assert event["choices"][0]["finish_reason"] in ("stop", "length")
+    assert held.held is True and len(held.steps) >= len(ref.tokens) and not any(held.stops)
+    assert "".join(pieces) == ref.text
+    whole = httpx.post(
+        f"{inproc.base}/v1/chat/completions", json={**body, "stream": False}, timeout=60
+    ).json()
+    assert whole["choices"][0]["message"]["content"] == ref.text
+    assert [s[0] for s in held.steps if s[0] is not None] == ref.tokens  # streamed ids == the answer's
+
+
+def test_stream_client_disconnect_cancels_the_job(inproc, png, monkeypatch, caplog):
+    """A client gone mid-stream: its job is cancelled, decoding stops at the next step, no 500, nothing in flight."""
+    held = HeldDecode(inproc.engine, monkeypatch)
+    route = 'vital_requests_total{route="/v1/chat/completions",status="500"}'
+    errors_before = inproc.metric(route)
+    body = {"model": MODEL, "messages": user(data_uri(png)), "max_tokens": 24, "k": 2, "stream": True}
+    with (
+        httpx.Client(timeout=60) as c,
+        c.stream("POST", f"{inproc.base}/v1/chat/completions", json=body) as r,
+    ):
+        lines = r.iter_lines()
+        _sse(lines)
+        assert _content(_sse(lines)) and len(held.steps) == 1
+        assert inproc.metric("vital_in_flight_requests") == 1
+    # the connection is closed; the model thread is still held inside decode step 1
+    deadline = time.time() + 30
+    while not (held.jobs and held.jobs[0].cancelled):
+        assert time.time() < deadline, "the disconnect did not cancel the job"
+        time.sleep(0.02)
+    held.release()
+    while held.returned is None or inproc.metric("vital_in_flight_requests") != 0:
+        assert time.time() < deadline, "decoding or the request did not end"
+        time.sleep(0.02)
+    assert held.stops == [False, True] and len(held.returned[0].tokens) == 2  # stopped at the next check
+    assert inproc.metric(route) == errors_before
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    ok = httpx.post(f"{inproc.base}/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+    assert ok.status_code == 200  # the engine serves on
+
+
+def test_stream_batched_with_plain_requests(inproc, png):
+    """A streaming request sharing a batch with plain ones: every answer equals the plain one."""
+    body = {"model": MODEL, "messages": user(data_uri(png)), "max_tokens": 24, "extra_body": {"k": 2}}
+    chat = openai.OpenAI(base_url=f"{inproc.base}/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def streamed() -> str:
+        return "".join(_content(c.model_dump()) for c in chat.chat.completions.create(stream=True, **body))
+
+    def plain() -> tuple[str, int]:
+        r = chat.chat.completions.create(**body)
+        return r.choices[0].message.content, r.vital["batch_size"]
+
+    inproc.engine.max_wait = 0.5  # gather: the first request's batch waits for the others
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futs = [pool.submit(streamed), pool.submit(plain), pool.submit(streamed), pool.submit(plain)]
+            out = [f.result() for f in futs]
+    finally:
+        inproc.engine.max_wait = 0.0
+    texts = {out[0], out[2], out[1][0], out[3][0]}
+    assert len(texts) == 1 and "" not in texts
+    assert max(out[1][1], out[3][1]) > 1  # they did share a batch
+
+
+def test_timeout_after_the_stream_started_is_an_error_event(inproc, png, monkeypatch):
+    """The request timeout mid-answer: an OpenAI error event ends the stream (no [DONE]); the client raises it."""
+    held = HeldDecode(inproc.engine, monkeypatch)
+    monkeypatch.setattr(inproc.engine_settings, "request_timeout_s", 1.0)
+    chat = openai.OpenAI(base_url=f"{inproc.base}/v1", api_key="unused", max_retries=0, timeout=60)
+    stream = chat.chat.completions.create(
+        model=MODEL, messages=user(data_uri(png)), max_tokens=24, stream=True, extra_body={"k": 2}
+    )
+    try:
+        events = iter(stream)
+        assert next(events).choices[0].delta.role == "assistant"
+        assert next(events).choices[0].delta.content and len(held.steps) == 1  # decoding is held
+        with pytest.raises(openai.APIError, match="no answer within 1 s"):
+            next(events)  # the job timed out while held: its 504 arrives as an event
+    finally:
+        held.release()
+        stream.close()
+    deadline = time.time() + 30
+    while held.returned is None or inproc.metric("vital_in_flight_requests") != 0:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert held.stops[-1] is True  # the timed-out job was dropped: decoding stopped at the next step

@@ -210,6 +210,60 @@ def test_frame_is_numbered_from_one_as_in_dicom(pacs_client, ask):
     )
 
 
+def test_openai_route_takes_a_dicomweb_reference(pacs_client):
+    """/v1/chat/completions resolves a `dicomweb` reference (a content part or an extra body field) as /answer."""
+    ds = _dataset(MULTIFRAME)
+    chat = {"model": pacs_client.get("/v1/models").json()["data"][0]["id"], "k": 1, "max_tokens": 4}
+    text = {"type": "text", "text": Q}
+    for frame in (1, 2):
+        ref = _ref(ds, frame=frame)
+        by_answer = pacs_client.post(
+            "/answer", json={"dicomweb": ref, "question": Q, "k": 1, "max_new_tokens": 4}
+        )
+        part = {"type": "dicomweb", "dicomweb": ref}
+        by_part = pacs_client.post(
+            "/v1/chat/completions", json={**chat, "messages": [{"role": "user", "content": [part, text]}]}
+        )
+        by_field = pacs_client.post(
+            "/v1/chat/completions",
+            json={**chat, "dicomweb": ref, "stream": True, "messages": [{"role": "user", "content": Q}]},
+        )
+        assert by_answer.status_code == by_part.status_code == by_field.status_code == 200, by_part.text
+        assert by_part.json()["choices"][0]["message"]["content"] == by_answer.json()["answer"]
+        assert by_part.json()["vital"]["image"] == by_answer.json()["image"]
+        events = [json.loads(line[6:]) for line in by_field.text.splitlines() if line.startswith("data: {")]
+        streamed = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+        assert streamed == by_answer.json()["answer"]
+    both = pacs_client.post(
+        "/v1/chat/completions",
+        json={
+            **chat,
+            "dicomweb": _ref(ds),
+            "messages": [{"role": "user", "content": [{"type": "dicomweb", "dicomweb": _ref(ds)}, text]}],
+        },
+    )
+    assert both.status_code == 400 and both.json()["error"]["param"] == "messages", both.text
+    twice = pacs_client.post(
+        "/v1/chat/completions",
+        json={
+            **chat,
+            "dicomweb": _ref(ds, frame=2),
+            "frame": 1,
+            "messages": [{"role": "user", "content": Q}],
+        },
+    )
+    assert twice.status_code == 400 and twice.json()["error"]["param"] == "frame", twice.text
+    missing = pacs_client.post(
+        "/v1/chat/completions",
+        json={
+            **chat,
+            "messages": [{"role": "user", "content": Q}],
+            "dicomweb": {**_ref(ds), "instance": "1.2.3.4"},
+        },
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error", missing.text
+
+
 def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
     from dicomweb_client import DICOMwebClient
 

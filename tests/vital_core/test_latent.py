@@ -209,3 +209,35 @@ def test_train_mode_latents_equal_static_served_path(tiny_model, images, questio
     assert trained.latents.requires_grad and trained.prefix_hits is None, "training never uses the caches"
     torch.testing.assert_close(trained.latents.detach(), served.latents, atol=ATOL, rtol=1e-4)
     assert trained.logits[:, 0].argmax(-1).tolist() == [t[0] for t in served.tokens]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_every", [0, 3])  # 0: dynamic cache; else a static runner checking every n
+def test_on_tokens_streams_each_step_and_equals_the_result(tiny_model, images, questions, stop_every):
+    """The per-step callback gets every row's tokens in order, stop tokens and ended rows as None, and the
+    rows concatenate to the returned tokens; a truthy return stops decoding early."""
+    from vital_core.static_cache import StaticRunner
+
+    runner = StaticRunner(tiny_model.core, stop_every=stop_every) if stop_every else None
+    batch = tiny_model.encode(images[:3], questions[:3])
+    with torch.inference_mode():
+        ref = latent_forward(tiny_model.core, batch, [1, 3, 0], max_new_tokens=6, runner=runner)
+        stops = {ref.tokens[0][1], ref.tokens[2][0]}  # row 0 ends after one token, row 2 at once
+        plain = latent_forward(
+            tiny_model.core, batch, [1, 3, 0], max_new_tokens=8, stop_ids=stops, runner=runner
+        )
+        steps: list[list[int | None]] = []
+        streamed = latent_forward(tiny_model.core, batch, [1, 3, 0], max_new_tokens=8, stop_ids=stops,
+                                  runner=runner, on_tokens=steps.append)  # fmt: skip
+        calls: list[int] = []
+        cut = latent_forward(tiny_model.core, batch, 2, max_new_tokens=8, runner=runner,
+                             on_tokens=lambda step: calls.append(1) or len(calls) >= 2)  # fmt: skip
+    assert streamed.tokens == plain.tokens
+    assert all(len(s) == 3 for s in steps) and 1 < len(steps) <= 8
+    for r in range(3):
+        got = [s[r] for s in steps]
+        n = len(plain.tokens[r])
+        assert got[:n] == plain.tokens[r] and all(t is None for t in got[n:])
+    assert steps[0][2] is None and not set(t for s in steps for t in s) & stops
+    # stop asked from the 2nd step on: decoding ends at the next host check (steps 2..1+n arrive together)
+    assert len(calls) == 1 + max(stop_every, 1) and all(len(t) == len(calls) < 8 for t in cut.tokens)
