@@ -318,9 +318,15 @@ class Engine:
         cap = max(j.max_new_tokens for j in batch)
         images, questions = [j.image for j in batch], [j.question for j in batch]
         answers = self.model.answer(
-            images, questions, k=batch[0].k, max_new_tokens=cap, timer=timer,
-            runner=self.runner, prefix_cache=self.prefix_cache, on_tokens=_forwarder(batch),
-        )  # fmt: skip
+            images,
+            questions,
+            k=batch[0].k,
+            max_new_tokens=cap,
+            timer=timer,
+            runner=self.runner,
+            prefix_cache=self.prefix_cache,
+            on_tokens=_forwarder(batch),
+        )
         stages = timer.totals_ms()
         m = self.metrics
         m.batch_size.observe(len(batch))

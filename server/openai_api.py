@@ -176,7 +176,7 @@ def _bad(message: str, param: str | None, code: str = "invalid_request") -> Para
     return ParamError(400, f"{param}: {message}" if param else message, code, param)
 
 
-def _reply_error(svc, exc: APIError) -> JSONResponse:  # noqa: ANN001
+def _reply_error(svc, exc: APIError) -> JSONResponse:
     status = 400 if exc.status == 422 else exc.status  # OpenAI answers invalid fields with 400
     param = getattr(exc, "param", None)
     if param is None and exc.status == 422:
@@ -286,14 +286,20 @@ async def chat_completions(request: Request) -> Response:
     usage = _usage(prompt_tokens, len(res.tokens))
     timings = {"decode_image": decode_ms, **res.timings_ms, "total": 1000 * (time.perf_counter() - t0)}
     vital = {
-        "k": res.k, "request_id": rid, "batch_size": res.batch_size,
+        "k": res.k,
+        "request_id": rid,
+        "batch_size": res.batch_size,
         "timings_ms": {k_: round(v, 3) for k_, v in timings.items()},
         "image": {"format": decoded.format, "width": decoded.width, "height": decoded.height},
-    }  # fmt: skip
+    }
     body = ChatCompletion(
-        id=cid, created=created, model=name, usage=usage, vital=vital,
+        id=cid,
+        created=created,
+        model=name,
+        usage=usage,
+        vital=vital,
         choices=[Choice(message=AssistantMessage(content=res.text), finish_reason=finish)],
-    )  # fmt: skip
+    )
     return JSONResponse(body.model_dump())
 
 
@@ -317,8 +323,11 @@ async def _first_token(tokens: asyncio.Queue, job: asyncio.Task) -> int | None:
 async def _read_request(request: Request) -> ChatCompletionRequest:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
-        raise APIError(415, f"unsupported content type {ctype or '(none)'!r}; send application/json",
-                       "unsupported_media_type")  # fmt: skip
+        raise APIError(
+            415,
+            f"unsupported content type {ctype or '(none)'!r}; send application/json",
+            "unsupported_media_type",
+        )
     try:
         body = json.loads(await request.body())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -337,14 +346,14 @@ def _invalid(errors: list[dict]) -> ParamError:
     return ParamError(400, describe_validation(errors), "invalid_request", param)
 
 
-def _check_model(model_id: str, svc, param: str | None) -> None:  # noqa: ANN001
+def _check_model(model_id: str, svc, param: str | None) -> None:
     name = svc.model.config.name
     if model_id != name:
         message = f"the model {model_id!r} does not exist; this server serves {name!r}"
         raise ParamError(404, message, "model_not_found", param)
 
 
-def _card(svc) -> ModelCard:  # noqa: ANN001
+def _card(svc) -> ModelCard:
     return ModelCard(id=svc.model.config.name, created=int(svc.started))
 
 
@@ -354,8 +363,11 @@ def _extract(messages: list[ChatMessage], ref: DicomwebRef | None = None) -> tup
     texts: list[str] = []
     for i, msg in enumerate(messages):
         if msg.role in ("assistant", "tool"):
-            raise _bad(f"role {msg.role!r} is not supported: VITAL answers one question about one image "
-                       "(send system/user messages only)", f"messages[{i}].role")  # fmt: skip
+            raise _bad(
+                f"role {msg.role!r} is not supported: VITAL answers one question about one image "
+                "(send system/user messages only)",
+                f"messages[{i}].role",
+            )
         if msg.role != "user" or msg.content is None:
             continue  # system/developer prompts are not part of VITAL's prompt (documented)
         if isinstance(msg.content, str):
@@ -369,8 +381,11 @@ def _extract(messages: list[ChatMessage], ref: DicomwebRef | None = None) -> tup
             else:
                 images.append((part.image_url.url, f"messages[{i}].content[{j}].image_url.url"))
     if len(images) != 1:
-        raise _bad(f"exactly one image is needed (an image_url content part with a data: URI, or a dicomweb "
-                   f"reference), got {len(images)}", "messages")  # fmt: skip
+        raise _bad(
+            f"exactly one image is needed (an image_url content part with a data: URI, or a dicomweb "
+            f"reference), got {len(images)}",
+            "messages",
+        )
     question = "\n".join(t.strip() for t in texts if t.strip())
     if not question:
         raise _bad("the question is missing: add a text part to the user message", "messages")
@@ -382,23 +397,30 @@ def decode_data_uri(url: str, param: str = "image_url.url") -> bytes:
     """Bytes of a base64 `data:` URI; any other URL is refused (never fetched)."""
     scheme = url.split(":", 1)[0].lower() if ":" in url[:16] else ""
     if scheme in ("http", "https"):
-        raise _bad("remote image URLs are not fetched; send the image inline as a data: URI "
-                   "(data:image/png;base64,...)", param, "remote_image_url")  # fmt: skip
+        raise _bad(
+            "remote image URLs are not fetched; send the image inline as a data: URI "
+            "(data:image/png;base64,...)",
+            param,
+            "remote_image_url",
+        )
     if scheme != "data":
         raise _bad(
             "the image URL must be a data: URI (data:<media type>;base64,<data>)", param, "invalid_image_url"
         )
     header, sep, payload = url.partition(",")
     if not sep or not header.lower().endswith(";base64"):
-        raise _bad("the data: URI must be base64-encoded (data:<media type>;base64,<data>)", param,
-                   "invalid_image_url")  # fmt: skip
+        raise _bad(
+            "the data: URI must be base64-encoded (data:<media type>;base64,<data>)",
+            param,
+            "invalid_image_url",
+        )
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _bad(f"the image is not valid base64: {exc}", param, "unreadable_image") from exc
 
 
-def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:  # noqa: ANN001
+def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:
     """The /answer parameters this request means (with the server's limits checked)."""
     if req.stop:
         raise _bad("stop sequences are not supported", "stop")
@@ -415,7 +437,7 @@ def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:  # 
         raise _bad(describe_validation(exc.errors()), "messages") from exc
 
 
-def count_prompt_tokens(model, image, question: str) -> int:  # noqa: ANN001
+def count_prompt_tokens(model, image, question: str) -> int:
     """Tokens of the model's prompt for this image and question (image tokens included), no pixels."""
     from vital_core.preprocess import chat_prompt
 

@@ -297,8 +297,9 @@ async def _read_multipart(request: Request) -> tuple[bytes | DicomwebRef, Answer
     if upload is None and isinstance(form.get("dicomweb"), str):
         return _multipart_ref(form)
     if upload is None or isinstance(upload, str):
-        raise APIError(422, "image: a file field named 'image' (or a 'dicomweb' field) is required",
-                       "invalid_request")  # fmt: skip
+        raise APIError(
+            422, "image: a file field named 'image' (or a 'dicomweb' field) is required", "invalid_request"
+        )
     fields = {k: v for k, v in form.multi_items() if k != "image"}
     if any(not isinstance(v, str) for v in fields.values()):
         raise APIError(422, "only the 'image' field may be a file", "invalid_request")
@@ -329,7 +330,7 @@ async def _read_json(request: Request) -> tuple[bytes | DicomwebRef, AnswerParam
     return data, AnswerParams(**req.model_dump(exclude={"image", "dicomweb"}))
 
 
-def _multipart_ref(form) -> tuple[DicomwebRef, AnswerParams]:  # noqa: ANN001 - starlette FormData
+def _multipart_ref(form) -> tuple[DicomwebRef, AnswerParams]:  # starlette FormData
     fields = {k: v for k, v in form.multi_items() if k != "dicomweb"}
     if any(not isinstance(v, str) for v in fields.values()):
         raise APIError(422, "with 'dicomweb', no field may be a file", "invalid_request")
@@ -359,8 +360,14 @@ async def decode_input(
         frame = frame_index(data, params.frame)
         source = await run_in_threadpool(fetch_instance, svc.settings, data)
         data = source.part10
-    spec = spec_from(axis=params.axis, slice=params.slice, frame=frame, window=params.window,
-                     window_center=params.window_center, window_width=params.window_width)  # fmt: skip
+    spec = spec_from(
+        axis=params.axis,
+        slice=params.slice,
+        frame=frame,
+        window=params.window,
+        window_center=params.window_center,
+        window_width=params.window_width,
+    )
     decoded = await run_in_threadpool(decode_image, data, spec=spec, limits=limits_from(svc.settings))
     ms = 1000 * (time.perf_counter() - t)
     svc.metrics.stage_latency.labels("decode_image").observe(ms / 1000)

@@ -125,7 +125,7 @@ class StaticRunner:
         self._buckets[key] = bucket
         return bucket
 
-    def _eager(self, embeds, pos, mask2d, cache) -> torch.Tensor:  # noqa: ANN001
+    def _eager(self, embeds, pos, mask2d, cache) -> torch.Tensor:
         col = cache.layers[0].cumulative_length  # () long on the device: the column this step writes
         mask = step_mask(mask2d, col, self._attn, self.dtype)  # (b, 1, 1, S)
         return step(self.text, embeds, pos, mask, cache)  # (b, 1, H)

@@ -64,8 +64,13 @@ def png():
 
 
 def _answer(base: str, data: bytes, question: str = QUESTION, **fields) -> dict:
-    r = httpx.post(f"{base}/answer", files={"image": ("img", data)}, data={"question": question, **fields},
-                   headers={"Authorization": f"Bearer {KEY}"}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        f"{base}/answer",
+        files={"image": ("img", data)},
+        data={"question": question, **fields},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -126,8 +131,11 @@ def test_max_tokens_auto_k_and_dicom(client, server, png):
 
     dcm = Path(get_testdata_file("CT_small.dcm")).read_bytes()
     # image first, question in a second user message, a system prompt (not used) and a plain string part
-    messages = [{"role": "system", "content": "You are a radiologist."}, *user(data_uri(dcm, "application/dicom"), None),
-                {"role": "user", "content": "Is there a lesion?"}]  # fmt: skip
+    messages = [
+        {"role": "system", "content": "You are a radiologist."},
+        *user(data_uri(dcm, "application/dicom"), None),
+        {"role": "user", "content": "Is there a lesion?"},
+    ]
     resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, extra_body={"k": 1})
     assert resp.vital["image"]["format"] == "dicom"
     assert (
@@ -140,8 +148,16 @@ def test_same_engine_batches_chat_with_answer(server, png):
     """Concurrent /v1 and /answer requests go through the one queue: they can share a batch."""
     chat = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
     with ThreadPoolExecutor(8) as pool:
-        futs = [pool.submit(chat.chat.completions.create, model=MODEL, messages=user(data_uri(png)), max_tokens=4,
-                            extra_body={"k": 2}) for _ in range(6)]  # fmt: skip
+        futs = [
+            pool.submit(
+                chat.chat.completions.create,
+                model=MODEL,
+                messages=user(data_uri(png)),
+                max_tokens=4,
+                extra_body={"k": 2},
+            )
+            for _ in range(6)
+        ]
         futs += [pool.submit(_answer, server, png, k="2", max_new_tokens="4") for _ in range(2)]
         results = [f.result() for f in futs]
     sizes = [r.vital["batch_size"] for r in results[:6]] + [r["batch_size"] for r in results[6:]]
@@ -166,29 +182,89 @@ def test_errors_in_openai_shape(client, server, png):
     metrics = httpx.get(f"{server}/metrics").text
     before = {c: _counter(metrics, c, s) for c, s in (("remote_image_url", 400), ("unauthorized", 401))}
     cases = [  # (kwargs, exception, status, code, param)
-        ({"messages": user("https://example.org/scan.png")}, openai.BadRequestError, 400, "remote_image_url",
-         "messages[0].content[0].image_url.url"),
-        ({"messages": user("file:///etc/passwd")}, openai.BadRequestError, 400, "invalid_image_url",
-         "messages[0].content[0].image_url.url"),
+        (
+            {"messages": user("https://example.org/scan.png")},
+            openai.BadRequestError,
+            400,
+            "remote_image_url",
+            "messages[0].content[0].image_url.url",
+        ),
+        (
+            {"messages": user("file:///etc/passwd")},
+            openai.BadRequestError,
+            400,
+            "invalid_image_url",
+            "messages[0].content[0].image_url.url",
+        ),
         ({"messages": user(None)}, openai.BadRequestError, 400, "invalid_request", "messages"),
         ({"messages": user(uri, None)}, openai.BadRequestError, 400, "invalid_request", "messages"),
         ({"messages": user(uri) + user(uri)}, openai.BadRequestError, 400, "invalid_request", "messages"),
-        ({"messages": [*user(uri), {"role": "assistant", "content": "hi"}]}, openai.BadRequestError, 400,
-         "invalid_request", "messages[1].role"),
+        (
+            {"messages": [*user(uri), {"role": "assistant", "content": "hi"}]},
+            openai.BadRequestError,
+            400,
+            "invalid_request",
+            "messages[1].role",
+        ),
         ({"messages": user(uri), "model": "gpt-4o"}, openai.NotFoundError, 404, "model_not_found", "model"),
-        ({"messages": user(uri), "extra_body": {"k": 9}}, openai.BadRequestError, 400, "invalid_request", "k"),
-        ({"messages": user(uri), "max_tokens": 33}, openai.BadRequestError, 400, "invalid_request", "max_tokens"),
+        (
+            {"messages": user(uri), "extra_body": {"k": 9}},
+            openai.BadRequestError,
+            400,
+            "invalid_request",
+            "k",
+        ),
+        (
+            {"messages": user(uri), "max_tokens": 33},
+            openai.BadRequestError,
+            400,
+            "invalid_request",
+            "max_tokens",
+        ),
         ({"messages": user(uri), "n": 2}, openai.BadRequestError, 400, "invalid_request", "n"),
-        ({"messages": user(uri), "frequency_penalty": 0.5}, openai.BadRequestError, 400, "invalid_request",
-         "frequency_penalty"),
-        ({"messages": user("data:image/png;base64,@@@")}, openai.BadRequestError, 400, "unreadable_image",
-         "messages[0].content[0].image_url.url"),
-        ({"messages": user(data_uri(b"%PDF-1.4" + b"\0" * 64))}, openai.APIStatusError, 415, "unsupported_image", None),
-        ({"messages": user(data_uri(b"\0" * (MAX_BODY + 1)))}, openai.APIStatusError, 413, "body_too_large", None),
-        ({"messages": user(uri), "stream": True}, None, 200, None, None),  # control: the same body streams fine
-        ({"messages": user("http://127.0.0.1:1/x.png"), "stream": True}, openai.BadRequestError, 400,
-         "remote_image_url", "messages[0].content[0].image_url.url"),
-    ]  # fmt: skip
+        (
+            {"messages": user(uri), "frequency_penalty": 0.5},
+            openai.BadRequestError,
+            400,
+            "invalid_request",
+            "frequency_penalty",
+        ),
+        (
+            {"messages": user("data:image/png;base64,@@@")},
+            openai.BadRequestError,
+            400,
+            "unreadable_image",
+            "messages[0].content[0].image_url.url",
+        ),
+        (
+            {"messages": user(data_uri(b"%PDF-1.4" + b"\0" * 64))},
+            openai.APIStatusError,
+            415,
+            "unsupported_image",
+            None,
+        ),
+        (
+            {"messages": user(data_uri(b"\0" * (MAX_BODY + 1)))},
+            openai.APIStatusError,
+            413,
+            "body_too_large",
+            None,
+        ),
+        (
+            {"messages": user(uri), "stream": True},
+            None,
+            200,
+            None,
+            None,
+        ),  # control: the same body streams fine
+        (
+            {"messages": user("http://127.0.0.1:1/x.png"), "stream": True},
+            openai.BadRequestError,
+            400,
+            "remote_image_url",
+            "messages[0].content[0].image_url.url",
+        ),
+    ]
     for kwargs, exc, status, code, param in cases:
         kwargs = {"model": MODEL, **kwargs}
         if exc is None:
@@ -209,8 +285,11 @@ def test_errors_in_openai_shape(client, server, png):
             call()
         assert _error(info)["type"] == "authentication_error"
         assert info.value.response.headers["www-authenticate"] == "Bearer"
-    r = httpx.post(f"{server}/v1/chat/completions", content=b"{not json", headers={
-        "Authorization": f"Bearer {KEY}", "content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        f"{server}/v1/chat/completions",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {KEY}", "content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_request"
     r = httpx.get(f"{server}/v1/completions", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"  # routing errors too

@@ -227,11 +227,24 @@ def test_on_tokens_streams_each_step_and_equals_the_result(tiny_model, images, q
             tiny_model.core, batch, [1, 3, 0], max_new_tokens=8, stop_ids=stops, runner=runner
         )
         steps: list[list[int | None]] = []
-        streamed = latent_forward(tiny_model.core, batch, [1, 3, 0], max_new_tokens=8, stop_ids=stops,
-                                  runner=runner, on_tokens=steps.append)  # fmt: skip
+        streamed = latent_forward(
+            tiny_model.core,
+            batch,
+            [1, 3, 0],
+            max_new_tokens=8,
+            stop_ids=stops,
+            runner=runner,
+            on_tokens=steps.append,
+        )
         calls: list[int] = []
-        cut = latent_forward(tiny_model.core, batch, 2, max_new_tokens=8, runner=runner,
-                             on_tokens=lambda step: calls.append(1) or len(calls) >= 2)  # fmt: skip
+        cut = latent_forward(
+            tiny_model.core,
+            batch,
+            2,
+            max_new_tokens=8,
+            runner=runner,
+            on_tokens=lambda step: calls.append(1) or len(calls) >= 2,
+        )
     assert streamed.tokens == plain.tokens
     assert all(len(s) == 3 for s in steps) and 1 < len(steps) <= 8
     for r in range(3):
