@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder-steps", type=int, default=150, help="training steps of the tiny MedSigLIP")
     p.add_argument("--encoder-images", type=int, default=1200, help="train images for the tiny MedSigLIP")
     p.set_defaults(func=run)
-    from training.encoder_train import register as register_encoder
+    from training.cli.encoder import register as register_encoder
 
     register_encoder(sub)
 

@@ -120,29 +120,41 @@ def test_sigterm_answers_every_accepted_request_even_mid_body(tiny_bundle, encod
     with serve(tiny_bundle, tmp_path, **env) as srv:
         assert httpx.get(f"{srv.base}/health").json() == {"status": "ok"}
         n = 12
-
-        def call(i: int) -> httpx.Response:
-            files = {"image": ("img.png", encode_image(i), "image/png")}
-            data = {"question": "Where is the liver?", "k": "2", "max_new_tokens": "8"}
-            return httpx.post(f"{srv.base}/answer", files=files, data=data, timeout=600)
-
+        # Every request is made in flight deterministically before the signal: headers and the start of
+        # the body sent, the rest held back. (Waiting for n plain clients to be in flight at once raced
+        # on an idle machine: early answers finished before the last clients connected.)
+        bodies = [
+            _multipart(encode_image(i), {"question": "Where is the liver?", "k": "2", "max_new_tokens": "8"})
+            for i in range(n)
+        ]
+        socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(n)]
+        for sock, (b, ct) in zip(socks, bodies):
+            sock.sendall(_head(srv.port, len(b), ct) + b[:100])
         slow = socket.create_connection(("127.0.0.1", srv.port))
         slow.sendall(_head(srv.port, len(body), ctype) + body[:100])  # headers + part of the body
+        deadline = time.time() + 120
+        while srv.metric("vital_in_flight_requests") < n + 1:  # the scrape itself is not counted
+            assert time.time() < deadline, "requests never all in flight"
+            time.sleep(0.02)
+        srv.proc.send_signal(signal.SIGTERM)
+        ready = httpx.get(f"{srv.base}/ready", timeout=30)  # inside the drain window
+
+        def finish(i: int) -> tuple[int, dict]:  # the load: n answers computed during the drain
+            socks[i].sendall(bodies[i][0][100:])
+            try:
+                return _read_response(socks[i], timeout=300)
+            finally:
+                socks[i].close()
+
         with ThreadPoolExecutor(n) as pool:
-            futures = [pool.submit(call, i) for i in range(n)]
-            deadline = time.time() + 120
-            while srv.metric("vital_in_flight_requests") < n + 1:  # the scrape itself is not counted
-                assert time.time() < deadline
-                time.sleep(0.02)
-            srv.proc.send_signal(signal.SIGTERM)
-            ready = httpx.get(f"{srv.base}/ready", timeout=30)  # inside the drain window
-            results = [f.result() for f in futures]
+            results = list(pool.map(finish, range(n)))
         time.sleep(2.0)  # past the window: uvicorn has stopped listening; the slow request goes on
         slow.sendall(body[100:])
         status, answer = _read_response(slow, timeout=300)
         slow.close()
         assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
-        assert [r.status_code for r in results] == [200] * n, [r.text for r in results]
+        assert [code for code, _ in results] == [200] * n, results
+        assert all(isinstance(r["answer"], str) for _, r in results)
         assert status == 200 and answer["answer"] is not None, answer
         assert srv.proc.wait(timeout=120) == 0
         with pytest.raises(httpx.TransportError):
