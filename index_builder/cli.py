@@ -82,11 +82,12 @@ def _spec(args: argparse.Namespace) -> dict:
 
 def run_extract_roi(args: argparse.Namespace) -> int:
     """Extract ROI features for a JSONL manifest into a sharded store (torchrun-aware)."""
-    from index_builder.samples import SampleError, read_manifest
+    from index_builder.samples import SampleError, read_manifest, read_step_masks
     from index_builder.store import extract_to_store
 
     try:
-        refs = read_manifest(args.manifest, require_mask=True)
+        # rows with `step_masks` also get one feature per step whose mask is not the row's (key id#sK)
+        refs = read_manifest(args.manifest, require_mask=True) + read_step_masks(args.manifest)
         params = ROIParams(tau=args.tau, margin=args.margin, crop_pool=args.crop_pool, top_k=args.top_k)
     except (SampleError, ValueError) as exc:
         raise CLIError(str(exc)) from exc

@@ -118,8 +118,15 @@ class PatchEncoder:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.batch_size = batch_size
         if config.path is not None:
+
+            class VisionTower(SiglipVisionModel):
+                """A full SiglipModel checkpoint (MedSigLIP, `vital train-encoder`) read for its vision
+                tower: the text tower's and the logit scale/bias keys are expected there, not reported."""
+
+                _keys_to_ignore_on_load_unexpected = [r"^text_model\.", r"^logit_(scale|bias)$"]
+
             try:
-                model = SiglipVisionModel.from_pretrained(config.path, local_files_only=True)
+                model = VisionTower.from_pretrained(config.path, local_files_only=True)
             except OSError as exc:
                 raise EncoderError(f"cannot load SigLIP vision weights from {config.path}: {exc}") from exc
         else:

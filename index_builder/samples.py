@@ -8,6 +8,7 @@ Relative paths resolve against the manifest's folder.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,34 @@ class SampleRef:
     id: str
     image: Path
     mask: Path | None = None
+
+
+def step_key(key: str, step: int) -> str:
+    """Feature-store key of reasoning step `step` (from 1) of sample `key`, when that step has its own mask."""
+    return f"{key}#s{step}"
+
+
+def read_step_masks(path: str | Path) -> list[SampleRef]:
+    """The per-step masks of a manifest's rows (`step_masks`, one per reasoning sentence) as SampleRefs
+    keyed `step_key(id, k)`, for the steps whose mask differs from the row's `mask` (those steps share
+    the row's own ROI feature). Rows without `step_masks` contribute nothing."""
+    path = Path(path)
+    base, refs = path.parent, []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        masks = row.get("step_masks") if isinstance(row, dict) else None
+        if not masks:
+            continue
+        if not isinstance(masks, list) or not all(isinstance(m, str) and m for m in masks):
+            raise SampleError(f"{path}:{lineno}: 'step_masks' must be a list of mask paths")
+        own = Path(os.path.normpath(base / row["mask"])) if row.get("mask") else None
+        for k, m in enumerate(masks, 1):
+            p = Path(os.path.normpath(base / m))
+            if p != own:
+                refs.append(SampleRef(step_key(str(row["id"]), k), base / row["image"], p))
+    return refs
 
 
 def read_manifest(path: str | Path, require_mask: bool = False) -> list[SampleRef]:

@@ -4,13 +4,15 @@ Collapse: S[i, j] = mean over test samples of cos(h_i, h_j), i, j = 1..K (h_0, t
 out, as in eq. 9). A collapsed loop has every off-diagonal entry near 1.
 
 Grounding: the /explain heatmap of step k — cosine of normalize(VP(h_k)) with each cell of the frozen
-encoder's patch grid of the query image (index_builder.heatmap.cosine_grid) — against the sample's mask
-downsampled to the same grid (index_builder.roi.grid_coverage, i.e. the encoder's square padding; a cell
+encoder's patch grid of the query image (index_builder.heatmap.cosine_grid) — against that step's mask (the
+sample's `step_masks`, e.g. the two structures a multi-hop question compares, then its target; the sample's
+mask for every step without them) downsampled to the same grid (index_builder.roi.grid_coverage, i.e. the encoder's square padding; a cell
 is in the mask when >= 30% of its area is mask, else the cells of maximal coverage, exactly as for the ROI
 targets). Per step: pointing accuracy (the heatmap's peak cell is a mask cell), IoU of the thresholded
 heatmap (cells with cosine > mean + std of the grid) with the mask cells, IoU of the top-|M| cells (as
 many cells as the mask has), and the active fraction (share of cells above mean + std; smaller = more
-focused). docs/evaluation.md has the details.
+focused); also pointing of the centred map (`centred_cosine_grid`) and each map's correlation with the previous
+step's (do the steps look at different places?). docs/evaluation.md has the details.
 """
 
 from __future__ import annotations
@@ -137,18 +139,59 @@ def grounding_from_predictions(
         lat = torch.stack([p.latents[1 : k + 1] for p in chunk]).to(device)  # (b, K, H)
         queries = visual_queries(vp, lat)  # (b, K, D)
         for i, p in enumerate(chunk):
-            with Image.open(p.sample.mask) as im:
-                cells = mask_cells(np.asarray(im.convert("L")) > 127, encoder.grid)
-            chance.append(float(cells.mean()))
-            rows.append([step_grounding(cosine_grid(q, grids[i]), cells) for q in queries[i]])
+            cells = [_cells(m, encoder.grid) for m in step_mask_paths(p.sample, k)]
+            chance.append(float(cells[-1].mean()))
+            maps = [cosine_grid(q, grids[i]) for q in queries[i]]
+            centred = [centred_cosine_grid(q, grids[i]) for q in queries[i]]
+            row = []
+            for s, (cos, cc) in enumerate(zip(maps, centred)):
+                g = step_grounding(cos, cells[s])
+                g["pointing_centred"] = step_grounding(cc, cells[s])["pointing"]
+                g["prev_cosine"] = _map_cosine(cos, maps[s - 1]) if s else float("nan")
+                row.append(g)
+            rows.append(row)
             if out is not None and start + i < examples:
                 for s, q in enumerate(queries[i]):
                     (out / f"{p.item.id}-step{s + 1}.png").write_bytes(heatmap(q, grids[i], images[i]).png)
-    per_step = [
-        {"step": s + 1, **{m: round(float(np.mean([r[s][m] for r in rows])), 4) for m in rows[0][0]}}
-        for s in range(k)
-    ]
+    per_step = [{"step": s + 1, **{m: _mean([r[s][m] for r in rows]) for m in rows[0][0]}} for s in range(k)]
     return {"k": k, "n": len(rows), "chance_pointing": round(float(np.mean(chance)), 4), "per_step": per_step}
+
+
+def step_mask_paths(sample: Any, k: int) -> list[Path]:
+    """The mask each of k latent steps is scored against: the sample's `step_masks` where it has them
+    (a sample run at a K beyond its own depth repeats its last step's mask), else its mask for every step."""
+    masks = list(getattr(sample, "step_masks", ()) or ()) or [sample.mask]
+    return [masks[min(j, len(masks) - 1)] for j in range(k)]
+
+
+def centred_cosine_grid(query: Any, grid: Any) -> np.ndarray:
+    """Cosine of query and patches after removing the image's mean (L2-normalised) patch feature from both:
+    what sets a cell apart from the rest of this image (a secondary grounding measure, not the heatmap)."""
+    from index_builder.heatmap import cosine_grid
+
+    g = F.normalize(torch.as_tensor(np.asarray(grid, dtype=np.float32)), dim=-1)  # (G, G, D)
+    mu = g.flatten(0, 1).mean(0)  # (D,)
+    q = F.normalize(torch.as_tensor(np.asarray(query, dtype=np.float32)).flatten(), dim=0)
+    return cosine_grid(q - mu, g - mu)
+
+
+def _cells(mask: Path, grid: int) -> np.ndarray:
+    with Image.open(mask) as im:
+        return mask_cells(np.asarray(im.convert("L")) > 127, grid)
+
+
+def _map_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two heatmaps after removing each map's mean (Pearson correlation of the cells): 1 = the
+    same picture. Without the mean removal every map of one image scores ~1: the cosine of any query with
+    patches that share a common component is dominated by the image, not by the query."""
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def _mean(values: list[float]) -> float | None:
+    v = [x for x in values if not np.isnan(x)]
+    return round(float(np.mean(v)), 4) if v else None
 
 
 def grounding_table(report: dict[str, Any], title: str = "") -> str:
@@ -158,13 +201,16 @@ def grounding_table(report: dict[str, Any], title: str = "") -> str:
         f"n = {report['n']}, K = {report['k']}, chance pointing (mean mask share of the grid) = "
         f"{100 * report['chance_pointing']:.1f}%",
         "",
-        "| step | pointing acc. | IoU (> mean+std) | IoU (top-\\|M\\|) | active fraction |",
-        "|---|---|---|---|---|",
+        "| step | pointing acc. | pointing (centred) | IoU (> mean+std) | IoU (top-\\|M\\|) | "
+        "active fraction | heatmap cos. with previous step |",
+        "|---|---|---|---|---|---|---|",
     ]
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for r in report["per_step"]:
+        prev = r.get("prev_cosine")
         lines.append(
-            f"| h{r['step']} | {100 * r['pointing']:.1f} | {100 * r['iou']:.1f} | "
-            f"{100 * r['iou_top']:.1f} | {100 * r['active_fraction']:.1f} |"
+            f"| h{r['step']} | {pct(r['pointing'])} | {pct(r.get('pointing_centred'))} | {pct(r['iou'])} | "
+            f"{pct(r['iou_top'])} | {pct(r['active_fraction'])} | {'–' if prev is None else f'{prev:.3f}'} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -75,6 +75,10 @@ class OptimSpec:
             raise ConfigError("optim.warmup_ratio must be in [0, 1)")
 
 
+VISUAL_TARGETS = ("shared", "per_step", "per_hop")
+"""What each latent step's visual projector regresses (`loss.visual_target`)."""
+
+
 @dataclass
 class LossSpec:
     """The joint objective L_task + λ_sem·L_sem + λ_vis·L_vis and its ablation switches."""
@@ -89,11 +93,13 @@ class LossSpec:
     visual: bool = True
     """False drops the visual-projector loss (ablation)."""
     visual_target: str = "shared"
-    """shared (paper default) or per_step (§C.5: interpolate global → ROI feature over the steps)."""
+    """shared (paper default), per_step (§C.5: interpolate global → ROI feature over the steps) or per_hop
+    (ours: step k regresses the ROI feature of its own mask, the manifest's `step_masks`; steps without
+    one fall back to the sample's mask, so on a manifest without step masks it equals shared)."""
 
     def __post_init__(self) -> None:
-        if self.visual_target not in ("shared", "per_step"):
-            raise ConfigError("loss.visual_target: shared or per_step")
+        if self.visual_target not in VISUAL_TARGETS:
+            raise ConfigError(f"loss.visual_target: one of {', '.join(VISUAL_TARGETS)}")
 
 
 @dataclass

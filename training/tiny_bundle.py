@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, help="processes for data generation")
     p.add_argument("--stage0-recipe", default="configs/tiny-stage0.yaml")
     p.add_argument("--recipe", default="configs/tiny.yaml")
-    p.add_argument("--index-images", type=int, default=400, help="reference images in the FAISS index")
+    p.add_argument("--index-images", type=int, default=100, help="reference images in the FAISS index")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test samples")
     p.add_argument("--encoder-steps", type=int, default=150, help="training steps of the tiny MedSigLIP")
     p.add_argument("--encoder-images", type=int, default=1200, help="train images for the tiny MedSigLIP")
@@ -98,7 +98,9 @@ def _phantom(out: Path, args: argparse.Namespace) -> Path:
     meta = out / "phantom.json"
     if manifest.is_file() and meta.is_file():
         m = json.loads(meta.read_text())
-        if m.get("n") == args.n and m.get("seed") == args.seed:
+        from training.phantom.generate import FORMAT_VERSION
+
+        if (m.get("n"), m.get("seed"), m.get("format_version")) == (args.n, args.seed, FORMAT_VERSION):
             log.info("phantom data already at %s", out)
             return manifest
     return generate(out, n=args.n, seed=args.seed, size=128, workers=args.workers)
@@ -135,17 +137,18 @@ def trained_encoder(encoder_dir: Path, seed: int = 0):
 
 def _roi_store(manifest: Path, out: Path, seed: int, encoder_dir: Path) -> Path:
     from index_builder.roi import ROIParams
-    from index_builder.samples import read_manifest
-    from index_builder.store import extract_to_store
+    from index_builder.samples import read_manifest, read_step_masks
+    from index_builder.store import FeatureStore, extract_to_store
 
-    if (out / "manifest.json").is_file():
+    refs = read_manifest(manifest, require_mask=True) + read_step_masks(manifest)
+    if (out / "manifest.json").is_file() and len(FeatureStore(out)) == len(refs):
         log.info("ROI store already at %s", out)
         return out
     enc = trained_encoder(encoder_dir, seed)
     params = ROIParams()
     extract_to_store(
         enc,
-        read_manifest(manifest, require_mask=True),
+        refs,
         out,
         params,
         spec={"encoder": str(encoder_dir), "seed": seed, "params": repr(params)},

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from training.data.batches import RoiTargets, batch_loader, in_phase, k_batches, per_step_targets
+from training.data.batches import RoiTargets, batch_loader, in_phase, k_batches, per_step_targets, roi_keys
 from training.data.manifest import Sample, load_manifest
 from training.recipe import PhaseSpec, Recipe, phases_for
 from vital_core.heads import encode_steps
@@ -326,7 +326,7 @@ class Trainer:
         if r.stage == "latent" and r.loss.visual:
             if not r.data.roi_store:
                 raise ValueError("loss.visual needs data.roi_store (or set loss.visual=false)")
-            targets = RoiTargets(r.data.roi_store, [s.roi_key or s.id for s in samples])
+            targets = RoiTargets(r.data.roi_store, roi_keys(samples, r.loss.visual_target == "per_hop"))
         global_feats = self._global_features(model, samples) if r.loss.visual_target == "per_step" else None
         state, extra = self._restore(model)
         if extra is not None:
@@ -363,6 +363,7 @@ class Trainer:
                 targets=targets,
                 global_features=global_feats,
                 num_workers=r.num_workers,
+                per_hop=r.loss.visual_target == "per_hop",
             )
             acc: dict[str, torch.Tensor] = {}
             for pos, batch in enumerate(loader, start=state.batch_pos):

@@ -54,7 +54,9 @@ def test_pairs_regenerate_the_manifest_scenes(phantom_dir: Path) -> None:
         assert np.allclose(data.grids[i][j], et.cell_fractions(mask, 16))
 
 
-def test_training_lowers_the_losses_and_saves_a_loadable_siglip(phantom_dir: Path, tmp_path: Path) -> None:
+def test_training_lowers_the_losses_and_saves_a_loadable_siglip(
+    phantom_dir: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     from transformers import SiglipModel
 
     from index_builder.encoder import load_encoder
@@ -79,7 +81,10 @@ def test_training_lowers_the_losses_and_saves_a_loadable_siglip(phantom_dir: Pat
     model.eval().save_pretrained(tmp_path / "enc")
     tok.save_pretrained(tmp_path / "enc")
     assert isinstance(SiglipModel.from_pretrained(tmp_path / "enc"), SiglipModel)
+    capfd.readouterr()
     enc = load_encoder(dataclasses.replace(tiny().encoder, path=str(tmp_path / "enc")), device="cpu")
+    loaded = capfd.readouterr()
+    assert "UNEXPECTED" not in loaded.out + loaded.err  # the text tower's keys are expected in this file
     from PIL import Image
 
     grid = enc.encode([Image.fromarray(data.pixels[0].numpy())])  # (1, 16, 16, D)

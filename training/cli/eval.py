@@ -89,6 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--split", default="test")
         p.add_argument("--k", type=int, default=4, help="latent steps (default 4)")
         p.add_argument("--limit", type=int, default=200, help="first N samples (default 200)")
+        p.add_argument(
+            "--multihop",
+            action="store_true",
+            help="only the phantom's multi-hop questions (steps about different structures)",
+        )
         p.add_argument("--device", default="cpu")
         p.add_argument("--out", help="output folder (JSON, markdown, PNG)")
         if name == "grounding":
@@ -237,11 +242,17 @@ def _samples(args: argparse.Namespace) -> list:
     from training.data.manifest import ManifestError, load_manifest
 
     try:
-        samples = [s for s in load_manifest(args.manifest) if s.split == args.split][: args.limit]
+        samples = [s for s in load_manifest(args.manifest) if s.split == args.split]
     except (ManifestError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from exc
+    if getattr(args, "multihop", False):
+        from training.phantom.multihop import is_multihop
+
+        samples = [s for s in samples if is_multihop(s.question_type, s.answer)]
+    samples = samples[: args.limit]
     if not samples:
-        raise CLIError(f"{args.manifest}: no samples in split {args.split!r}")
+        what = "multi-hop samples" if getattr(args, "multihop", False) else "samples"
+        raise CLIError(f"{args.manifest}: no {what} in split {args.split!r}")
     if args.k < 1:
         raise CLIError("--k must be >= 1")
     return samples

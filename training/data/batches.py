@@ -21,7 +21,7 @@ class Batch:
     samples: list[Sample]
     k: int
     images: list[Image.Image]
-    targets: torch.Tensor | None  # (B, D) ROI features, or None without a store
+    targets: torch.Tensor | None  # (B, D) ROI features, (B, K, D) per-hop ones, or None without a store
     globals_: torch.Tensor | None  # (B, D) global image features (per-step target variant)
 
 
@@ -93,6 +93,23 @@ class RoiTargets:
     def __call__(self, keys: Sequence[str]) -> torch.Tensor:
         return torch.stack([self.features[k] for k in keys])  # (B, D)
 
+    def per_hop(self, samples: Sequence[Sample], k: int) -> torch.Tensor:
+        """(B, k, D): step j's target is the ROI feature of step j's mask (`Sample.step_roi_keys`). A batch
+        run at another K than a sample's own (ablations' forced K) repeats its last step or drops the rest."""
+        rows = []
+        for s in samples:
+            keys = s.step_roi_keys()
+            rows.append(torch.stack([self.features[keys[min(j, len(keys) - 1)]] for j in range(k)]))
+        return torch.stack(rows)
+
+
+def roi_keys(samples: Sequence[Sample], per_hop: bool = False) -> list[str]:
+    """Every feature-store key a training run needs: each sample's ROI key, and its steps' with `per_hop`."""
+    keys = [s.roi_key or s.id for s in samples]
+    if per_hop:
+        keys += [k for s in samples for k in s.step_roi_keys()]
+    return list(dict.fromkeys(keys))
+
 
 def load_batch(
     samples: Sequence[Sample],
@@ -100,6 +117,7 @@ def load_batch(
     k: int,
     targets: RoiTargets | None,
     global_features: dict[str, torch.Tensor] | None = None,
+    per_hop: bool = False,
 ) -> Batch:
     """Read the images of one batch and gather its targets."""
     chosen = [samples[i] for i in indices]
@@ -108,9 +126,17 @@ def load_batch(
         with Image.open(s.image) as im:
             images.append(im.convert("RGB"))
     keys = [s.roi_key or s.id for s in chosen]
-    tgt = targets(keys) if targets is not None else None
+    tgt = _targets(targets, chosen, keys, k, per_hop)
     glob = torch.stack([global_features[k] for k in keys]) if global_features else None
     return Batch(chosen, k, images, tgt, glob)
+
+
+def _targets(
+    targets: RoiTargets | None, chosen: Sequence[Sample], keys: Sequence[str], k: int, per_hop: bool
+) -> torch.Tensor | None:
+    if targets is None:
+        return None
+    return targets.per_hop(chosen, max(k, 1)) if per_hop else targets(keys)
 
 
 def per_step_targets(roi: torch.Tensor, glob: torch.Tensor, k: int) -> torch.Tensor:
@@ -143,16 +169,18 @@ class CollateBatch:
         k_override: int | None,
         targets: RoiTargets | None,
         global_features: dict[str, torch.Tensor] | None,
+        per_hop: bool = False,
     ):
         self.samples, self.k_override = samples, k_override
-        self.targets, self.global_features = targets, global_features
+        self.targets, self.global_features, self.per_hop = targets, global_features, per_hop
 
     def __call__(self, items: list[tuple[int, Image.Image]]) -> Batch:
         chosen = [self.samples[i] for i, _ in items]
         keys = [s.roi_key or s.id for s in chosen]
-        tgt = self.targets(keys) if self.targets is not None else None
+        k = sample_k(chosen[0], self.k_override)
+        tgt = _targets(self.targets, chosen, keys, k, self.per_hop)
         glob = torch.stack([self.global_features[k] for k in keys]) if self.global_features else None
-        return Batch(chosen, sample_k(chosen[0], self.k_override), [im for _, im in items], tgt, glob)
+        return Batch(chosen, k, [im for _, im in items], tgt, glob)
 
 
 def batch_loader(
@@ -163,13 +191,14 @@ def batch_loader(
     targets: RoiTargets | None = None,
     global_features: dict[str, torch.Tensor] | None = None,
     num_workers: int = 0,
+    per_hop: bool = False,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over exactly `batches` in order (pass `seq[pos:]` to resume): `num_workers`
     processes decode images and gather targets while the model steps; 0 does it in this process."""
     return torch.utils.data.DataLoader(
         SampleImages(samples),
         batch_sampler=[list(b) for b in batches],
-        collate_fn=CollateBatch(samples, k_override, targets, global_features),
+        collate_fn=CollateBatch(samples, k_override, targets, global_features, per_hop),
         num_workers=num_workers,
         prefetch_factor=2 if num_workers else None,
         # its own generator: drawing worker seeds from the global RNG would make a resumed run diverge

@@ -40,7 +40,7 @@ _REQUIRED = (
     "target_type",
     "split",
 )
-_OPTIONAL = ("roi_key",)
+_OPTIONAL = ("roi_key", "step_masks")
 _FIELDS = _REQUIRED + _OPTIONAL
 _MAX_REPORTED = 20
 
@@ -80,13 +80,29 @@ class Sample:
     """train, val or test."""
     roi_key: str = ""
     """Key of the ROI feature in the index_builder feature store; empty means `id`."""
+    step_masks: tuple[Path, ...] = ()
+    """Optional: one mask per reasoning sentence (the region that step is about); empty means every step
+    is about `mask`. Steps whose mask is not `mask` get their own ROI feature (`step_roi_keys`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "reasoning", tuple(self.reasoning))
         object.__setattr__(self, "image", Path(self.image))
         object.__setattr__(self, "mask", Path(self.mask))
+        object.__setattr__(self, "step_masks", tuple(Path(p) for p in self.step_masks))
         if not self.roi_key:
             object.__setattr__(self, "roi_key", self.id)
+
+    def step_roi_keys(self) -> tuple[str, ...]:
+        """The ROI feature key of each reasoning step: `roi_key` where the step's mask is the sample's
+        mask (or no step masks are given), else `step_key(id, k)` (index_builder.samples; keyed by the
+        sample's id as `vital extract-roi` writes them: a step mask belongs to one question)."""
+        from index_builder.samples import step_key
+
+        if not self.step_masks:
+            return (self.roi_key,) * self.k
+        return tuple(
+            self.roi_key if m == self.mask else step_key(self.id, k) for k, m in enumerate(self.step_masks, 1)
+        )
 
     @property
     def k(self) -> int:
@@ -100,6 +116,10 @@ class Sample:
             value = getattr(self, name)
             if isinstance(value, Path):
                 value = _relative(value, base)
+            elif name == "step_masks":
+                if not value:
+                    continue
+                value = [_relative(p, base) for p in value]
             elif isinstance(value, tuple):
                 value = list(value)
             row[name] = value
@@ -216,12 +236,26 @@ def _check_row(row: dict[str, Any], base: Path, check_files: bool) -> list[tuple
         errs.append(("split", f"expected one of {', '.join(SPLITS)}, got {row['split']!r}"))
     if "reasoning" in row:
         errs += _check_reasoning(row["reasoning"], qtype if qtype in QUESTION_TYPES else None)
+    if "step_masks" in row:
+        errs += _check_step_masks(row["step_masks"], row.get("reasoning"), base, check_files)
     if check_files:
         for name in ("image", "mask"):
             value = row.get(name)
             if isinstance(value, str) and value.strip() and not (base / value).is_file():
                 errs.append((name, f"file not found: {base / value}"))
     return errs
+
+
+def _check_step_masks(masks: Any, steps: Any, base: Path, check_files: bool) -> list[tuple[str, str]]:
+    if not isinstance(masks, list) or not all(isinstance(m, str) and m.strip() for m in masks):
+        return [("step_masks", "expected a list of non-empty mask paths, one per reasoning sentence")]
+    if isinstance(steps, list) and len(masks) != len(steps):
+        return [("step_masks", f"expected {len(steps)} masks (one per reasoning sentence), got {len(masks)}")]
+    if check_files:
+        missing = [m for m in masks if not (base / m).is_file()]
+        if missing:
+            return [("step_masks", f"file not found: {base / missing[0]}")]
+    return []
 
 
 def _check_reasoning(steps: Any, qtype: str | None) -> list[tuple[str, str]]:
@@ -253,4 +287,5 @@ def _to_sample(row: dict[str, Any], base: Path) -> Sample:
         target_type=row["target_type"],
         split=row["split"],
         roi_key=row.get("roi_key", ""),
+        step_masks=tuple(Path(os.path.normpath(base / m)) for m in row.get("step_masks", ())),
     )

@@ -26,7 +26,8 @@ from training.phantom.questions import QA, make_qa
 from training.phantom.scene import Scene
 from vital_core.config import QUESTION_TYPES
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: rows carry `step_masks` (one mask per reasoning sentence; multi-hop steps name other structures)."""
 _MAX_SCENE_TRIES = 20
 
 
@@ -56,7 +57,16 @@ class PhantomSample:
             "target_type": self.qa.target.target_type,
             "split": split,
             "roi_key": self.id,
+            "step_masks": self.step_mask_paths(),
         }
+
+    def step_mask_paths(self) -> list[str]:
+        """One mask per reasoning sentence: the sample's mask where the step is about the target, else
+        `masks/{id}-s{k}.png` (k from 1) of the structure that step names."""
+        return [
+            f"masks/{self.id}.png" if obj is self.qa.target else f"masks/{self.id}-s{k}.png"
+            for k, obj in enumerate(self.qa.step_objects(), 1)
+        ]
 
 
 def make_sample(index: int, seed: int, size: int = 128) -> PhantomSample:
@@ -81,6 +91,9 @@ def _write_one(job: tuple[int, int, int, str]) -> dict[str, Any]:
     Image.fromarray(sample.scene.to_uint8()).save(os.path.join(out, "images", f"{sample.id}.png"))
     mask = sample.qa.target.mask.astype(np.uint8) * 255
     Image.fromarray(mask).save(os.path.join(out, "masks", f"{sample.id}.png"))
+    for path, obj in zip(sample.step_mask_paths(), sample.qa.step_objects()):
+        if obj is not sample.qa.target:
+            Image.fromarray(obj.mask.astype(np.uint8) * 255).save(os.path.join(out, path))
     return sample.row()
 
 
@@ -132,6 +145,7 @@ def generate(
 def _sample(row: dict[str, Any], base: Path) -> Sample:
     fields = dict(row)
     fields["image"], fields["mask"] = base / row["image"], base / row["mask"]
+    fields["step_masks"] = tuple(base / p for p in row["step_masks"])
     return Sample(**fields)
 
 

@@ -79,7 +79,7 @@ def _size(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
         f"The {b.name} covers {_area_text(_area(b))} of the image.",
         f"So the {a.name} is {'larger' if bigger else 'smaller'} than the {b.name}.",
     ]
-    return question, "Yes." if bigger else "No.", steps, a
+    return question, "Yes." if bigger else "No.", steps, a, [a, b, a]
 
 
 def _brightness(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
@@ -95,7 +95,7 @@ def _brightness(scene: Scene, modality: Modality, mod: str, rng: np.random.Gener
         f"The {b.name} has a mean brightness of about {_pct(lum[b.name])}.",
         f"So the {a.name} is {'brighter' if brighter else 'darker'} than the {b.name}.",
     ]
-    return question, "Yes." if brighter else "No.", steps, a
+    return question, "Yes." if brighter else "No.", steps, a, [a, b, a]
 
 
 def _position(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
@@ -115,7 +115,7 @@ def _position(scene: Scene, modality: Modality, mod: str, rng: np.random.Generat
         f"The {b.name} is centred at about {_pct(cb)} {measure}.",
         f"So the {a.name} lies {rel if ca < cb else other} the {b.name}.",
     ]
-    return question, "Yes." if ca < cb else "No.", steps, a
+    return question, "Yes." if ca < cb else "No.", steps, a, [a, b, a]
 
 
 def _count(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
@@ -129,7 +129,7 @@ def _count(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator)
     steps.append("No other lesion or tumor is seen.")
     n = len(lesions)
     steps.append(f"So the image shows {n} {'lesion or tumor' if n == 1 else 'lesions or tumors'}.")
-    return question, f"{_COUNT_WORD[n]}.", steps, lesions[0]
+    return question, f"{_COUNT_WORD[n]}.", steps, lesions[0], [*lesions, lesions[0], lesions[0]]
 
 
 def _inside(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
@@ -147,7 +147,7 @@ def _inside(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator
         f"The {organ.name} covers {_area_text(_area(organ))} of the image.",
         f"So the {les.name} lies {'within' if inside else 'outside'} the {organ.name}.",
     ]
-    return question, "Yes." if inside else "No.", steps, les
+    return question, "Yes." if inside else "No.", steps, les, [les, organ, les]
 
 
 def _conditional(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator):
@@ -163,7 +163,7 @@ def _conditional(scene: Scene, modality: Modality, mod: str, rng: np.random.Gene
             f"The structure checked instead is the {obj.name}, which is not a {asked_name}.",
             "So the condition does not hold and the answer is no.",
         ]
-        return question, "No.", steps, obj
+        return question, "No.", steps, obj, [obj, obj, obj]
     obj = scene.get(asked_name)
     cx = centroid(obj.mask)[1]
     if abs(cx - 0.5) < MIN_OFFSET / 2:
@@ -174,7 +174,7 @@ def _conditional(scene: Scene, modality: Modality, mod: str, rng: np.random.Gene
         f"It is centred at about {_pct(cx)} of the image width from the left edge.",
         f"So it is in the {'left' if cx < 0.5 else 'right'} half and the answer is {'yes' if yes else 'no'}.",
     ]
-    return question, "Yes." if yes else "No.", steps, obj
+    return question, "Yes." if yes else "No.", steps, obj, [obj, obj, obj]
 
 
 KINDS: dict[str, Callable] = {
@@ -185,12 +185,14 @@ KINDS: dict[str, Callable] = {
     "inside": _inside,
     "conditional": _conditional,
 }
-"""Multi-hop question kinds; each returns (question, answer, steps, target) or None when it does not apply."""
+"""Multi-hop question kinds; each returns (question, answer, steps, target, step_objects) or None when it
+does not apply. `step_objects[k]` is the structure sentence k is about (its mask grounds latent step k+1):
+the two structures compared in turn, then the question's target for the conclusion."""
 
 
 def multihop(
     scene: Scene, modality: Modality, mod: str, rng: np.random.Generator
-) -> tuple[str, str, list[str], PhantomObject] | None:
+) -> tuple[str, str, list[str], PhantomObject, list[PhantomObject]] | None:
     """A multi-hop question of a random applicable kind, or None when no kind applies to the scene."""
     order = list(KINDS)
     for i in rng.permutation(len(order)):

@@ -81,6 +81,12 @@ class QA:
     """The object whose mask is the sample's mask (for a "no" answer: the structure the reasoning names)."""
     asked: str
     """The target named by the question (absent from the scene for a "no" answer)."""
+    step_targets: list[PhantomObject] | None = None
+    """The object each reasoning sentence is about (multi-hop questions); None: every step is `target`."""
+
+    def step_objects(self) -> list[PhantomObject]:
+        """One object per reasoning sentence: the structure whose mask grounds that step."""
+        return list(self.step_targets) if self.step_targets else [self.target] * len(self.reasoning)
 
 
 class _Words:
@@ -228,8 +234,8 @@ def _reasoning(scene: Scene, modality: Modality, mod: str, rng: np.random.Genera
     if rng.random() < MULTIHOP_SHARE:
         hop = multihop(scene, modality, mod, rng)
         if hop is not None:
-            question, answer, steps, target = hop
-            return QA(question, answer, steps, target, target.name)
+            question, answer, steps, target, step_objs = hop
+            return QA(question, answer, steps, target, target.name, step_objs)
     w = _Words(_any_object(scene, rng), scene, modality)
     question = _choose(rng, REASONING).format(t=w.t, mod=mod)
     answer = (
