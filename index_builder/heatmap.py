@@ -1,7 +1,13 @@
-"""Cosine heatmaps of one query vector over an image's patch grid (the /explain visual window).
+"""Heatmaps of one query vector over an image's patch grid (the /explain visual window).
 
-The server's /explain, the evaluation and the docs' figures all call `heatmap`. Colours come from a
-small built-in jet LUT (no matplotlib at serve time).
+The map is the *contrast* cosine (`contrast_grid`): the image's mean (L2-normalised) patch feature is
+removed from the query and from every patch before the cosine, so the map shows what sets a cell apart
+from the rest of this image. The plain cosine (`cosine_grid`) of a query with patches that share a
+common component is dominated by that component: on vital-tiny's validation split its peak fell on the
+step's mask 14.5% of the time at step 4 against 44.5% for the contrast map (with the exact ROI feature
+as the query both point alike, 72.7% vs 73.0%; docs/evaluation.md). The server's /explain, the
+evaluation and the docs' figures all call `heatmap` / `heatmap_grid`. Colours come from a small
+built-in jet LUT (no matplotlib at serve time).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ class Heatmap:
     """A query's cosine map over one image."""
 
     grid: np.ndarray
-    """float32 [G, G]: cosine between the query and each patch."""
+    """float32 [G, G]: contrast cosine between the query and each patch (`heatmap_grid`)."""
     peak: tuple[int, int]
     """(row, col) of the highest cosine on the grid."""
     png: bytes
@@ -47,6 +53,24 @@ def cosine_grid(query: np.ndarray | torch.Tensor, grid: np.ndarray | torch.Tenso
     return (g @ q).numpy().astype(np.float32)  # (G, G)
 
 
+def contrast_grid(query: np.ndarray | torch.Tensor, grid: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Cosine of query [D] and every patch of grid [G, G, D] after removing the image's mean L2-normalised
+    patch feature from both -> float32 [G, G] (a constant grid gives zeros)."""
+    g = torch.nn.functional.normalize(
+        torch.as_tensor(np.asarray(grid, dtype=np.float32)), dim=-1
+    )  # (G, G, D)
+    q = torch.as_tensor(np.asarray(query, dtype=np.float32)).flatten()  # (D,)
+    if g.ndim != 3 or g.shape[-1] != q.shape[0]:
+        raise ValueError(f"grid must be [G, G, D={q.shape[0]}], got {tuple(g.shape)}")
+    mu = g.flatten(0, 1).mean(0)  # (D,)
+    return cosine_grid(torch.nn.functional.normalize(q, dim=0) - mu, g - mu)
+
+
+def heatmap_grid(query: np.ndarray | torch.Tensor, grid: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The map /explain shows for a query over a patch grid (the contrast cosine) -> float32 [G, G]."""
+    return contrast_grid(query, grid)
+
+
 def visual_queries(vp: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Latents [..., H] -> the visual projector's L2-normalised queries [..., D] (float32, on the CPU).
 
@@ -64,11 +88,12 @@ def heatmap(
     alpha: float = 0.45,
     size: int | None = None,
 ) -> Heatmap:
-    """Cosine map of `query` [D] over `grid` [G, G, D], overlaid (jet, `alpha`) on the model's view of `image`.
+    """The map of `query` [D] over `grid` [G, G, D] (`heatmap_grid`), overlaid (jet, `alpha`) on the model's
+    view of `image`.
 
     `size` is the overlay's side in pixels (default: the image's longer side, at most 448).
     """
-    cos = cosine_grid(query, grid)  # (G, G)
+    cos = heatmap_grid(query, grid)  # (G, G)
     flat = int(np.argmax(cos))
     peak = (flat // cos.shape[1], flat % cos.shape[1])
     side = size or min(max(image.width, image.height), 448)

@@ -100,8 +100,11 @@ class Patch(BaseModel):
 
 class Heatmap(BaseModel):
     png_base64: str = Field(..., description="colour-mapped overlay on the model's view of the image")
-    grid: list[list[float]] = Field(..., description="cosine per patch of the encoder grid")
-    peak: tuple[int, int] = Field(..., description="(row, col) of the highest cosine")
+    grid: list[list[float]] = Field(
+        ...,
+        description="contrast cosine per patch of the encoder grid (the image's mean patch feature removed)",
+    )
+    peak: tuple[int, int] = Field(..., description="(row, col) of the highest value")
 
 
 class ExplainStep(BaseModel):

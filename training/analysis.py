@@ -3,16 +3,17 @@
 Collapse: S[i, j] = mean over test samples of cos(h_i, h_j), i, j = 1..K (h_0, the prefix state, is left
 out, as in eq. 9). A collapsed loop has every off-diagonal entry near 1.
 
-Grounding: the /explain heatmap of step k — cosine of normalize(VP(h_k)) with each cell of the frozen
-encoder's patch grid of the query image (index_builder.heatmap.cosine_grid) — against that step's mask (the
-sample's `step_masks`, e.g. the two structures a multi-hop question compares, then its target; the sample's
-mask for every step without them) downsampled to the same grid (index_builder.roi.grid_coverage, i.e. the encoder's square padding; a cell
+Grounding: the /explain heatmap of step k — the contrast cosine of normalize(VP(h_k)) with each cell of the
+frozen encoder's patch grid of the query image (index_builder.heatmap.heatmap_grid: the image's mean patch
+feature removed from both) — against that step's mask (the sample's `step_masks`, e.g. the two structures
+a multi-hop question compares, then its target; the sample's mask for every step without them),
+downsampled to the same grid (index_builder.roi.grid_coverage, i.e. the encoder's square padding; a cell
 is in the mask when >= 30% of its area is mask, else the cells of maximal coverage, exactly as for the ROI
 targets). Per step: pointing accuracy (the heatmap's peak cell is a mask cell), IoU of the thresholded
-heatmap (cells with cosine > mean + std of the grid) with the mask cells, IoU of the top-|M| cells (as
-many cells as the mask has), and the active fraction (share of cells above mean + std; smaller = more
-focused); also pointing of the centred map (`centred_cosine_grid`) and each map's correlation with the previous
-step's (do the steps look at different places?). docs/evaluation.md has the details.
+heatmap (cells above mean + std of the grid) with the mask cells, IoU of the top-|M| cells (as many cells
+as the mask has), and the active fraction (share of cells above mean + std; smaller = more focused); also
+pointing of the plain cosine map (`cosine_grid`, the paper's) and each map's correlation with the
+previous step's (do the steps look at different places?). docs/evaluation.md has the details.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def grounding_from_predictions(
     preds: Sequence[Prediction], vp: torch.nn.Module, encoder: Any, examples: int = 0, out: Path | None = None
 ) -> dict[str, Any]:
     """Per-step grounding over predictions of five-tuple samples that kept their latents (same K for all)."""
-    from index_builder.heatmap import cosine_grid, heatmap, visual_queries
+    from index_builder.heatmap import cosine_grid, heatmap, heatmap_grid, visual_queries
 
     preds = [p for p in preds if p.latents is not None and p.sample is not None and p.k >= 1]
     if not preds:
@@ -141,12 +142,12 @@ def grounding_from_predictions(
         for i, p in enumerate(chunk):
             cells = [_cells(m, encoder.grid) for m in step_mask_paths(p.sample, k)]
             chance.append(float(cells[-1].mean()))
-            maps = [cosine_grid(q, grids[i]) for q in queries[i]]
-            centred = [centred_cosine_grid(q, grids[i]) for q in queries[i]]
+            maps = [heatmap_grid(q, grids[i]) for q in queries[i]]
+            raw = [cosine_grid(q, grids[i]) for q in queries[i]]
             row = []
-            for s, (cos, cc) in enumerate(zip(maps, centred)):
+            for s, (cos, rc) in enumerate(zip(maps, raw)):
                 g = step_grounding(cos, cells[s])
-                g["pointing_centred"] = step_grounding(cc, cells[s])["pointing"]
+                g["pointing_raw"] = step_grounding(rc, cells[s])["pointing"]
                 g["prev_cosine"] = _map_cosine(cos, maps[s - 1]) if s else float("nan")
                 row.append(g)
             rows.append(row)
@@ -162,17 +163,6 @@ def step_mask_paths(sample: Any, k: int) -> list[Path]:
     (a sample run at a K beyond its own depth repeats its last step's mask), else its mask for every step."""
     masks = list(getattr(sample, "step_masks", ()) or ()) or [sample.mask]
     return [masks[min(j, len(masks) - 1)] for j in range(k)]
-
-
-def centred_cosine_grid(query: Any, grid: Any) -> np.ndarray:
-    """Cosine of query and patches after removing the image's mean (L2-normalised) patch feature from both:
-    what sets a cell apart from the rest of this image (a secondary grounding measure, not the heatmap)."""
-    from index_builder.heatmap import cosine_grid
-
-    g = F.normalize(torch.as_tensor(np.asarray(grid, dtype=np.float32)), dim=-1)  # (G, G, D)
-    mu = g.flatten(0, 1).mean(0)  # (D,)
-    q = F.normalize(torch.as_tensor(np.asarray(query, dtype=np.float32)).flatten(), dim=0)
-    return cosine_grid(q - mu, g - mu)
 
 
 def _cells(mask: Path, grid: int) -> np.ndarray:
@@ -201,7 +191,7 @@ def grounding_table(report: dict[str, Any], title: str = "") -> str:
         f"n = {report['n']}, K = {report['k']}, chance pointing (mean mask share of the grid) = "
         f"{100 * report['chance_pointing']:.1f}%",
         "",
-        "| step | pointing acc. | pointing (centred) | IoU (> mean+std) | IoU (top-\\|M\\|) | "
+        "| step | pointing acc. | pointing (plain cosine) | IoU (> mean+std) | IoU (top-\\|M\\|) | "
         "active fraction | heatmap cos. with previous step |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -209,7 +199,7 @@ def grounding_table(report: dict[str, Any], title: str = "") -> str:
     for r in report["per_step"]:
         prev = r.get("prev_cosine")
         lines.append(
-            f"| h{r['step']} | {pct(r['pointing'])} | {pct(r.get('pointing_centred'))} | {pct(r['iou'])} | "
+            f"| h{r['step']} | {pct(r['pointing'])} | {pct(r.get('pointing_raw'))} | {pct(r['iou'])} | "
             f"{pct(r['iou_top'])} | {pct(r['active_fraction'])} | {'–' if prev is None else f'{prev:.3f}'} |"
         )
     return "\n".join(lines) + "\n"

@@ -206,7 +206,7 @@ def train_encoder(
     manifest: str | Path,
     out: str | Path,
     *,
-    steps: int = 150,
+    steps: int = 1000,
     batch_size: int = 32,
     lr: float = 2e-3,
     images: int = 1200,

@@ -11,6 +11,7 @@ Every step is resumable: finished data, stores and checkpoints are reused on a r
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -39,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default="configs/tiny.yaml")
     p.add_argument("--index-images", type=int, default=100, help="reference images in the FAISS index")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test samples")
-    p.add_argument("--encoder-steps", type=int, default=150, help="training steps of the tiny MedSigLIP")
+    p.add_argument("--encoder-steps", type=int, default=1000, help="training steps of the tiny MedSigLIP")
     p.add_argument("--encoder-images", type=int, default=1200, help="train images for the tiny MedSigLIP")
     p.set_defaults(func=run)
     from training.cli.encoder import register as register_encoder
@@ -141,18 +142,15 @@ def _roi_store(manifest: Path, out: Path, seed: int, encoder_dir: Path) -> Path:
     from index_builder.store import FeatureStore, extract_to_store
 
     refs = read_manifest(manifest, require_mask=True) + read_step_masks(manifest)
-    if (out / "manifest.json").is_file() and len(FeatureStore(out)) == len(refs):
+    params = ROIParams()
+    # the weights' hash, not just their folder: a retrained encoder must not reuse finished shards
+    weights = hashlib.sha256((encoder_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
+    spec = {"encoder": str(encoder_dir), "weights": weights, "seed": seed, "params": repr(params)}
+    done = json.loads((out / "manifest.json").read_text()) if (out / "manifest.json").is_file() else {}
+    if done.get("spec", {}).get("weights") == weights and len(FeatureStore(out)) == len(refs):
         log.info("ROI store already at %s", out)
         return out
-    enc = trained_encoder(encoder_dir, seed)
-    params = ROIParams()
-    extract_to_store(
-        enc,
-        refs,
-        out,
-        params,
-        spec={"encoder": str(encoder_dir), "seed": seed, "params": repr(params)},
-    )
+    extract_to_store(trained_encoder(encoder_dir, seed), refs, out, params, spec=spec)
     return out
 
 
@@ -169,6 +167,8 @@ def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, ini
     ]
     if init is not None:
         sets.append(f"model.init_bundle={init}")
+    inputs = [manifest.parent / "phantom.json"] + ([roi / "manifest.json"] if init is not None else [])
+    _fresh_if_inputs_changed(run_dir, recipe_file, sets, inputs)  # stage 0 reads no ROI features
     recipe = Recipe.from_yaml(recipe_file, sets)
     trainer = Trainer(recipe)
     trainer.run()
@@ -176,6 +176,23 @@ def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, ini
         trainer.model, recipe, run_dir / "bundle", command=f"vital train --recipe {recipe_file}"
     )
     return bundle, trainer.model
+
+
+def _fresh_if_inputs_changed(run_dir: Path, recipe_file: str, sets: list[str], files: list[Path]) -> None:
+    """Start a run over when its inputs (recipe, data, ROI store) changed since its checkpoints were written:
+    resuming would otherwise re-export weights trained on the old ones."""
+    import shutil
+
+    h = hashlib.sha256(Path(recipe_file).read_bytes() + "\n".join(sets).encode())
+    for f in files:
+        h.update(f.read_bytes() if f.is_file() else b"-")
+    key, stamp = h.hexdigest()[:16], run_dir / "inputs.sha256"
+    stale = not stamp.is_file() or stamp.read_text().strip() != key
+    if stale and (any(run_dir.glob("ckpt-*")) or (run_dir / "final.safetensors").is_file()):
+        log.info("inputs of %s changed: training it again", run_dir)
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
 
 
 def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:

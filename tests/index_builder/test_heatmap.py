@@ -36,3 +36,20 @@ def test_jet_endpoints_and_shape_check():
     assert lut[2, 0] > 100 and lut[2, 2] == 0  # red at 1
     with pytest.raises(ValueError, match="grid must be"):
         cosine_grid(np.ones(8), np.ones((4, 4, 7)))
+
+
+def test_contrast_map_finds_the_region_a_shared_component_hides():
+    """Patches that share a common direction: the plain cosine of an approximate query peaks on the
+    background, the contrast map (the image's mean patch feature removed) on the one distinct patch."""
+    from index_builder.heatmap import contrast_grid, heatmap_grid
+
+    e = np.eye(8, dtype=np.float32)
+    grid = np.tile(e[0] + 0.05 * e[2], (5, 5, 1))  # background
+    grid[3, 2] = 0.6 * e[0] + e[1]  # the structure
+    query = e[0] + 0.3 * e[1]  # mostly the shared direction, a little of the structure's
+    plain = cosine_grid(query, grid)
+    assert np.unravel_index(np.argmax(plain), plain.shape) != (3, 2)
+    contrast = contrast_grid(query, grid)
+    assert np.unravel_index(np.argmax(contrast), contrast.shape) == (3, 2)
+    assert np.array_equal(heatmap_grid(query, grid), contrast)
+    assert heatmap(query, grid, Image.new("L", (10, 10))).peak == (3, 2)  # what /explain reports

@@ -148,13 +148,16 @@ def test_projector_output_starts_on_the_targets_sphere(variant: str) -> None:
 def test_grounding_scores_each_step_against_its_own_mask(tmp_path: Path) -> None:
     """A projector whose steps point at two different structures scores 100% against the step masks and
     0% against the single sample mask; the heatmap cosine between the steps is low."""
-    from training.analysis import centred_cosine_grid, grounding_from_predictions, step_mask_paths
+    from index_builder.heatmap import contrast_grid
+    from training.analysis import grounding_from_predictions, step_mask_paths
     from training.eval.evaluate import Prediction
     from training.eval.items import BenchItem
 
-    g, d = 4, 8
-    grid = torch.zeros(g, g, d)
-    grid[..., 0] = 1.0  # background
+    g, d = 4, 32
+    grid = torch.nn.functional.normalize(
+        torch.randn(g, g, d, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    grid[..., 1:3] = 0.0  # background: varied, nothing of A's or B's direction
     grid[0, 0] = torch.eye(d)[1]  # structure A in the top-left cell
     grid[3, 3] = torch.eye(d)[2]  # structure B in the bottom-right cell
     a, b = np.zeros((16, 16), bool), np.zeros((16, 16), bool)
@@ -195,5 +198,5 @@ def test_grounding_scores_each_step_against_its_own_mask(tmp_path: Path) -> None
     assert steps[0]["prev_cosine"] is None and steps[1]["prev_cosine"] < 0.5
     no_steps = Prediction(item=item, answer="Yes.", k=3, latents=lat, sample=replace(sample, step_masks=()))
     assert grounding_from_predictions([no_steps], vp, Encoder())["per_step"][1]["pointing"] == 0.0
-    cc = centred_cosine_grid(torch.eye(d)[2], grid)
+    cc = contrast_grid(torch.eye(d)[2], grid)
     assert np.unravel_index(np.argmax(cc), cc.shape) == (3, 3)

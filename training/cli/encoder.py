@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--manifest", default="data/tiny-build/phantom/manifest.jsonl", help="phantom manifest")
     p.add_argument("--out", default="data/tiny-build/encoder", help="directory to write (HF SiglipModel)")
-    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--images", type=int, default=1200, help="train-split images to use")

@@ -268,7 +268,7 @@ def grounding_per_item(
     import torch
     import torch.nn.functional as F
 
-    from index_builder.heatmap import cosine_grid
+    from index_builder.heatmap import heatmap_grid
 
     out: list[list[dict] | None] = [None] * len(preds)
     todo = [i for i, p in enumerate(preds) if p.item.boxes and p.latents is not None and p.k >= 1]
@@ -283,7 +283,8 @@ def grounding_per_item(
                 q = F.normalize(vp(p.latents[1 : p.k + 1].to(device)).float(), dim=-1).cpu()  # (K, D)
             gt = boxes_on_grid(p.item.boxes, p.item.box_frame, images[j].size, encoder.grid)
             out[i] = [
-                {"step": s + 1, **step_box_grounding(cosine_grid(qs, grids[j]), gt)} for s, qs in enumerate(q)
+                {"step": s + 1, **step_box_grounding(heatmap_grid(qs, grids[j]), gt)}
+                for s, qs in enumerate(q)
             ]
     return out
 
