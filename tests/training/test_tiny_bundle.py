@@ -77,3 +77,29 @@ def test_served_bundle_answers_a_phantom_question_correctly(unseen):
         body = ex.json()
         assert ex.status_code == 200 and len(body["steps"]) == 3
         assert all(len(step["nearest"]) == 3 and step["sentence"] for step in body["steps"])
+
+
+def test_explain_heatmaps_point_at_the_structure_each_question_names(unseen):
+    """The interpretability window of the committed bundle: on unseen-seed phantom questions, the peak of
+    the /explain heatmap (what the server computes) falls on the named structure's mask far more often
+    than a random cell would."""
+    import numpy as np
+
+    from index_builder.encoder import load_bundle_encoder
+    from server.explain import Explainer
+    from training.analysis import mask_cells
+    from vital_core.bundle import load_bundle, load_scaffold
+
+    model = load_bundle(BUNDLE)
+    explainer = Explainer(model, load_scaffold(BUNDLE), load_bundle_encoder(model.config, BUNDLE))
+    hits, chance = [], []
+    for s in unseen[:40]:
+        ex = explainer.explain(
+            Image.fromarray(s.scene.to_uint8()), s.qa.question, k=1, max_new_tokens=4, top_k=0
+        )
+        cells = mask_cells(s.qa.target.mask, explainer.encoder.grid)
+        r, c = ex.steps[-1].heatmap.peak
+        hits.append(bool(cells[r, c]))
+        chance.append(float(cells.mean()))
+    # measured on the committed bundle: 0.30 against 0.025 for a random cell (12x)
+    assert np.mean(hits) > 6 * np.mean(chance), (np.mean(hits), np.mean(chance))
