@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,20 @@ def step_key(key: str, step: int) -> str:
     return f"{key}#s{step}"
 
 
+def own_step_masks(
+    sample_id: str, mask: Path | None, step_masks: Sequence[Path]
+) -> list[tuple[int, str, Path]]:
+    """(step from 1, feature key, mask) of each step whose mask is not the sample's own `mask`: the steps
+    with an ROI feature of their own. The one rule the extractor (`read_step_masks`) and the trainer
+    (`training.data.manifest.Sample.step_roi_keys`) both follow; paths compare after normalisation."""
+    own = Path(os.path.normpath(mask)) if mask is not None else None
+    return [
+        (k, step_key(sample_id, k), Path(os.path.normpath(m)))
+        for k, m in enumerate(step_masks, 1)
+        if Path(os.path.normpath(m)) != own
+    ]
+
+
 def read_step_masks(path: str | Path) -> list[SampleRef]:
     """The per-step masks of a manifest's rows (`step_masks`, one per reasoning sentence) as SampleRefs
     keyed `step_key(id, k)`, for the steps whose mask differs from the row's `mask` (those steps share
@@ -53,11 +68,9 @@ def read_step_masks(path: str | Path) -> list[SampleRef]:
             continue
         if not isinstance(masks, list) or not all(isinstance(m, str) and m for m in masks):
             raise SampleError(f"{path}:{lineno}: 'step_masks' must be a list of mask paths")
-        own = Path(os.path.normpath(base / row["mask"])) if row.get("mask") else None
-        for k, m in enumerate(masks, 1):
-            p = Path(os.path.normpath(base / m))
-            if p != own:
-                refs.append(SampleRef(step_key(str(row["id"]), k), base / row["image"], p))
+        own = base / row["mask"] if row.get("mask") else None
+        for _, key, mask in own_step_masks(str(row["id"]), own, [base / m for m in masks]):
+            refs.append(SampleRef(key, base / row["image"], mask))
     return refs
 
 

@@ -106,13 +106,12 @@ def test_manifest_step_masks_errors_name_the_field(tmp_path: Path, value, messag
     assert "field 'step_masks'" in str(err.value) and message in str(err.value)
 
 
-def test_roi_targets_per_hop_gathers_each_steps_feature() -> None:
-    from training.data.batches import RoiTargets, roi_keys
-
-    s = Sample(
-        id="a",
-        image="i.png",
-        mask="m.png",
+def _three_step_sample(sid: str, image: Path, mask: Path, step_masks: tuple[Path, ...]) -> Sample:
+    """A reasoning sample of three steps whose step masks are given."""
+    return Sample(
+        id=sid,
+        image=image,
+        mask=mask,
         question="q",
         answer="Yes.",
         reasoning=("1", "2", "3"),
@@ -120,9 +119,15 @@ def test_roi_targets_per_hop_gathers_each_steps_feature() -> None:
         modality="CT",
         target="t",
         target_type="organ",
-        split="train",
-        step_masks=("m.png", "o.png", "m.png"),
+        split="test",
+        step_masks=step_masks,
     )
+
+
+def test_roi_targets_per_hop_gathers_each_steps_feature() -> None:
+    from training.data.batches import RoiTargets, roi_keys
+
+    s = _three_step_sample("a", Path("i.png"), Path("m.png"), (Path("m.png"), Path("o.png"), Path("m.png")))
     assert roi_keys([s]) == ["a"] and roi_keys([s], per_hop=True) == ["a", "a#s2"]
     targets = RoiTargets.__new__(RoiTargets)  # the store is read elsewhere; here only the gathering
     targets.features = {"a": torch.tensor([1.0, 0.0]), "a#s2": torch.tensor([0.0, 1.0])}
@@ -165,20 +170,8 @@ def test_grounding_scores_each_step_against_its_own_mask(tmp_path: Path) -> None
     for name, m in (("a.png", a), ("b.png", b)):
         Image.fromarray(m.astype(np.uint8) * 255).save(tmp_path / name)
     Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
-    sample = Sample(
-        id="s",
-        image=tmp_path / "img.png",
-        mask=tmp_path / "a.png",
-        question="q",
-        answer="Yes.",
-        reasoning=("x", "y", "z"),
-        question_type="reasoning",
-        modality="CT",
-        target="a",
-        target_type="organ",
-        split="test",
-        step_masks=(tmp_path / "a.png", tmp_path / "b.png", tmp_path / "a.png"),
-    )
+    a_png, b_png = tmp_path / "a.png", tmp_path / "b.png"
+    sample = _three_step_sample("s", tmp_path / "img.png", a_png, (a_png, b_png, a_png))
     assert step_mask_paths(sample, 4) == [tmp_path / n for n in ("a.png", "b.png", "a.png", "a.png")]
 
     class Encoder:

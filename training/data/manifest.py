@@ -96,13 +96,12 @@ class Sample:
         """The ROI feature key of each reasoning step: `roi_key` where the step's mask is the sample's
         mask (or no step masks are given), else `step_key(id, k)` (index_builder.samples; keyed by the
         sample's id as `vital extract-roi` writes them: a step mask belongs to one question)."""
-        from index_builder.samples import step_key
+        from index_builder.samples import own_step_masks
 
-        if not self.step_masks:
-            return (self.roi_key,) * self.k
-        return tuple(
-            self.roi_key if m == self.mask else step_key(self.id, k) for k, m in enumerate(self.step_masks, 1)
-        )
+        keys = [self.roi_key] * (len(self.step_masks) or self.k)
+        for k, key, _ in own_step_masks(self.id, self.mask, self.step_masks):
+            keys[k - 1] = key
+        return tuple(keys)
 
     @property
     def k(self) -> int:
