@@ -38,7 +38,12 @@ def pick(samples: list, kinds: list[str]) -> list:
     for kind in kinds:
         pat = re.compile(KIND_PATTERNS[kind])
         hit = next(
-            (s for s in samples if is_multihop(s.question_type, s.answer) and pat.search(s.question)), None
+            (
+                s
+                for s in samples
+                if is_multihop(s.question_type, s.answer, s.question) and pat.search(s.question)
+            ),
+            None,
         )
         if hit is None:
             raise SystemExit(f"no multi-hop test sample of kind {kind!r}")

@@ -90,13 +90,15 @@ def load_pairs(manifest: str | Path, split: str, seed: int, grid: int, limit: in
 
     rows = [json.loads(x) for x in Path(manifest).read_text().splitlines() if x.strip()]
     meta = Path(manifest).with_name("phantom.json")
-    size = json.loads(meta.read_text())["size"] if meta.is_file() else 128
+    params = json.loads(meta.read_text()) if meta.is_file() else {}
+    size = params.get("size", 128)
+    task, only = params.get("task", "legacy"), bool(params.get("multihop_only", False))
     rows = [r for r in rows if r["split"] == split][:limit]
     if not rows:
         raise CLIError(f"no {split} samples in {manifest}")
     pix, reps, names, grids, targets = [], [], [], [], []
     for r in rows:
-        s = make_sample(int(r["id"].rsplit("-", 1)[1]), seed, size)
+        s = make_sample(int(r["id"].rsplit("-", 1)[1]), seed, size, task, only)
         img = s.scene.to_uint8()  # (S, S) or (S, S, 3)
         pix.append(np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img)
         reps.append(report(s.scene))

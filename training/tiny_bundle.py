@@ -216,7 +216,9 @@ def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:
     from training.phantom.multihop import is_multihop
 
     hops = [
-        s for s in load_manifest(manifest) if s.split == "test" and is_multihop(s.question_type, s.answer)
+        s
+        for s in load_manifest(manifest)
+        if s.split == "test" and is_multihop(s.question_type, s.answer, s.question)
     ]
     return {
         "test_split_k_auto": evaluate_model(model, str(manifest), "test", "auto", limit),

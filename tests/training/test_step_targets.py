@@ -37,7 +37,7 @@ def test_phantom_step_masks_are_the_structures_each_step_names(phantom_samples: 
             if path != s.mask:
                 n_other += 1
                 assert obj is not regen.qa.target and obj.name in s.reasoning[k], (s.id, s.reasoning[k])
-        if not is_multihop(s.question_type, s.answer):
+        if not is_multihop(s.question_type, s.answer, s.question):
             assert set(s.step_masks) == {s.mask}, s.id  # one-structure questions: every step is the target
         else:
             assert s.step_masks[-1] == s.mask  # the conclusion is about the question's target

@@ -14,17 +14,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `phantom` and `check-data` subcommands."""
     p = subparsers.add_parser(
         "phantom",
-        help="generate the procedural phantom five-tuple dataset",
+        help="generate the procedural phantom five-tuple dataset (or audit one: --audit DIR)",
         description=(
             "Generate synthetic 2-D scans in nine modality styles (CT, MRI, X-ray, ultrasound, OCT, "
             "endoscopy, dermoscopy, fundus, pathology) with one target mask per sample, questions of the "
-            "six types, canonical answers and 1-4 step reasoning chains. Writes DIR/images/, DIR/masks/, "
-            "DIR/manifest.jsonl (with a stratified split field), DIR/{train,val,test}.jsonl and "
-            "DIR/phantom.json. "
-            "The same --n/--seed/--size give byte-identical output whatever --workers is."
+            "six types plus compositional multi-hop questions (hop 2's referent chosen by hop 1's result), "
+            "canonical answers and 1-4 step reasoning chains. Writes DIR/images/, DIR/masks/, "
+            "DIR/manifest.jsonl (with a stratified split field), DIR/{train,val,test}.jsonl, "
+            "DIR/scenes.jsonl (per-object facts) and DIR/phantom.json. "
+            "The same --n/--seed/--size/--task give byte-identical output whatever --workers is. "
+            "--audit DIR prints the multi-hop gates of a generated set (docs/dataset.md) and exits 1 if "
+            "one fails."
         ),
     )
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    p.add_argument("--out", type=Path, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--task",
+        choices=("compositional", "legacy"),
+        default="compositional",
+        help="compositional (default) or the legacy scenes and multi-hop kinds (for comparison only)",
+    )
+    p.add_argument(
+        "--multihop-only",
+        action="store_true",
+        help="only compositional multi-hop questions (a held-out test set: use with --splits 0 0 1)",
+    )
+    p.add_argument("--audit", type=Path, metavar="DIR", help="print the multi-hop gates of the set in DIR")
+    p.add_argument(
+        "--audit-split", default="test", help="split of the audited set to score the gates on (default test)"
+    )
+    p.add_argument(
+        "--fit",
+        type=Path,
+        metavar="DIR",
+        help="fit the audit's lookups on this set's train split (default: the audited set's own)",
+    )
+    p.add_argument("--audit-out", type=Path, metavar="FILE", help="also write the audit as JSON (+ .md)")
     p.add_argument("--n", type=int, default=20000, help="number of samples (default 20000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--size", type=int, default=128, help="image side in pixels, 32-1024 (default 128)")
@@ -57,9 +82,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_phantom(args: argparse.Namespace) -> int:
-    """Generate the phantom dataset from parsed arguments."""
+    """Generate the phantom dataset from parsed arguments (or audit one with --audit)."""
     from training.phantom import generate
 
+    if args.audit is not None:
+        return run_audit(args)
+    if args.out is None:
+        raise CLIError("--out DIR is required (or --audit DIR)")
+    if args.multihop_only and args.task != "compositional":
+        raise CLIError("--multihop-only needs --task compositional")
     if args.n < 1:
         raise CLIError("--n must be at least 1")
     if args.seed < 0:
@@ -83,9 +114,30 @@ def run_phantom(args: argparse.Namespace) -> int:
         args.workers,
         splits=tuple(args.splits),
         progress=not args.no_progress,
+        task=args.task,
+        multihop_only=args.multihop_only,
     )
     print(f"wrote {args.n} samples to {manifest} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """Print (and optionally save) the multi-hop gates of a generated set; 1 when a gate fails."""
+    import json
+
+    from training.phantom.audit import audit, audit_table
+
+    try:
+        report = audit(args.audit, args.audit_split, args.fit)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise CLIError(str(exc)) from exc
+    table = audit_table(report)
+    print(table)
+    if args.audit_out:
+        args.audit_out.parent.mkdir(parents=True, exist_ok=True)
+        args.audit_out.write_text(json.dumps(report, indent=2))
+        args.audit_out.with_suffix(".md").write_text(table)
+    return 0 if report["all_passed"] else 1
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -33,9 +33,14 @@ _COUNT_WORD = {1: "One", 2: "Two"}
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def is_multihop(question_type: str, answer: str) -> bool:
-    """Whether a phantom sample is a multi-hop question (a `reasoning` sample with a closed answer)."""
-    return question_type == "reasoning" and " ".join(answer.lower().split()).rstrip(".") in MULTIHOP_ANSWERS
+def is_multihop(question_type: str, answer: str, question: str = "") -> bool:
+    """Whether a phantom sample is a multi-hop question: a compositional one (training.phantom.compose,
+    told by its question), or a legacy `reasoning` sample with a closed answer."""
+    from training.phantom.compose import is_compositional
+
+    if question_type != "reasoning":
+        return False
+    return is_compositional(question) or " ".join(answer.lower().split()).rstrip(".") in MULTIHOP_ANSWERS
 
 
 def brightness(scene: Scene, obj: PhantomObject) -> float:

@@ -109,11 +109,18 @@ class _Words:
         self.relation = relation(obj.mask, near[1], near[0]) if near else None
 
 
-def make_qa(scene: Scene, modality: Modality, qtype: str, rng: np.random.Generator) -> QA:
-    """Question, answer and reasoning of type `qtype` about a random object of a non-empty scene."""
+def make_qa(
+    scene: Scene, modality: Modality, qtype: str, rng: np.random.Generator, legacy_multihop: bool = True
+) -> QA:
+    """Question, answer and reasoning of type `qtype` about a random object of a non-empty scene.
+
+    `legacy_multihop`: a `reasoning` question is one of the old multi-hop kinds (training.phantom.multihop)
+    with probability MULTIHOP_SHARE; the compositional task asks its multi-hop questions separately
+    (training.phantom.compose), so it passes False and its reasoning questions here are all open."""
     mod = modality.phrases[int(rng.integers(len(modality.phrases)))]
-    pick = _TEMPLATE_BUILDERS[qtype]
-    return pick(scene, modality, mod, rng)
+    if qtype == "reasoning":
+        return _reasoning(scene, modality, mod, rng, legacy_multihop)
+    return _TEMPLATE_BUILDERS[qtype](scene, modality, mod, rng)
 
 
 def _choose(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
@@ -230,8 +237,10 @@ MULTIHOP_SHARE = 0.6
 """Share of `reasoning` samples that are multi-hop closed questions (training.phantom.multihop)."""
 
 
-def _reasoning(scene: Scene, modality: Modality, mod: str, rng: np.random.Generator) -> QA:
-    if rng.random() < MULTIHOP_SHARE:
+def _reasoning(
+    scene: Scene, modality: Modality, mod: str, rng: np.random.Generator, legacy_multihop: bool = True
+) -> QA:
+    if legacy_multihop and rng.random() < MULTIHOP_SHARE:
         hop = multihop(scene, modality, mod, rng)
         if hop is not None:
             question, answer, steps, target, step_objs = hop
@@ -258,5 +267,4 @@ _TEMPLATE_BUILDERS = {
     "location_choice": _location_choice,
     "location": _location,
     "describe": _describe,
-    "reasoning": _reasoning,
 }

@@ -1,0 +1,182 @@
+"""The compositional multi-hop task: answers recomputed from regenerated scenes by independent code,
+names decoupled from attributes, answers balanced per template, and the gates on a generated set."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.phantom import make_sample
+from training.phantom.atlas import ATLAS, PATTERNS
+from training.phantom.compose import TEMPLATES, answer_classes, is_compositional, template_for
+from training.phantom.layout import build
+from vital_core.qtypes import classify_question
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _luma(image: np.ndarray, mask: np.ndarray) -> float:
+    img = image.astype(np.float64) / 255.0
+    return float((img @ _LUMA if img.ndim == 3 else img)[mask].mean())
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Smallest pixel distance between two masks, brute force over every pixel pair (independent of the
+    generator's boundary shortcut)."""
+    pa, pb = np.argwhere(a).astype(float), np.argwhere(b).astype(float)
+    return float(np.sqrt(((pa[:, None] - pb[None]) ** 2).sum(-1).min()))
+
+
+def _multihop(n: int, seed: int = 0) -> list:
+    """The first n compositional multi-hop samples of a seed (every index is multi-hop)."""
+    return [make_sample(i, seed, 128, multihop_only=True) for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def multihop_samples() -> list:
+    return _multihop(9 * 16)  # every template once in every modality
+
+
+def test_multihop_answers_recomputed_from_the_scene(multihop_samples: list) -> None:
+    seen = Counter()
+    for s in multihop_samples:
+        q, steps = s.qa.question, s.qa.reasoning
+        assert is_compositional(q) and classify_question(q) == "reasoning" and len(steps) == 4
+        sup, rel, attr = s.template.split("-")
+        img = s.scene.to_uint8()
+        lesions = [o for o in s.scene.objects if o.target_type == "lesion"]
+        hosts = [o for o in s.scene.objects if o.target_type != "lesion"]
+        assert len(lesions) == 3 and len(hosts) == 3
+        value = {
+            "largest": lambda o: o.mask.sum(),
+            "smallest": lambda o: -o.mask.sum(),
+            "brightest": lambda o, im=img: _luma(im, o.mask),
+            "darkest": lambda o, im=img: -_luma(im, o.mask),
+        }[sup]
+        les = max(lesions, key=value)
+        if rel == "host":  # the host whose mask holds the whole lesion
+            host = next(h for h in hosts if (les.mask & h.mask).sum() == les.mask.sum())
+        else:
+            dist = {h.name: _distance(les.mask, h.mask) for h in hosts}
+            host = next(h for h in hosts if h.name == min(dist, key=dist.get))
+            assert all((les.mask & h.mask).sum() == 0 for h in hosts)
+        assert s.qa.step_objects() == [les, les, host, host]
+        assert steps[0] == f"The {sup} lesion is the {les.name}." and host.name in steps[2]
+        if attr == "name":
+            assert s.qa.answer == f"The {host.name}."
+        else:
+            margin = "blurred" if host.blurred else "sharp"
+            assert s.qa.answer.lower().endswith(f"with {margin} margins.")
+            assert (
+                s.qa.answer.split()[0].lower()
+                in ("bright", "hyperdense", "hyperintense", "radiopaque", "hyperechoic", "hyperreflective")
+            ) == host.brighter
+        seen[s.template] += 1
+    assert set(seen) == {t.key for t in TEMPLATES}
+
+
+def test_answers_are_balanced_per_modality_and_template() -> None:
+    # one modality's first 64 multi-hop questions: each template 4 times, each with its 4 answer classes once
+    samples = [make_sample(9 * m, 1, 128, multihop_only=True) for m in range(64)]
+    by_template: dict[str, Counter] = defaultdict(Counter)
+    for m, s in enumerate(samples):
+        template, cls = template_for(m)
+        assert s.template == template.key and s.modality.key == "ct"
+        assert s.answer_class == answer_classes(ATLAS["ct"], template.attr)[cls]
+        by_template[s.template][s.qa.answer] += 1
+    assert all(len(c) == 4 and set(c.values()) == {1} for c in by_template.values())
+
+
+def test_names_say_nothing_about_brightness_size_or_place() -> None:
+    # 150 CT scenes: every name is brighter about half the time, and the largest lesion is each lesion name
+    # about equally often
+    brighter: dict[str, list[bool]] = defaultdict(list)
+    largest: Counter = Counter()
+    left: dict[str, list[bool]] = defaultdict(list)
+    for i in range(150):
+        sc = build("ct", np.random.default_rng([7, i]), 128, "hosted" if i % 2 else "free")
+        if sc is None:
+            continue
+        for o in sc.objects:
+            brighter[o.name].append(o.brighter)
+            left[o.name].append(np.argwhere(o.mask)[:, 1].mean() < 64)
+        les = [o for o in sc.objects if o.target_type == "lesion"]
+        largest[max(les, key=lambda o: o.mask.sum()).name] += 1
+    for name, flags in brighter.items():
+        assert 0.3 <= np.mean(flags) <= 0.7, (name, np.mean(flags), len(flags))
+        assert 0.25 <= np.mean(left[name]) <= 0.75, (name, np.mean(left[name]))
+    shares = np.array([largest[n] for n in ATLAS["ct"].lesions]) / sum(largest.values())
+    assert shares.min() >= 0.12, dict(largest)
+
+
+def test_every_name_has_its_own_pattern() -> None:
+    for atlas in ATLAS.values():
+        names = atlas.hosts + atlas.lesions
+        assert len(set(names)) == 8 and {atlas.pattern(n) for n in names} == set(PATTERNS)
+
+
+@pytest.fixture(scope="module")
+def gate_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A fit set (seed 0, multi-hop train split) and a held-out multi-hop test set of 1,008 questions."""
+    from training.phantom import generate
+
+    fit, test = tmp_path_factory.mktemp("fit"), tmp_path_factory.mktemp("heldout")
+    generate(fit, 1152, 0, 128, 2, splits=(1.0, 0.0, 0.0), progress=False, multihop_only=True)
+    generate(test, 1008, 1, 128, 2, splits=(0.0, 0.0, 1.0), progress=False, multihop_only=True)
+    return fit, test
+
+
+@pytest.mark.slow
+def test_gates_pass_on_a_generated_set(gate_sets: tuple[Path, Path], tmp_path: Path) -> None:
+    from vital_core.cli import main
+
+    fit, test = gate_sets
+    out = tmp_path / "audit.json"
+    assert main(["phantom", "--audit", str(test), "--fit", str(fit), "--audit-out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    f = r["figures"]
+    assert r["n_multihop"] == 1008 and r["all_passed"]
+    assert f["question_only"] <= 0.55 and f["one_structure"] <= 0.65
+    assert f["exact_oracle"] == 1.0 and f["written_oracle"] == 1.0
+    assert out.with_suffix(".md").read_text().count("pass") == 5
+
+
+def test_audit_catches_a_set_whose_answers_follow_the_names(
+    gate_sets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # a doctored copy where every name answer is the modality's first host: the question-only lookup
+    # must see through it (the gate is not vacuous)
+    from training.phantom.audit import audit
+
+    fit, test = gate_sets
+    for src, dst in ((fit, tmp_path / "fit"), (test, tmp_path / "test")):
+        dst.mkdir()
+        (dst / "scenes.jsonl").write_text((src / "scenes.jsonl").read_text())
+        rows = [json.loads(x) for x in (src / "manifest.jsonl").read_text().splitlines()]
+        for r in rows:
+            if r["answer"].startswith("The "):
+                key = r["id"].split("-")[0]
+                r["answer"] = f"The {ATLAS[key].hosts[0]}."
+        (dst / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = audit(tmp_path / "test", "test", tmp_path / "fit")
+    assert report["figures"]["question_only"] > 0.55 and not report["passed"]["question_only"]
+    assert report["figures"]["exact_oracle"] < 1.0  # the doctored answers contradict the scene facts
+
+
+def test_phantom_cli_audit_errors(tmp_path: Path) -> None:
+    from vital_core.cli import main
+
+    assert main(["phantom", "--audit", str(tmp_path)]) == 2  # no manifest: a clear error, exit 2
+    assert main(["phantom", "--multihop-only", "--task", "legacy", "--out", str(tmp_path / "x")]) == 2
+    assert main(["phantom", "--n", "5"]) == 2  # neither --out nor --audit
+
+
+def test_legacy_task_is_unchanged_by_the_compositional_one() -> None:
+    s = make_sample(45, 0, 128, task="legacy")
+    assert s.template is None and s.modality.build.__name__ == "ct"
+    assert not re.search(r"(largest|brightest) lesion", s.qa.question)
