@@ -7,11 +7,11 @@ questions of the evaluated split, with every lookup fitted on a training split:
   template), then to the majority answer. Gate: <= 55 %.
 * **question + any one structure**: a reader that looks at one structure, picked by name (hop 1's lesion
   cannot be picked without looking), and at one attribute group of it (presence; area; brightness;
-  brightness and margin; position; its host or nearest host; area or brightness *with* its host or
+  brightness and margin; position; its host or nearest host; area or position *with* its host or
   nearest host), and answers the most frequent answer for what it sees. The structure and group are
   chosen per (modality, template) by cross-validation on the fit set. Gate: <= 65 %.
-* **exact-fact oracle**: hop 1, hop 2 and the answer recomputed from the stored facts (areas, measured
-  brightness, hosts, distances) by this module's own rule. Gate: 100 %.
+* **exact-fact oracle**: hop 1, hop 2 and the answer recomputed from the stored facts (areas, centroids,
+  hosts, distances) by this module's own rule. Gate: 100 %.
 * **written-hop oracle**: the answer parsed from the chain's sentences alone. Gate: 100 %.
 * **size**: at least 1,000 multi-hop questions in the evaluated set.
 """
@@ -122,7 +122,7 @@ ATTRIBUTE_GROUPS: tuple[str, ...] = (
     "position",
     "relation",
     "area+relation",
-    "brightness+relation",
+    "position+relation",
 )
 """What a one-structure read may see of its structure (one group at a time)."""
 
@@ -142,7 +142,7 @@ def _read(facts: dict[str, Any], name: str, group: str, edges: dict) -> tuple:
         "position": (int(obj["cx"] * 3), int(obj["cy"] * 3)),
         "relation": rel,
         "area+relation": (_bin(obj["area"], edges["area"][lesion]), *rel),
-        "brightness+relation": (_bin(obj["brightness"], edges["brightness"][lesion]), *rel),
+        "position+relation": (int(obj["cx"] * 3), int(obj["cy"] * 3), *rel),
     }
     return ("present", *parts[group])
 
@@ -187,39 +187,39 @@ def one_structure(fit: Sequence[dict], test: Sequence[dict]) -> tuple[list[bool]
 
 
 def exact_oracle(row: dict[str, Any]) -> str:
-    """The answer recomputed from the stored facts (hop 1 by area or brightness, hop 2 by host or distance)."""
+    """The answer recomputed from the stored facts (hop 1 by area or centroid, hop 2 by host or distance)."""
     facts = row["facts"]
     sup, rel, attr = facts["template"].split("-")
     lesions = [o for o in facts["objects"] if o["type"] == "lesion"]
     hosts = {o["name"]: o for o in facts["objects"] if o["type"] != "lesion"}
-    field = "area" if sup in ("largest", "smallest") else "brightness"
-    pick = max if sup in ("largest", "brightest") else min
-    les = pick(lesions, key=lambda o: o[field])
+    key = {
+        "largest": lambda o: -o["area"],
+        "smallest": lambda o: o["area"],
+        "leftmost": lambda o: o["cx"],
+        "uppermost": lambda o: o["cy"],
+    }[sup]
+    les = min(lesions, key=key)
     host = hosts[les["host"]] if rel == "host" else hosts[_nearest_host(facts, les["name"])]
     if attr == "name":
         return normalize_answer(f"The {host['name']}.")
-    from training.phantom.compose import contrast_word
-    from training.phantom.modalities import MODALITIES
-
-    contrast = next(m.contrast for m in MODALITIES if m.name == row["modality"])
-    look = f"{contrast_word(host['brighter'], contrast)} with {'blurred' if host['blurred'] else 'sharp'} margins"
-    return normalize_answer(look[0].upper() + look[1:] + ".")
+    quad = f"{'upper' if host['cy'] < 0.5 else 'lower'} {'left' if host['cx'] < 0.5 else 'right'}"
+    return normalize_answer(f"The {quad} quadrant.")
 
 
 _HOST_RE = re.compile(r"^The .+? (?:holding|nearest to) it is the (.+)\.$")
-_LOOK_RE = re.compile(r"^The .+? is (.+ with (?:sharp|blurred) margins)\.$")
+_QUAD_RE = re.compile(r"^The .+? lies in the ((?:upper|lower) (?:left|right)) quadrant\.$")
 
 
 def written_oracle(row: dict[str, Any]) -> str | None:
-    """The answer parsed from the written chain alone (hop 2's sentence names the host, hop 3's reads it)."""
+    """The answer parsed from the written chain alone (hop 2's sentence names the host, the last reads it)."""
     steps = row["reasoning"]
     host = _HOST_RE.match(steps[2])
     if host is None:
         return None
     if row["facts"]["template"].endswith("-name"):
         return normalize_answer(f"The {host.group(1)}.")
-    look = _LOOK_RE.match(steps[3])
-    return normalize_answer(look.group(1)[0].upper() + look.group(1)[1:] + ".") if look else None
+    quad = _QUAD_RE.match(steps[3])
+    return normalize_answer(f"The {quad.group(1)} quadrant.") if quad else None
 
 
 def audit(root: str | Path, split: str = "test", fit: str | Path | None = None) -> dict[str, Any]:

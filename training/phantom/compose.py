@@ -2,24 +2,24 @@
 
 A question is a small program over a compositional scene (training.phantom.layout):
 
-    hop 1  superlative over the lesions      largest | smallest | brightest | darkest   -> lesion L
+    hop 1  superlative over the lesions      largest | smallest | leftmost | uppermost  -> lesion L
     hop 2  relation from L to a host         host (the one holding L) | nearest (to L)  -> host O
-    hop 3  read O                            name | appearance (brightness and margin)  -> the answer
+    hop 3  read O                            name | quadrant                            -> the answer
 
-e.g. "Reason step by step: which organ in this CT scan holds the brightest lesion?" Because names say
-nothing about size, brightness or position (every object's are drawn at random), neither the question
-nor any one structure tells the answer: the gates of `training.phantom.audit` measure that. The chain
-has four sentences, one per latent step (K = 4 = the reasoning type's depth):
+e.g. "Reason step by step: which organ in this CT scan holds the leftmost lesion?" Names are told by tone
+but say nothing about size or place (both drawn at random for every object), so neither the question nor
+any one structure tells the answer: the gates of `training.phantom.audit` measure that. The chain has
+four sentences, one per latent step (K = 4 = the reasoning type's depth):
 
-    1. "The brightest lesion is the abscess."                         mask: L
+    1. "The leftmost lesion is the abscess."                          mask: L
     2. "The abscess lies in the upper left part of the image."        mask: L
     3. "The organ holding it is the spleen."                          mask: O
-    4. "So the brightest lesion lies in the spleen." / "The spleen is hyperdense with blurred margins."
+    4. "So the leftmost lesion lies in the spleen." / "The spleen lies in the upper left quadrant."
 
-Answers are closed: "The spleen." (4 classes: the modality's host names) or "Hyperdense with blurred
-margins." (4 classes). Sample m of a modality asks template m mod 16 with answer class (m div 16) mod 4,
-and the scene is drawn again until it has that answer, so answers are balanced per (modality, template)
-by construction (CLEVR-style rejection sampling). Margins keep every comparison clear of ties.
+Answers are closed: "The spleen." (4 classes: the modality's host names) or "The upper left quadrant."
+(4 classes). Sample m of a modality asks template m mod 12 with answer class (m div 12) mod 4, and the
+scene is drawn again until it has that answer, so answers are balanced per (modality, template) by
+construction (CLEVR-style rejection sampling). Margins keep every comparison clear of ties.
 """
 
 from __future__ import annotations
@@ -30,22 +30,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.phantom.atlas import ATLAS, Atlas
-from training.phantom.facts import mask_facts
+from training.phantom.facts import centroid, mask_facts
 from training.phantom.layout import Look, Slot, background, paint, place, random_looks
 from training.phantom.scene import PhantomObject, Scene
 
-SUPERLATIVES = ("largest", "smallest", "brightest", "darkest")
+SUPERLATIVES = ("largest", "smallest", "leftmost", "uppermost")
 RELATIONS = ("host", "nearest")
-ATTRIBUTES = ("name", "appearance")
+ATTRIBUTES = ("name", "quadrant")
+QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
 MIN_AREA_RATIO = 1.3
 """A size superlative needs the extreme lesion's area to differ from the runner-up's by this factor."""
-MIN_BRIGHTNESS_GAP = 0.06
-"""A brightness superlative needs this gap (mean luminance in [0, 1]) to the runner-up."""
+MIN_POSITION_GAP = 0.06
+"""A position superlative needs the runner-up's centroid this far behind (fraction of the image side)."""
 MIN_DISTANCE_GAP = 4.0
 """`nearest` needs the runner-up host to be this many pixels (and 30 %) farther from the lesion."""
+MIN_QUADRANT_MARGIN = 0.04
+"""A quadrant answer needs the host's centroid this far from both midlines (fraction of the side)."""
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _QUESTION_RE = re.compile(
-    r"^Reason step by step: (which|how does) .* the (largest|smallest|brightest|darkest) lesion\b"
+    r"^Reason step by step: (which|in which quadrant) .* the (largest|smallest|leftmost|uppermost) lesion\b"
 )
 
 
@@ -73,9 +76,15 @@ class Template:
 
 
 TEMPLATES: tuple[Template, ...] = tuple(
-    Template(s, r, a) for a in ATTRIBUTES for r in RELATIONS for s in SUPERLATIVES
+    Template(s, r, a)
+    for a in ATTRIBUTES
+    for r in RELATIONS
+    for s in SUPERLATIVES
+    if not (a == "quadrant" and s in ("leftmost", "uppermost"))
 )
-"""The 16 templates, in the order sample m of a modality cycles through them."""
+"""The 12 templates, in the order sample m of a modality cycles through them. A position superlative never
+asks for a quadrant: the host holding (or nearest to) the leftmost lesion is nearly always on the left, so
+the answer would follow from the question."""
 
 
 def template_for(m: int) -> tuple[Template, int]:
@@ -84,10 +93,16 @@ def template_for(m: int) -> tuple[Template, int]:
 
 
 def answer_classes(atlas: Atlas, attr: str) -> list[str]:
-    """The four answer classes of an attribute: host names, or (brightness, margin) pairs."""
-    if attr == "name":
-        return list(atlas.hosts)
-    return [f"{b}|{m}" for b in ("brighter", "darker") for m in ("sharp", "blurred")]
+    """The four answer classes of an attribute: host names, or quadrants."""
+    return list(atlas.hosts) if attr == "name" else list(QUADRANTS)
+
+
+def quadrant(mask: np.ndarray) -> str | None:
+    """The quadrant of a mask's centroid, or None when it lies within MIN_QUADRANT_MARGIN of a midline."""
+    cy, cx = centroid(mask)
+    if min(abs(cy - 0.5), abs(cx - 0.5)) < MIN_QUADRANT_MARGIN:
+        return None
+    return f"{'upper' if cy < 0.5 else 'lower'} {'left' if cx < 0.5 else 'right'}"
 
 
 def brightness(scene: Scene, obj: PhantomObject) -> float:
@@ -113,20 +128,23 @@ def _edge(m: np.ndarray) -> np.ndarray:
     return m & ~inner
 
 
-def resolve(sup: str, rel: str, lesions: list, hosts: list, value, mask, holds) -> tuple[int, int] | None:
+def resolve(sup: str, rel: str, lesions: list, hosts: list, mask, holds) -> tuple[int, int] | None:
     """Indices (L, O) of hop 1's lesion and hop 2's host, or None when a margin is not met.
 
-    Works on any objects: `value(obj, kind)` gives an area or a brightness, `mask(obj)` a bool mask,
-    `holds(host, lesion)` whether the host holds the lesion; the generator uses it on planned levels, then
-    on the painted image, so one rule decides both."""
-    kind = "area" if sup in ("largest", "smallest") else "brightness"
-    vals = [value(o, kind) for o in lesions]
-    order = sorted(range(len(vals)), key=lambda i: vals[i], reverse=sup in ("largest", "brightest"))
-    a, b = vals[order[0]], vals[order[1]]
-    if kind == "area" and max(a, b) < MIN_AREA_RATIO * min(a, b):
-        return None
-    if kind == "brightness" and abs(a - b) < MIN_BRIGHTNESS_GAP:
-        return None
+    Works on any objects: `mask(obj)` gives a bool mask, `holds(host, lesion)` whether the host holds the
+    lesion; the generator uses it on planned slots and again on the painted scene, so one rule decides both."""
+    if sup in ("largest", "smallest"):
+        vals = [float(mask(o).sum()) for o in lesions]
+        order = sorted(range(len(vals)), key=lambda i: vals[i], reverse=sup == "largest")
+        a, b = vals[order[0]], vals[order[1]]
+        if max(a, b) < MIN_AREA_RATIO * min(a, b):
+            return None
+    else:  # leftmost: smallest centroid column; uppermost: smallest centroid row
+        axis = 1 if sup == "leftmost" else 0
+        vals = [centroid(mask(o))[axis] for o in lesions]
+        order = sorted(range(len(vals)), key=lambda i: vals[i])
+        if vals[order[1]] - vals[order[0]] < MIN_POSITION_GAP:
+            return None
     li = order[0]
     if rel == "host":
         hits = [i for i, h in enumerate(hosts) if holds(h, lesions[li])]
@@ -137,11 +155,6 @@ def resolve(sup: str, rel: str, lesions: list, hosts: list, value, mask, holds) 
     if d2 - d1 < max(MIN_DISTANCE_GAP, 0.3 * d1):
         return None
     return li, near[0]
-
-
-def appearance_class(obj: PhantomObject) -> str:
-    """The appearance answer class of a host: brightness against its surroundings and margin."""
-    return f"{'brighter' if obj.brighter else 'darker'}|{'blurred' if obj.blurred else 'sharp'}"
 
 
 @dataclass(frozen=True)
@@ -169,29 +182,26 @@ def question_text(t: Template, atlas: Atlas, mod: str) -> str:
     if t.attr == "name":
         verb = "holds" if t.rel == "host" else "lies nearest to"
         return f"Reason step by step: which {atlas.host_word} in this {mod} {verb} the {t.sup} lesion?"
-    return (
-        f"Reason step by step: how does the {atlas.host_word} {where} the {t.sup} lesion look in this {mod}?"
-    )
+    return f"Reason step by step: in which quadrant of this {mod} is the {atlas.host_word} {where} the {t.sup} lesion?"
 
 
-def chain(
-    scene: Scene, t: Template, atlas: Atlas, contrast: tuple[str, str] | None, mod: str, li: int, oi: int
-) -> Chain:
-    """The question, answer and four sentences once hop 1 resolved lesion `li` and hop 2 host `oi`."""
+def chain(scene: Scene, t: Template, atlas: Atlas, mod: str, li: int, oi: int) -> Chain | None:
+    """The question, answer and four sentences once hop 1 resolved lesion `li` and hop 2 host `oi` (None when
+    a quadrant answer sits on a midline)."""
     lesions = [o for o in scene.objects if o.target_type == "lesion"]
     hosts = [o for o in scene.objects if o.target_type != "lesion"]
     les, host = lesions[li], hosts[oi]
     region = mask_facts(les.mask).region
     rel = "holding it" if t.rel == "host" else "nearest to it"
-    look = f"{contrast_word(host.brighter, contrast)} with {'blurred' if host.blurred else 'sharp'} margins"
     if t.attr == "name":
         last = f"So the {t.sup} lesion lies {'in' if t.rel == 'host' else 'nearest to'} the {host.name}."
-        answer = f"The {host.name}."
-        cls = host.name
+        answer, cls = f"The {host.name}.", host.name
     else:
-        last = f"The {host.name} is {look}."
-        answer = f"{look[0].upper()}{look[1:]}."
-        cls = appearance_class(host)
+        quad = quadrant(host.mask)
+        if quad is None:
+            return None
+        last = f"The {host.name} lies in the {quad} quadrant."
+        answer, cls = f"The {quad} quadrant.", quad
     steps = [
         f"The {t.sup} lesion is the {les.name}.",
         f"The {les.name} lies in the {region} part of the image.",
@@ -201,95 +211,57 @@ def chain(
     return Chain(question_text(t, atlas, mod), answer, steps, [les, les, host, host], cls, t)
 
 
-def _planned(sc: Scene, key: str, slots: list[Slot], looks: list[Look]) -> list[float]:
-    """Each object's intended luminance before painting (what `layout.paint` aims for)."""
-    luma = _LUMA if sc.canvas.shape[2] == 3 else np.ones(1, dtype=np.float32)
-    levels: list[float] = []
-    for slot, look in zip(slots, looks):
-        under = levels[slot.host] if slot.host is not None else float((sc.canvas[slot.mask] @ luma).mean())
-        levels.append(
-            float(np.clip(under + (look.contrast if look.brighter else -look.contrast), 0.03, 0.97))
-        )
-    return levels
-
-
-def _impose(target: str, attr: str, oi: int, looks: list[Look], atlas: Atlas) -> None:
-    """Give host `oi` the target answer: its name (swapped with whoever wore it), or its appearance."""
+def _impose_name(target: str, oi: int, looks: list[Look]) -> None:
+    """Give host `oi` the target name (swapped with whoever wore it)."""
     host_looks = looks[:3]
-    if attr == "name":
-        other = next((lk for lk in host_looks if lk.name == target), None)
-        if other is not None:
-            other.name = host_looks[oi].name
-        host_looks[oi].name = target
-    else:
-        b, m = target.split("|")
-        host_looks[oi].brighter, host_looks[oi].blurred = b == "brighter", m == "blurred"
+    other = next((lk for lk in host_looks if lk.name == target), None)
+    if other is not None:
+        other.name = host_looks[oi].name
+    host_looks[oi].name = target
 
 
 def compositional(
-    key: str,
-    t: Template,
-    target: str,
-    contrast: tuple[str, str] | None,
-    mod: str,
-    rng: np.random.Generator,
-    size: int,
-    tries: int = 60,
+    key: str, t: Template, target: str, mod: str, rng: np.random.Generator, size: int, tries: int = 150
 ) -> tuple[Scene, Chain] | None:
     """A scene of modality `key` whose template-`t` question has answer class `target` (None if not found).
 
-    Geometry first, then looks; the target is imposed on hop 2's host and the plan is checked with the
-    intended levels before painting; the painted scene is checked again with measured values."""
+    Geometry first: hop 1 and hop 2 are resolved on the planned masks; a name target is then imposed on hop
+    2's host, a quadrant target is drawn for (rejection); the painted scene is checked again."""
     atlas = ATLAS[key]
     for _ in range(tries):
         sc, region = background(key, rng, size)
         slots = place(sc, region, t.layout)
         if slots is None:
             continue
-        looks = random_looks(sc, atlas, slots)
-        levels = _planned(sc, key, slots, looks)
-        planned = _resolve_plan(t, slots, levels)
+        planned = _resolve_plan(t, slots)
         if planned is None:
             continue
-        _impose(target, t.attr, planned[1], looks, atlas)
-        levels = _planned(sc, key, slots, looks)
-        if _resolve_plan(t, slots, levels) != planned:
+        if t.attr == "quadrant" and quadrant(slots[planned[1]].mask) != target:
             continue
+        looks = random_looks(sc, atlas, slots)
+        if t.attr == "name":
+            _impose_name(target, planned[1], looks)
         paint(sc, key, atlas, slots, looks)
         out = resolve_scene(sc, t)
-        if out is None:
-            continue
-        ch = chain(sc, t, atlas, contrast, mod, *out)
-        if ch.answer_class == target:
+        ch = chain(sc, t, atlas, mod, *out) if out is not None else None
+        if ch is not None and ch.answer_class == target:
             return sc, ch
     return None
 
 
-def _resolve_plan(t: Template, slots: list[Slot], levels: list[float]) -> tuple[int, int] | None:
+def _resolve_plan(t: Template, slots: list[Slot]) -> tuple[int, int] | None:
+    """Hop 1 and hop 2 on the planned slots: (lesion index among lesions, host slot index)."""
     lesions = [i for i, s in enumerate(slots) if s.role == "lesion"]
     hosts = [i for i, s in enumerate(slots) if s.role == "host"]
-    out = resolve(
-        t.sup,
-        t.rel,
-        lesions,
-        hosts,
-        value=lambda i, kind: float(slots[i].mask.sum()) if kind == "area" else levels[i],
-        mask=lambda i: slots[i].mask,
-        holds=lambda h, les: slots[les].host == h,
+    return resolve(
+        t.sup, t.rel, lesions, hosts, mask=lambda i: slots[i].mask, holds=lambda h, les: slots[les].host == h
     )
-    return out
 
 
 def resolve_scene(sc: Scene, t: Template) -> tuple[int, int] | None:
-    """Hop 1 and hop 2 on a painted scene, from its masks and its final 8-bit image."""
+    """Hop 1 and hop 2 on a painted scene, from its masks."""
     lesions = [o for o in sc.objects if o.target_type == "lesion"]
     hosts = [o for o in sc.objects if o.target_type != "lesion"]
     return resolve(
-        t.sup,
-        t.rel,
-        lesions,
-        hosts,
-        value=lambda o, kind: float(o.mask.sum()) if kind == "area" else brightness(sc, o),
-        mask=lambda o: o.mask,
-        holds=lambda h, les: les.host == h.name,
+        t.sup, t.rel, lesions, hosts, mask=lambda o: o.mask, holds=lambda h, les: les.host == h.name
     )

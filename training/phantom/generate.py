@@ -35,7 +35,7 @@ FORMAT_VERSION = 3
 """2: rows carry `step_masks` (one mask per reasoning sentence; multi-hop steps name other structures).
 3: the compositional task (default) and its `scenes.jsonl` of per-object facts."""
 TASKS = ("compositional", "legacy")
-"""compositional (default): names told by identity patterns, attributes drawn at random, multi-hop
+"""compositional (default): names told by tissue tone, size and place drawn at random, multi-hop
 questions whose later hops depend on earlier results (training.phantom.compose). legacy: the earlier
 scenes and multi-hop kinds (training.phantom.multihop), kept for comparison only."""
 _MAX_SCENE_TRIES = 20
@@ -131,8 +131,8 @@ def _multihop_sample(
     template, cls = template_for(m)
     target = answer_classes(ATLAS[modality.key], template.attr)[cls]
     mod = modality.phrases[int(rng.integers(len(modality.phrases)))]
-    for _ in range(4):
-        out = compositional(modality.key, template, target, modality.contrast, mod, rng, size)
+    for _ in range(8):
+        out = compositional(modality.key, template, target, mod, rng, size)
         if out is not None:
             scene, ch = out
             qa = _qa(ch)
@@ -223,7 +223,7 @@ def generate(
     multihop_only: bool = False,
 ) -> Path:
     """Write n phantom samples under out_dir (images/, masks/, manifest.jsonl, {split}.jsonl, phantom.json,
-    scenes.jsonl).
+    scenes.jsonl, and for the compositional task captions.jsonl).
 
     Returns the path of manifest.jsonl. The output depends only on (n, seed, size, splits, task,
     multihop_only).
@@ -268,6 +268,10 @@ def generate(
     for fact, row in zip(facts, rows):
         fact["split"] = row["split"]
     _write_jsonl(out / "scenes.jsonl", facts)
+    if task == "compositional":
+        from training.phantom.captions import write_captions
+
+        write_captions(out)  # captions.jsonl: dense captions of the same images (the perception stage)
     _write_params(
         out / "phantom.json",
         rows,

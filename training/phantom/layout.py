@@ -1,9 +1,9 @@
 """Compositional phantom scenes: a modality's background, three host structures and three lesions.
 
-Every object's name is told only by its identity pattern (training.phantom.atlas); its brightness against
-what lies under it (50/50 brighter or darker), its size, shape, margin and position are drawn afresh for
-every object of every scene. Two layouts: `hosted` (each host holds exactly one lesion) and `free` (no
-object touches another). Hosts are medium-sized, lesions small; a margin is sharp or clearly blurred.
+Every object's name is told by its tissue tone (training.phantom.atlas: intensity, or hue in colour
+modalities); its size, shape, margin and position are drawn afresh for every object of every scene. Two
+layouts: `hosted` (each host holds exactly one lesion) and `free` (no object touches another). Hosts are
+medium-sized, lesions small; a margin is sharp or clearly blurred.
 """
 
 from __future__ import annotations
@@ -12,30 +12,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.phantom.atlas import ATLAS, Atlas
-from training.phantom.raster import blob, ellipse, grid, pattern, sector, smooth_noise
+from training.phantom.atlas import ATLAS, LEVEL_JITTER, Atlas
+from training.phantom.raster import blob, ellipse, grid, sector, smooth_noise
 from training.phantom.scene import Scene
 
 LAYOUTS = ("hosted", "free")
-HOST_RADIUS = (0.085, 0.12)
-"""Host radius range (fraction of the side): areas ~2.3-4.5 %."""
-LESION_RADIUS = (0.03, 0.05)
+HOST_RADIUS = (0.1, 0.14)
+"""Host radius range (fraction of the side): areas ~3-6 %."""
+LESION_RADIUS = (0.04, 0.062)
 """Lesion radius range (fraction of the side; area ~0.3-0.8 %), the same in every host and layout, so a
 lesion's size says nothing about the host it lies in."""
-CONTRAST = (0.14, 0.26)
-"""How much brighter or darker than what lies under it an object is painted (greyscale units)."""
-PATTERN_AMPLITUDE = 0.07
-"""Amplitude of the identity pattern (greyscale units), well below the contrast."""
 GAP = 3.0
 """Smallest distance in pixels between objects that must not touch."""
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-_HUE = {
-    "endo": ((0.95, 0.5, 0.45), (0.85, 0.35, 0.3)),
-    "derm": ((0.7, 0.5, 0.38), (0.55, 0.3, 0.25)),
-    "fundus": ((0.95, 0.6, 0.3), (0.8, 0.25, 0.12)),
-    "path": ((0.75, 0.5, 0.85), (0.5, 0.25, 0.6)),
-}
-"""Host and lesion hues of the colour modalities (scaled to the luminance each object is painted at)."""
+COLOUR = ("endo", "derm", "fundus", "path")
+"""Modalities painted in colour (their structures are told by hue)."""
 
 
 @dataclass
@@ -53,7 +43,7 @@ def background(key: str, rng: np.random.Generator, size: int) -> tuple[Scene, np
     """The modality's unlabelled background and the region objects may occupy (bool [S, S])."""
     s = lambda f: f * size  # noqa: E731
     yy, xx = grid(size)
-    if key in _HUE:
+    if key in COLOUR:
         fill = {"endo": (0.8, 0.42, 0.38), "derm": (0.86, 0.66, 0.55), "fundus": (0.78, 0.33, 0.12)}
         sc = Scene.new(rng, size, 3, fill.get(key, (0.93, 0.72, 0.83)))
         sc.paint(np.ones((size, size), bool), sc.canvas[0, 0], texture=0.06)
@@ -62,29 +52,29 @@ def background(key: str, rng: np.random.Generator, size: int) -> tuple[Scene, np
     sc = Scene.new(rng, size, 1, 0.04)
     if key == "ct":
         body = ellipse(size, s(0.5), s(0.5), s(0.42), s(0.47))
-        sc.paint(body, 0.42, texture=0.03)
+        sc.paint(body, 0.5, texture=0.03)
         return sc, body
     if key == "mri":
         sc.paint(ellipse(size, s(0.5), s(0.5), s(0.47), s(0.41)), 0.7)
         brain = ellipse(size, s(0.5), s(0.5), s(0.44), s(0.38))
-        sc.paint(brain, 0.45, texture=0.03)
+        sc.paint(brain, 0.5, texture=0.03)
         return sc, brain
     if key == "xray":
         body = ellipse(size, s(0.55), s(0.5), s(0.5), s(0.47))
         sc.paint(body, 0.5, texture=0.03)
-        for cx in (0.3, 0.7):
-            sc.paint(ellipse(size, s(0.48), s(cx), s(0.3), s(0.15)), 0.3, edge=2.0)
         return sc, body
     if key == "us":
         fan = sector(size, (s(0.0), s(0.5)), s(0.08), s(0.98), 0.75)
-        sc.paint(fan, 0.42, texture=0.05)
+        sc.paint(fan, 0.5, texture=0.05)
         return sc, fan
-    # oct: layered retina over dark vitreous; objects anywhere inside the frame
-    top = s(rng.uniform(0.25, 0.32)) + s(0.02) * np.sin(2 * np.pi * (np.arange(size) + 0.5) / size)
-    for i, level in enumerate((0.7, 0.35, 0.5, 0.3, 0.75, 0.45)):
-        band = (yy >= top[None, :] + s(0.07) * i) & (yy < top[None, :] + s(0.07) * (i + 1))
-        sc.paint(band, level, texture=0.04)
-    return sc, np.ones((size, size), bool) & (yy > s(0.04)) & (yy < s(0.96))
+    # oct: a thick retina (faint layers) over dark vitreous; objects inside it
+    top = s(rng.uniform(0.08, 0.12)) + s(0.02) * np.sin(2 * np.pi * (np.arange(size) + 0.5) / size)
+    retina = (yy >= top[None, :]) & (yy < s(0.96))
+    sc.paint(retina, 0.5, texture=0.04)
+    for i in range(1, 6):
+        band = (yy >= top[None, :] + s(0.16) * i) & (yy < top[None, :] + s(0.16) * i + s(0.012))
+        sc.paint(band & retina, 0.56)
+    return sc, retina
 
 
 def place(sc: Scene, region: np.ndarray, layout: str, tries: int = 4) -> list[Slot] | None:
@@ -161,32 +151,26 @@ class Look:
     """How one named object is painted."""
 
     name: str
-    brighter: bool
-    contrast: float
     blurred: bool
 
 
 def paint(sc: Scene, key: str, atlas: Atlas, slots: list[Slot], looks: list[Look]) -> None:
-    """Paint the named objects (hosts first, then lesions inside or beside them) and the modality's noise."""
+    """Paint the named objects in their tones (hosts first, then lesions inside or beside them) and the
+    modality's noise."""
+    colour = key in COLOUR
     for slot, look in zip(slots, looks):
         host = looks[slot.host].name if slot.host is not None else None
-        under = float((sc.canvas[slot.mask] @ _luma(sc)).mean())
-        level = float(np.clip(under + (look.contrast if look.brighter else -look.contrast), 0.03, 0.97))
-        phase = sc.u(0, 2 * np.pi)
-        pat = PATTERN_AMPLITUDE * pattern(sc.size, atlas.pattern(look.name), sc.u(5.0, 6.5), phase)
-        colour: float | tuple[float, ...] = level
-        if key in _HUE:
-            hue = np.asarray(_HUE[key][slot.role == "lesion"], dtype=np.float32)
-            colour = tuple(np.clip(hue * level / float(hue @ _LUMA), 0, 1).tolist())
+        tone = np.asarray(atlas.tone(look.name, colour), dtype=np.float32)
+        tone = np.clip(tone + sc.u(-LEVEL_JITTER, LEVEL_JITTER), 0.0, 1.0)
         ttype = "lesion" if slot.role == "lesion" else atlas.host_type
         added = sc.add(
             look.name,
             ttype,
             slot.mask,
-            colour,
+            tuple(tone.tolist()) if colour else float(tone),
+            texture=0.03,
             edge=sc.u(2.0, 3.5) * sc.size / 128 if look.blurred else 0.0,
             host=host,
-            pattern=pat,
             overlap_ok=slot.host is not None,
             min_pixels=1,
         )
@@ -195,17 +179,13 @@ def paint(sc: Scene, key: str, atlas: Atlas, slots: list[Slot], looks: list[Look
     _finish(sc, key)
 
 
-def _luma(sc: Scene) -> np.ndarray:
-    return _LUMA if sc.canvas.shape[2] == 3 else np.ones(1, dtype=np.float32)
-
-
 def _finish(sc: Scene, key: str) -> None:
     """The modality's noise: speckle for ultrasound and OCT, Rician-like for MRI, Gaussian otherwise."""
     size, rng = sc.size, sc.rng
     if key == "us":
-        sc.canvas = sc.canvas * rng.gamma(10.0, 0.1, (size, size)).astype(np.float32)[..., None]
+        sc.canvas = sc.canvas * rng.gamma(30.0, 1 / 30.0, (size, size)).astype(np.float32)[..., None]
     elif key == "oct":
-        sc.canvas = sc.canvas * rng.gamma(12.0, 1 / 12.0, (size, size)).astype(np.float32)[..., None]
+        sc.canvas = sc.canvas * rng.gamma(40.0, 1 / 40.0, (size, size)).astype(np.float32)[..., None]
     elif key == "mri":
         sc.canvas = sc.canvas * (1.0 + 0.06 * smooth_noise(rng, size, 3))[..., None]
         n1, n2 = rng.normal(0, 0.025, (2, size, size)).astype(np.float32)
@@ -215,11 +195,11 @@ def _finish(sc: Scene, key: str) -> None:
 
 
 def random_looks(sc: Scene, atlas: Atlas, slots: list[Slot]) -> list[Look]:
-    """Distinct random names per role and random brightness, contrast and margin for every slot."""
+    """Distinct random names per role and a random margin for every slot."""
     hosts = [atlas.hosts[i] for i in sc.rng.permutation(4)[:3]]
     lesions = [atlas.lesions[i] for i in sc.rng.permutation(4)[:3]]
     names = iter(hosts + lesions)
-    return [Look(next(names), sc.chance(0.5), sc.u(*CONTRAST), sc.chance(0.5)) for _ in slots]
+    return [Look(next(names), sc.chance(0.5)) for _ in slots]
 
 
 def build(key: str, rng: np.random.Generator, size: int, layout: str) -> Scene | None:

@@ -153,34 +153,3 @@ def blur(a: np.ndarray, sigma: float) -> np.ndarray:
             acc += k[i] * p[i : i + n]
         out = np.moveaxis(acc, 0, axis)
     return out
-
-
-def pattern(size: int, kind: str, period: float, phase: float = 0.0) -> np.ndarray:
-    """An identity pattern over the whole canvas, float32 [S, S] with values in [-1, 1] and mean ~0.
-
-    Kinds (training.phantom.atlas.PATTERNS): plain (zeros), hstripes, vstripes, diagonal, antidiagonal,
-    dots, checker, grid; `period` is the repeat in pixels, `phase` shifts it (radians).
-    """
-    yy, xx = grid(size)
-    w = 2 * np.pi / period
-    if kind == "plain":
-        return np.zeros((size, size), dtype=np.float32)
-    if kind == "hstripes":
-        return np.sin(w * yy + phase).astype(np.float32)
-    if kind == "vstripes":
-        return np.sin(w * xx + phase).astype(np.float32)
-    if kind == "diagonal":
-        return np.sin(w * (xx + yy) / np.sqrt(2) + phase).astype(np.float32)
-    if kind == "antidiagonal":
-        return np.sin(w * (xx - yy) / np.sqrt(2) + phase).astype(np.float32)
-    sy, sx = np.sin(w * yy + phase), np.sin(w * xx + phase)
-    if kind == "dots":
-        on = (sy * sx > 0.45).astype(np.float32)
-    elif kind == "checker":
-        on = (sy * sx > 0).astype(np.float32)
-    elif kind == "grid":
-        on = ((np.abs(sy) > 0.85) | (np.abs(sx) > 0.85)).astype(np.float32)
-    else:
-        raise ValueError(f"unknown pattern {kind!r}")
-    p = 2 * on - 1
-    return (p - p.mean()).astype(np.float32)

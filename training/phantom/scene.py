@@ -60,17 +60,9 @@ class Scene:
         return cls(size=size, rng=rng, canvas=canvas)
 
     def paint(
-        self,
-        mask: np.ndarray,
-        colour: float | tuple[float, ...],
-        texture: float = 0.0,
-        edge: float = 0.0,
-        pattern: np.ndarray | None = None,
+        self, mask: np.ndarray, colour: float | tuple[float, ...], texture: float = 0.0, edge: float = 0.0
     ) -> None:
-        """Alpha-blend a (textured) colour under `mask`, with a Gaussian edge `edge` pixels wide.
-
-        `pattern` (float [S, S], already scaled) is added to the colour inside the mask: the identity
-        patterns of compositional scenes (training.phantom.atlas)."""
+        """Alpha-blend a (textured) colour under `mask`, with a Gaussian edge `edge` pixels wide."""
         alpha = blur(mask.astype(np.float32), edge) if edge > 0 else mask.astype(np.float32)
         value = np.broadcast_to(np.asarray(colour, dtype=np.float32), (self.canvas.shape[2],))
         layer = np.empty_like(self.canvas)
@@ -78,8 +70,6 @@ class Scene:
         if texture > 0:
             noise = 0.6 * smooth_noise(self.rng, self.size, 12) + 0.4 * smooth_noise(self.rng, self.size, 40)
             layer *= 1.0 + texture * noise[..., None]
-        if pattern is not None:
-            layer += pattern[..., None]
         a = alpha[..., None]
         self.canvas = self.canvas * (1 - a) + layer * a
 
@@ -96,13 +86,11 @@ class Scene:
         hue: str | None = None,
         overlap_ok: bool = False,
         min_pixels: int = 12,
-        pattern: np.ndarray | None = None,
     ) -> bool:
         """Paint and record a labelled object; False (nothing painted) if it is too small or overlaps another.
 
         Objects with a `host` are clipped to the host's mask and may overlap only it (a lesion in an organ);
-        `overlap_ok` lets thin structures (vessels) cross others, so builders add them last. A `pattern`
-        (see `paint`) makes the object textured.
+        `overlap_ok` lets thin structures (vessels) cross others, so builders add them last.
         """
         if host is not None:
             mask = mask & self.get(host).mask
@@ -113,10 +101,11 @@ class Scene:
         under = float((self.canvas[mask] @ self._luma()).mean())
         value = np.asarray(colour, dtype=np.float32)
         level = float(value @ _LUMA) if value.size == 3 else float(value)
-        self.paint(mask, colour, texture=texture, edge=edge, pattern=pattern)
-        textured = texture >= TEXTURED or (pattern is not None and bool(np.any(pattern[mask] != 0)))
+        self.paint(mask, colour, texture=texture, edge=edge)
         self.objects.append(
-            PhantomObject(name, target_type, mask, level > under, textured, edge >= BLURRED, host, hue)
+            PhantomObject(
+                name, target_type, mask, level > under, texture >= TEXTURED, edge >= BLURRED, host, hue
+            )
         )
         return True
 
