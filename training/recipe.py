@@ -15,7 +15,7 @@ import yaml
 
 from vital_core.config import ConfigError, deep_merge, load_dataclass
 
-CURRICULA = ("three_phase", "two_phase", "full_mix", "reverse")
+CURRICULA = ("three_phase", "two_phase", "full_mix", "reverse", "coconut")
 
 
 @dataclass
@@ -30,10 +30,17 @@ class ModelSpec:
     """Warm start from a bundle (e.g. the stage-0 backbone); its LoRA is merged first."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Nested VitalConfig overrides applied after loading (e.g. {latent: {k_max: 4}})."""
+    align_encoder: str | None = None
+    """Stage 0 from a preset: before training, distil this patch encoder (a tiny MedSigLIP directory) into
+    the backbone's vision tower (training.vision_align; ours, the stand-in for a pretrained vision encoder)."""
+    align_steps: int = 400
+    """Steps of that distillation (batches of 32 training images)."""
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.preset, self.config, self.init_bundle)) != 1:
             raise ConfigError("model: give exactly one of preset, config, init_bundle")
+        if self.align_encoder is not None and self.init_bundle is not None:
+            raise ConfigError("model.align_encoder: only for a backbone built from a preset or config")
 
 
 @dataclass
@@ -49,7 +56,18 @@ class DataSpec:
     max_samples: int | None = None
     """Use only the first N training samples (smoke tests, quick ablations)."""
     max_answer_tokens: int = 32
-    """Answers are truncated to this many tokens (stop token included)."""
+    """Answers are truncated to this many tokens (stop token included); with `target: chain` this is the
+    whole written text (chain, marker and answer)."""
+    target: str = "answer"
+    """What the model writes after its K latent steps (vital_core.chain): `answer` (the answer alone; the
+    paper) or `chain` (the reasoning sentences not made latent, "Answer:", the answer — stage 0 of the
+    explicit-reasoning-first recipe at K = 0, and the Coconut-style latent stages)."""
+
+    def __post_init__(self) -> None:
+        from vital_core.chain import TARGETS
+
+        if self.target not in TARGETS:
+            raise ConfigError(f"data.target: one of {', '.join(TARGETS)}")
 
 
 @dataclass
@@ -110,6 +128,9 @@ class PhaseSpec:
     max_k: int = 4
     epochs: float = 1.0
     name: str = ""
+    latent_cap: int | None = None
+    """Coconut stage: a sample runs min(its depth, latent_cap) latent steps (its first sentences become
+    latent; with `data.target: chain` the rest are written). None: its own depth."""
 
 
 @dataclass
@@ -119,7 +140,8 @@ class CurriculumSpec:
     kind: str = "three_phase"
     epochs: list[float] = field(default_factory=lambda: [5.0, 5.0, 10.0])
     """Epochs per phase of the named kind (paper: 5, 5, 10); a shorter list repeats its last value.
-    full_mix runs one phase for the sum of the listed epochs."""
+    full_mix runs one phase for the sum of the listed epochs. coconut (ours, after Coconut, Hao et al.
+    2024) has one stage per listed value: stage c makes every sample's first c sentences latent."""
     phases: list[PhaseSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -168,6 +190,9 @@ class Recipe:
     num_workers: int = 0
     """DataLoader worker processes that decode each batch's images and gather its targets while the
     model steps (0: in the training process)."""
+    direct_share: float = 0.0
+    """Latent stage: this share of each phase's samples (drawn per phase, deterministically) trains at
+    K = 0 on the answer alone, so K = 0 stays a direct-answer mode of the latent model (ours)."""
 
     def __post_init__(self) -> None:
         if self.stage not in ("latent", "backbone"):
@@ -178,6 +203,8 @@ class Recipe:
             raise ConfigError("distributed: ddp or fsdp")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum must be >= 1")
+        if not 0.0 <= self.direct_share < 1.0:
+            raise ConfigError("direct_share must be in [0, 1)")
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -211,6 +238,8 @@ def phases_for(c: CurriculumSpec) -> list[PhaseSpec]:
         return c.phases
     if c.kind == "full_mix":  # all K from the start, for the total of the given epochs
         return [PhaseSpec(0, 99, float(sum(c.epochs)), "full_mix")]
+    if c.kind == "coconut":  # stage c: every sample, its first c sentences latent
+        return [PhaseSpec(0, 99, float(e), f"stage{i + 1}", latent_cap=i + 1) for i, e in enumerate(c.epochs)]
     e = c.epochs + [c.epochs[-1]] * (3 - len(c.epochs)) if len(c.epochs) < 3 else c.epochs
     if c.kind == "three_phase":  # K = 1, then K <= 2, then all
         return [

@@ -24,9 +24,18 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from training.data.batches import RoiTargets, batch_loader, in_phase, k_batches, per_step_targets, roi_keys
+from training.data.batches import (
+    KRule,
+    RoiTargets,
+    batch_loader,
+    in_phase,
+    k_batches,
+    per_step_targets,
+    roi_keys,
+)
 from training.data.manifest import Sample, load_manifest
 from training.recipe import PhaseSpec, Recipe, phases_for
+from vital_core.chain import target_text
 from vital_core.heads import encode_steps
 from vital_core.model import VitalModel
 from vital_core.preprocess import encode_answers, encode_prompts
@@ -189,6 +198,7 @@ class Trainer:
         self.device = pick_device(recipe, self.local_rank)
         self.out = Path(recipe.output_dir)
         self.is_main = self.rank == 0
+        self._rule = KRule()
 
     # -- setup -----------------------------------------------------------------------------------
     def _load_data(self) -> list[Sample]:
@@ -238,12 +248,12 @@ class Trainer:
 
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
-    def _phase_batches(self, samples: list[Sample], phase_idx: int, phase: PhaseSpec) -> list[list[int]]:
+    def _phase_batches(
+        self, samples: list[Sample], phase_idx: int, phase: PhaseSpec, rule: KRule
+    ) -> list[list[int]]:
         """This rank's batches of one phase: whole epochs of `k_batches`, cut at `phase.epochs`."""
         r = self.recipe
-        kw = dict(
-            k_override=self._k_override(), rank=self.rank, world=self.world, group=self.world * r.grad_accum
-        )
+        kw = dict(k_override=rule, rank=self.rank, world=self.world, group=self.world * r.grad_accum)
         per_epoch = len(k_batches(samples, r.batch_size, 0, **kw))
         total = int(round(phase.epochs * per_epoch))
         total -= total % r.grad_accum if total >= r.grad_accum else 0  # whole optimizer steps
@@ -254,8 +264,18 @@ class Trainer:
             epoch += 1
         return seq[:total]
 
-    def _k_override(self) -> int | None:
-        return 0 if self.recipe.stage == "backbone" else self.recipe.k_override
+    def _k_rule(self, phase: PhaseSpec, phase_idx: int, samples: list[Sample]) -> KRule:
+        """Each sample's K in one phase: 0 in stage 0, the recipe's forced K, or its depth capped by the
+        phase (Coconut stages); `direct_share` of the samples answer at K = 0 (drawn per phase from the seed)."""
+        r = self.recipe
+        if r.stage == "backbone":
+            return KRule(override=0)
+        direct: frozenset[str] = frozenset()
+        if r.direct_share > 0:
+            direct = frozenset(
+                s.id for s in samples if _unit_hash(f"{r.seed}|{phase_idx}|{s.id}") < r.direct_share
+            )
+        return KRule(override=r.k_override, cap=phase.latent_cap, direct=direct)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def _ckpt_dirs(self) -> list[Path]:
@@ -328,6 +348,8 @@ class Trainer:
                 raise ValueError("loss.visual needs data.roi_store (or set loss.visual=false)")
             targets = RoiTargets(r.data.roi_store, roi_keys(samples, r.loss.visual_target == "per_hop"))
         global_feats = self._global_features(model, samples) if r.loss.visual_target == "per_step" else None
+        if r.model.align_encoder and r.stage == "backbone" and not (self.resume and self._ckpt_dirs()):
+            self._align_vision(model, samples)
         state, extra = self._restore(model)
         if extra is not None:
             torch.set_rng_state(extra["rng"])
@@ -340,14 +362,15 @@ class Trainer:
         last: dict[str, float] = {}
         for pi in range(state.phase, len(phases)):
             phase = phases[pi]
-            subset = in_phase(samples, phase.min_k, phase.max_k, self._k_override())
+            rule = self._rule = self._k_rule(phase, pi, samples)
+            subset = in_phase(samples, phase.min_k, phase.max_k, rule)
             if not subset:
                 log.warning(
                     "phase %s has no samples (K in [%d, %d]); skipped", phase.name, phase.min_k, phase.max_k
                 )
                 state = TrainState(phase=pi + 1, step=state.step)
                 continue
-            seq = self._phase_batches(subset, pi, phase)
+            seq = self._phase_batches(subset, pi, phase, rule)
             total_steps = math.ceil(len(seq) / r.grad_accum)
             opt, sched = self._optimizer(model, total_steps)
             if extra is not None and state.phase == pi and (state.batch_pos or state.phase_step):
@@ -359,7 +382,7 @@ class Trainer:
             loader = batch_loader(
                 subset,
                 seq[state.batch_pos :],
-                k_override=self._k_override(),
+                k_override=rule,
                 targets=targets,
                 global_features=global_feats,
                 num_workers=r.num_workers,
@@ -449,8 +472,12 @@ class Trainer:
         prompts = encode_prompts(batch.images, [s.question for s in batch.samples], tok, model.processor).to(
             self.device
         )
-        answers, amask = encode_answers([s.answer for s in batch.samples], tok, r.data.max_answer_tokens)
         k = batch.k
+        texts = [
+            target_text(s.reasoning, s.answer, k, "answer" if s.id in self._rule.direct else r.data.target)
+            for s in batch.samples
+        ]
+        answers, amask = encode_answers(texts, tok, r.data.max_answer_tokens)
         sid, smask, shas = encode_steps(
             [list(s.reasoning) for s in batch.samples],
             tok,
@@ -500,6 +527,25 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("total", "task", "sem", "vis")})
 
+    def _align_vision(self, model: VitalModel, samples: list[Sample]) -> None:
+        """Distil the recipe's patch encoder into the vision tower (training.vision_align), then record it."""
+        import dataclasses
+
+        from index_builder.encoder import load_encoder
+        from training.vision_align import align_vision
+
+        spec = self.recipe.model
+        enc = load_encoder(
+            dataclasses.replace(model.config.encoder, path=spec.align_encoder), device=str(self.device)
+        )
+        images = sorted({str(s.image) for s in samples})
+        result = align_vision(
+            model, enc, images, steps=spec.align_steps, seed=self.recipe.seed, progress=self.is_main
+        )
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "vision_align.json").write_text(json.dumps(result, indent=2))
+
     def _global_features(self, model: VitalModel, samples: list[Sample]) -> dict[str, torch.Tensor]:
         """Per-step target variant: L2-normalised mean of each image's encoder patch grid (§C.5)."""
         from PIL import Image
@@ -519,6 +565,13 @@ class Trainer:
             for s, v in zip(chunk, g):
                 feats[s.roi_key or s.id] = v
         return feats
+
+
+def _unit_hash(text: str) -> float:
+    """A deterministic number in [0, 1) from a string (the same on every rank and run)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

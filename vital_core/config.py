@@ -25,6 +25,9 @@ QUESTION_TYPES: tuple[str, ...] = (
     "reasoning",
 )
 
+FEEDS: tuple[str, ...] = ("hidden", "embed_rms")
+"""What the latent loop feeds back (`latent.feed`)."""
+
 VP_VARIANTS: tuple[str, ...] = ("res_mlp_ln", "linear", "mlp", "mlp_ln", "transformer")
 """Visual projector architectures of the paper's §C.2 ablation; res_mlp_ln is the paper's projector."""
 
@@ -101,12 +104,18 @@ class LatentConfig:
     """Largest K accepted."""
     max_new_tokens: int = 32
     """Default cap on generated answer tokens."""
+    feed: str = "hidden"
+    """What each latent step is fed: `hidden`, the last hidden state as it comes out of the final norm (the
+    paper); or `embed_rms`, that state rescaled to the mean L2 norm of the token embeddings (ours, after
+    GAP, arXiv 2605.12374: a fed-back hidden state is otherwise many times a token embedding's norm;
+    `vital eval --mode latent` reports the ratio). Latents h_k given to the heads are never rescaled."""
 
     def __post_init__(self) -> None:
         if self.k_max < 0 or not 0 <= self.k_default <= self.k_max:
             raise ConfigError("latent: need 0 <= k_default <= k_max")
         if self.max_new_tokens <= 0:
             raise ConfigError("latent: max_new_tokens must be positive")
+        _check_choice("latent.feed", self.feed, FEEDS)
 
 
 @dataclass

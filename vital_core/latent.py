@@ -39,6 +39,8 @@ from vital_core.timing import null_timer
 
 TokenCallback = Callable[[list[int | None]], object]
 """`on_tokens(step_tokens)`: one decode step's new token per batch row (None: row ended)."""
+FeedOverride = Callable[[int, torch.Tensor], torch.Tensor]
+"""`feed_override(i, h_i)`: the (B, 1, H) state fed to latent step i+1 instead of h_i."""
 
 
 @dataclass
@@ -85,6 +87,8 @@ def latent_forward(
     prefix_cache: PrefixCache | None = None,
     image_keys: Sequence[str] | None = None,
     on_tokens: TokenCallback | None = None,
+    feed_norm: float | None = None,
+    feed_override: FeedOverride | None = None,
 ) -> LatentOutput:
     """Run prefix → K latent steps → answer on one left-padded batch.
 
@@ -106,6 +110,9 @@ def latent_forward(
             one entry per row (None once the row has ended; stop tokens are never passed), in order,
             so a row's entries concatenate to its `tokens`. Delivered at the host's stop check (no
             extra sync). A truthy return stops decoding early (every consumer went away).
+        feed_norm: rescale every fed state to this L2 norm (`latent.feed: embed_rms`); None feeds h as is.
+        feed_override: `(i, h) -> x`: what step i+1 is fed instead of h_i (the latent-usage tests: another
+            sample's latents, or noise of equal norm); applied before `feed_norm`.
     """
     vl = core.model
     text = vl.language_model
@@ -135,7 +142,10 @@ def latent_forward(
         latents = [h]
         for i in range(kmax):
             with timer("latent"):
-                h = seq.step(h, pre.next_pos + i)  # (B, 1, H)
+                x = h if feed_override is None else feed_override(i, h)
+                if feed_norm is not None:  # (B, 1, H) at the token embeddings' norm
+                    x = x * (feed_norm / x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)).to(x.dtype)
+                h = seq.step(x, pre.next_pos + i)  # (B, 1, H)
                 latents.append(h)
         lat = torch.cat(latents, dim=1)  # (B, Kmax+1, H)
         h_k = lat[torch.arange(bsz, device=lat.device), ks].unsqueeze(1)  # (B, 1, H): each sample's own h_K

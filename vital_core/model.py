@@ -11,9 +11,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase, Qwen3VLConfig, Qwen3VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+from vital_core.chain import final_answer, written_steps
 from vital_core.config import VitalConfig
 from vital_core.heads import Scaffold, build_scaffold
-from vital_core.latent import LatentOutput, TokenCallback, latent_forward
+from vital_core.latent import FeedOverride, LatentOutput, TokenCallback, latent_forward
 from vital_core.lora import attach_lora, merge_lora, unwrap
 from vital_core.prefix_cache import PrefixCache
 from vital_core.preprocess import (
@@ -35,10 +36,13 @@ class Answer:
     """One answered prompt."""
 
     text: str
+    """The answer (`vital_core.chain.final_answer` of what was decoded)."""
     tokens: list[int]
     k: int
     latents: torch.Tensor  # (k+1, H): h_0..h_k
     prefix_hit: bool | None = None  # image prefix reused from a prefix cache (None: no cache)
+    written: str = ""
+    """Reasoning the model wrote before its answer (an explicit chain of thought), empty when none."""
 
 
 class VitalModel(nn.Module):
@@ -94,9 +98,9 @@ class VitalModel(nn.Module):
         answer_mask: torch.Tensor | None = None,
         max_new_tokens: int | None = None,
         timer: Callable = null_timer,
-        **serving,  # runner / prefix_cache / image_keys (see latent_forward)
+        **serving,  # runner / prefix_cache / image_keys / on_tokens / feed_override (see latent_forward)
     ) -> LatentOutput:
-        """The latent loop (see `vital_core.latent.latent_forward`)."""
+        """The latent loop (see `vital_core.latent.latent_forward`), fed as `config.latent.feed` says."""
         return latent_forward(
             self.core,
             batch,
@@ -107,8 +111,20 @@ class VitalModel(nn.Module):
             stop_ids=self.stop_ids,
             pad_id=self.tokenizer.pad_token_id or 0,
             timer=timer,
+            feed_norm=self.feed_norm() if self.config.latent.feed == "embed_rms" else None,
             **serving,
         )
+
+    def feed_norm(self) -> float:
+        """Mean L2 norm of the token embeddings (what `latent.feed: embed_rms` rescales fed states to);
+        computed once per embedding weight version (the embeddings are frozen in latent training)."""
+        w = self.core.model.language_model.embed_tokens.weight
+        key = (w.data_ptr(), w._version)
+        if getattr(self, "_feed_norm_key", None) != key:
+            with torch.no_grad():
+                self._feed_norm = float(w.float().norm(dim=-1).mean())
+            self._feed_norm_key = key
+        return self._feed_norm
 
     def answer(
         self,
@@ -120,9 +136,11 @@ class VitalModel(nn.Module):
         runner: StaticRunner | None = None,
         prefix_cache: PrefixCache | None = None,
         on_tokens: TokenCallback | None = None,
+        feed_override: FeedOverride | None = None,
     ) -> list[Answer]:
-        """Answer a batch of questions (inference mode, greedy; optional static cache, prefix cache and
-        per-step token callback, see `latent_forward`)."""
+        """Answer a batch of questions (inference mode, greedy; optional static cache, prefix cache,
+        per-step token callback and fed-state override, see `latent_forward`). A written chain of
+        thought is split from the answer (`vital_core.chain`)."""
         k = self.config.latent.k_default if k is None else k
         with torch.inference_mode():
             with timer("preprocess"):
@@ -137,17 +155,22 @@ class VitalModel(nn.Module):
                 prefix_cache=prefix_cache,
                 image_keys=keys,
                 on_tokens=on_tokens,
+                feed_override=feed_override,
             )
-        return [
-            Answer(
-                text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
-                tokens=toks,
-                k=int(kb),
-                latents=out.latents[i, : int(kb) + 1].float().cpu(),
-                prefix_hit=out.prefix_hits[i] if out.prefix_hits is not None else None,
+        answers = []
+        for i, (toks, kb) in enumerate(zip(out.tokens, out.k.tolist())):
+            text = self.tokenizer.decode(toks, skip_special_tokens=True).strip()
+            answers.append(
+                Answer(
+                    text=final_answer(text),
+                    tokens=toks,
+                    k=int(kb),
+                    latents=out.latents[i, : int(kb) + 1].float().cpu(),
+                    prefix_hit=out.prefix_hits[i] if out.prefix_hits is not None else None,
+                    written=written_steps(text),
+                )
             )
-            for i, (toks, kb) in enumerate(zip(out.tokens, out.k.tolist()))
-        ]
+        return answers
 
     def add_lora(self) -> None:
         """Attach fresh LoRA adapters (config.lora) to the language model."""

@@ -288,3 +288,46 @@ def test_warm_start_keeps_a_bundles_trained_heads(tiny_bundle):
         torch.testing.assert_close(tensor, saved[name], msg=name)
     assert all(p.requires_grad for p in model.scaffold.parameters())
     assert any("lora_" in n and p.requires_grad for n, p in model.backbone.named_parameters())
+
+
+def test_coconut_stages_make_the_first_sentences_latent(phantom_samples):
+    from training.data.batches import KRule, sample_k
+    from training.recipe import CurriculumSpec
+
+    phases = phases_for(CurriculumSpec(kind="coconut", epochs=[1, 1, 2, 3]))
+    assert [p.latent_cap for p in phases] == [1, 2, 3, 4] and [p.epochs for p in phases] == [1, 1, 2, 3]
+    hop = next(s for s in phantom_samples if len(s.reasoning) == 4)
+    one = next(s for s in phantom_samples if len(s.reasoning) == 1)
+    assert [sample_k(hop, KRule(cap=p.latent_cap)) for p in phases] == [1, 2, 3, 4]
+    assert [sample_k(one, KRule(cap=p.latent_cap)) for p in phases] == [1, 1, 1, 1]
+    assert sample_k(hop, KRule(cap=2, direct=frozenset({hop.id}))) == 0
+    assert sample_k(hop, KRule(override=3, cap=1)) == 3
+    batches = k_batches(phantom_samples, 8, 0, k_override=KRule(cap=2))
+    assert all(len({sample_k(phantom_samples[i], KRule(cap=2)) for i in b}) == 1 for b in batches)
+
+
+def test_chain_target_and_direct_share_train(tmp_path, phantom_dir, roi_store):
+    from training.trainer import Trainer
+
+    path = _recipe(
+        tmp_path,
+        phantom_dir,
+        roi_store,
+        **{
+            "data.target": "chain",
+            "data.max_answer_tokens": 96,
+            "curriculum.kind": "coconut",
+            "curriculum.epochs": [0.25, 0.25],
+            "direct_share": 0.5,
+        },
+    )
+    trainer = Trainer(Recipe.from_yaml(path))
+    out = trainer.run()
+    assert torch.isfinite(torch.tensor(out["total"])) and out["steps"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    ks = {r["k"] for r in rows}
+    assert 0 in ks and ks <= {0, 1, 2}, ks  # direct-share batches at K = 0, Coconut stages cap K at 1 then 2
+    with pytest.raises(Exception, match="data.target"):
+        Recipe.from_dict({"data": {"target": "essay"}})
+    with pytest.raises(Exception, match="direct_share"):
+        Recipe.from_dict({"direct_share": 1.0})

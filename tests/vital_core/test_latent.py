@@ -254,3 +254,63 @@ def test_on_tokens_streams_each_step_and_equals_the_result(tiny_model, images, q
     assert steps[0][2] is None and not set(t for s in steps for t in s) & stops
     # stop asked from the 2nd step on: decoding ends at the next host check (steps 2..1+n arrive together)
     assert len(calls) == 1 + max(stop_every, 1) and all(len(t) == len(calls) < 8 for t in cut.tokens)
+
+
+def test_feed_norm_rescales_only_what_is_fed(tiny_model, images, questions):
+    from vital_core.latent import latent_forward
+
+    batch = tiny_model.encode(images[:2], questions[:2])
+    with torch.inference_mode():
+        plain = latent_forward(tiny_model.core, batch, 3, max_new_tokens=2)
+        seen = []
+
+        def spy(i, h):
+            seen.append(h.clone())
+            return h
+
+        scaled = latent_forward(
+            tiny_model.core, batch, 3, max_new_tokens=2, feed_norm=0.25, feed_override=spy
+        )
+    # h_0 is the same; later states differ because a rescaled state was fed
+    assert torch.allclose(plain.latents[:, 0], scaled.latents[:, 0])
+    assert not torch.allclose(plain.latents[:, 1], scaled.latents[:, 1])
+    assert len(seen) == 3 and torch.allclose(seen[0], scaled.latents[:, :1])  # the override sees h_i
+
+
+def test_feed_override_of_the_natural_states_changes_nothing(tiny_model, images, questions):
+    from vital_core.latent import latent_forward
+
+    batch = tiny_model.encode(images[:2], questions[:2])
+    with torch.inference_mode():
+        ref = latent_forward(tiny_model.core, batch, 3, max_new_tokens=4)
+        same = latent_forward(
+            tiny_model.core, batch, 3, max_new_tokens=4, feed_override=lambda i, h: ref.latents[:, i : i + 1]
+        )
+        swapped = latent_forward(
+            tiny_model.core,
+            batch,
+            3,
+            max_new_tokens=4,
+            feed_override=lambda i, h: ref.latents.flip(0)[:, i : i + 1],
+        )
+    assert same.tokens == ref.tokens and torch.allclose(same.latents, ref.latents, atol=1e-5)
+    assert not torch.allclose(swapped.latents[:, 1:], ref.latents[:, 1:])
+
+
+def test_embed_rms_feed_is_a_config_setting(images, questions):
+    from vital_core.config import ConfigError, LatentConfig
+    from vital_core.model import build_model
+    from vital_core.presets import tiny
+
+    with pytest.raises(ConfigError, match="latent.feed"):
+        LatentConfig(feed="rms")
+    cfg = tiny()
+    cfg.latent.feed = "embed_rms"
+    m = build_model(cfg)
+    norm = m.feed_norm()
+    emb = m.core.model.language_model.embed_tokens.weight
+    assert abs(norm - float(emb.norm(dim=-1).mean())) < 1e-6
+    a = m.answer(images[:1], questions[:1], k=2)[0]
+    cfg2 = tiny()
+    b = build_model(cfg2).answer(images[:1], questions[:1], k=2)[0]
+    assert torch.allclose(a.latents[0], b.latents[0]) and not torch.allclose(a.latents[1:], b.latents[1:])

@@ -25,13 +25,36 @@ class Batch:
     globals_: torch.Tensor | None  # (B, D) global image features (per-step target variant)
 
 
-def sample_k(sample: Sample, k_override: int | None = None) -> int:
-    """A sample's latent depth: its number of reasoning steps (or the forced K of an ablation)."""
+@dataclass(frozen=True)
+class KRule:
+    """How many latent steps each sample runs in one curriculum phase."""
+
+    override: int | None = None
+    """Every sample's K (the K ablation; 0 for stage 0)."""
+    cap: int | None = None
+    """At most this many (a Coconut stage: sentences 1..cap latent, the rest written)."""
+    direct: frozenset[str] = frozenset()
+    """Ids of samples trained at K = 0 on the answer alone in this phase (`Recipe.direct_share`)."""
+
+    def __call__(self, sample: Sample) -> int:
+        if sample.id in self.direct:
+            return 0
+        if self.override is not None:
+            return self.override
+        k = len(sample.reasoning)
+        return k if self.cap is None else min(k, self.cap)
+
+
+def sample_k(sample: Sample, k_override: int | KRule | None = None) -> int:
+    """A sample's latent depth: its number of reasoning steps, the forced K of an ablation, or what a
+    phase's `KRule` gives it."""
+    if isinstance(k_override, KRule):
+        return k_override(sample)
     return len(sample.reasoning) if k_override is None else k_override
 
 
 def in_phase(
-    samples: Sequence[Sample], min_k: int, max_k: int, k_override: int | None = None
+    samples: Sequence[Sample], min_k: int, max_k: int, k_override: int | KRule | None = None
 ) -> list[Sample]:
     """Samples whose K lies in [min_k, max_k]."""
     return [s for s in samples if min_k <= sample_k(s, k_override) <= max_k]
@@ -42,7 +65,7 @@ def k_batches(
     batch_size: int,
     seed: int,
     *,
-    k_override: int | None = None,
+    k_override: int | KRule | None = None,
     rank: int = 0,
     world: int = 1,
     group: int | None = None,
@@ -166,7 +189,7 @@ class CollateBatch:
     def __init__(
         self,
         samples: Sequence[Sample],
-        k_override: int | None,
+        k_override: int | KRule | None,
         targets: RoiTargets | None,
         global_features: dict[str, torch.Tensor] | None,
         per_hop: bool = False,
@@ -187,7 +210,7 @@ def batch_loader(
     samples: Sequence[Sample],
     batches: Sequence[Sequence[int]],
     *,
-    k_override: int | None = None,
+    k_override: int | KRule | None = None,
     targets: RoiTargets | None = None,
     global_features: dict[str, torch.Tensor] | None = None,
     num_workers: int = 0,
