@@ -51,7 +51,7 @@ _VP = {
 }
 ARMS: dict[str, list[Arm]] = {
     "supervision": [
-        Arm("backbone", "(a) Backbone (stage 0, K=0)", train=False),
+        Arm("backbone", "(a) Stage 0 at K = 0 (explicit CoT when stage 0 writes its reasoning)", train=False),
         Arm("task_only", "(b) Task-only", {"loss": {"semantic": False, "visual": False}}),
         Arm("semantic", "(c) +Semantic", {"loss": {"visual": False}}),
         Arm("visual", "(d) +Visual", {"loss": {"semantic": False}}),
@@ -115,6 +115,11 @@ class AblationConfig:
     """Nested recipe fields applied to every arm (before the arm's own change)."""
     keep_checkpoints: bool = False
     """Keep each arm's trainer checkpoints after it finished (final weights are always kept)."""
+    multihop_manifest: str | None = None
+    """A multi-hop question set (e.g. the held-out `vital phantom --multihop-only` set): every arm is also
+    scored on its first `multihop_samples` questions at K = 4 and K = 0, with 95 % intervals."""
+    multihop_samples: int = 300
+    multihop_split: str = "test"
 
     def __post_init__(self) -> None:
         bad = [t for t in self.tables if t not in TABLES]
@@ -170,6 +175,9 @@ def _eval_spec(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
         "k": arm.k if arm.k is not None else cfg.eval_k,
         "analysis_k": arm.k if arm.k is not None else cfg.analysis_k,
         "analysis_n": cfg.analysis_samples,
+        "multihop": cfg.multihop_manifest,
+        "multihop_n": cfg.multihop_samples,
+        "multihop_split": cfg.multihop_split,
     }
 
 
@@ -227,8 +235,11 @@ def evaluate_arm(model: Any, samples: list, spec: dict[str, Any], k0: bool = Fal
     from vital_core.qtypes import parse_k
 
     k = 0 if k0 else parse_k(spec["k"])
-    report = score(predict(model, samples[: spec["n"]], k=k))
+    # at K = 0 a stage 0 that writes its reasoning gets room for the chain (a direct one stops at its EOS)
+    report = score(predict(model, samples[: spec["n"]], k=k, max_new_tokens=160 if k0 else None))
     res: dict[str, Any] = {"eval": report, "collapse": None, "grounding": None}
+    if spec.get("multihop"):
+        res["multihop"] = multihop_scores(model, spec, k0)
     ka = 0 if k0 else int(spec["analysis_k"])
     if ka < 1:
         return res
@@ -241,8 +252,39 @@ def evaluate_arm(model: Any, samples: list, spec: dict[str, Any], k0: bool = Fal
     return res
 
 
+def multihop_scores(model: Any, spec: dict[str, Any], k0: bool) -> dict[str, Any]:
+    """Closed accuracy with 95 % intervals on the multi-hop set: at K = 0 (with room for a written chain) and,
+    for latent arms, at K = 4, and their paired difference."""
+    from training.analysis import multihop_accuracy
+    from training.data.manifest import load_manifest, normalize_answer
+    from training.eval.evaluate import predict
+    from training.eval.stats import paired_difference
+    from training.phantom.multihop import is_multihop
+
+    items = [
+        s
+        for s in load_manifest(spec["multihop"])
+        if s.split == spec["multihop_split"] and is_multihop(s.question_type, s.answer, s.question)
+    ][: spec["multihop_n"]]
+    out: dict[str, Any] = {"n": len(items)}
+    hits = {}
+    for k in (0,) if k0 else (0, 4):
+        preds = predict(model, items, k=k, max_new_tokens=160 if k == 0 else None)
+        out[f"k{k}"] = multihop_accuracy(preds)["interval"]
+        out[f"k{k}_tokens"] = round(sum(p.tokens for p in preds) / len(preds), 2)
+        hits[k] = [normalize_answer(p.answer) == normalize_answer(p.item.answer) for p in preds]
+    if 4 in hits:
+        out["k4_minus_k0"] = paired_difference(hits[4], hits[0])
+    return out
+
+
 def _fmt(x: float | None, pct: bool = True) -> str:
     return "–" if x is None else (f"{100 * x:.1f}" if pct else f"{x:.3f}")
+
+
+def _ci(r: dict | None) -> str:
+    """An accuracy with its 95 % interval, or a dash."""
+    return "–" if not r else f"{100 * r['accuracy']:.1f} [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}]"
 
 
 def tables_markdown(cfg: AblationConfig, results: dict[str, dict[str, Any]]) -> str:
@@ -270,16 +312,19 @@ def tables_markdown(cfg: AblationConfig, results: dict[str, dict[str, Any]]) -> 
         lines += [
             f"### {titles[t]}",
             "",
-            "| variant | closed acc. | token-F1 (all) | open token-F1 | collapse | pointing@K | IoU@K | train s |",
-            "|---|---|---|---|---|---|---|---|",
+            "| variant | closed acc. | token-F1 (all) | open token-F1 | multi-hop K=4 | multi-hop K=0 | collapse "
+            "| pointing@K | IoU@K | train s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for a in arms:
             r = results[a.name]
             o = r["eval"]["overall"]
             g = (r.get("grounding") or {}).get("per_step") or [{}]
             c = r.get("collapse") or {}
+            mh = r.get("multihop") or {}
             lines.append(
                 f"| {a.label} | {_fmt(o['closed_accuracy'])} | {_fmt(o['token_f1'])} | {_fmt(o['open_token_f1'])} "
+                f"| {_ci(mh.get('k4'))} | {_ci(mh.get('k0'))} "
                 f"| {_fmt(c.get('mean_offdiag'), False)} | {_fmt(g[-1].get('pointing'))} | {_fmt(g[-1].get('iou'))} "
                 f"| {r['train']['seconds']:.0f} |"
             )

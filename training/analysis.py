@@ -18,6 +18,7 @@ previous step's (do the steps look at different places?). docs/evaluation.md has
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -121,9 +122,18 @@ def step_grounding(cos: np.ndarray, cells: np.ndarray) -> dict[str, float]:
 
 
 def grounding_from_predictions(
-    preds: Sequence[Prediction], vp: torch.nn.Module, encoder: Any, examples: int = 0, out: Path | None = None
+    preds: Sequence[Prediction],
+    vp: torch.nn.Module,
+    encoder: Any,
+    examples: int = 0,
+    out: Path | None = None,
+    scaffold: Any = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
-    """Per-step grounding over predictions of five-tuple samples that kept their latents (same K for all)."""
+    """Per-step grounding over predictions of five-tuple samples that kept their latents (same K for all).
+
+    With the `scaffold` and `tokenizer`, each step's latent is also read back as a sentence (the /explain
+    decoder) and scored on whether it names the structure its reference sentence names (`names_hop`)."""
     from index_builder.heatmap import cosine_grid, heatmap, heatmap_grid, visual_queries
 
     preds = [p for p in preds if p.latents is not None and p.sample is not None and p.k >= 1]
@@ -132,6 +142,7 @@ def grounding_from_predictions(
     k = preds[0].k
     rows: list[list[dict[str, float]]] = []
     chance = []
+    pairs: dict[str, list[float]] = {"differ": [], "same": []}
     device = next(vp.parameters()).device
     for start in range(0, len(preds), 16):
         chunk = preds[start : start + 16]
@@ -139,8 +150,10 @@ def grounding_from_predictions(
         grids = encoder.encode(images)  # (b, G, G, D)
         lat = torch.stack([p.latents[1 : k + 1] for p in chunk]).to(device)  # (b, K, H)
         queries = visual_queries(vp, lat)  # (b, K, D)
+        said = _decode(scaffold, tokenizer, lat) if scaffold is not None else None  # b lists of K sentences
         for i, p in enumerate(chunk):
-            cells = [_cells(m, encoder.grid) for m in step_mask_paths(p.sample, k)]
+            masks = [_mask(m) for m in step_mask_paths(p.sample, k)]
+            cells = [mask_cells(m, encoder.grid) for m in masks]
             chance.append(float(cells[-1].mean()))
             maps = [heatmap_grid(q, grids[i]) for q in queries[i]]
             raw = [cosine_grid(q, grids[i]) for q in queries[i]]
@@ -149,13 +162,65 @@ def grounding_from_predictions(
                 g = step_grounding(cos, cells[s])
                 g["pointing_raw"] = step_grounding(rc, cells[s])["pointing"]
                 g["prev_cosine"] = _map_cosine(cos, maps[s - 1]) if s else float("nan")
+                if s:
+                    pairs["same" if np.array_equal(masks[s], masks[s - 1]) else "differ"].append(
+                        g["prev_cosine"]
+                    )
+                if said is not None:
+                    g["names_hop"] = _names_hop(said[i][s], p.sample, s)
                 row.append(g)
             rows.append(row)
             if out is not None and start + i < examples:
                 for s, q in enumerate(queries[i]):
                     (out / f"{p.item.id}-step{s + 1}.png").write_bytes(heatmap(q, grids[i], images[i]).png)
     per_step = [{"step": s + 1, **{m: _mean([r[s][m] for r in rows]) for m in rows[0][0]}} for s in range(k)]
-    return {"k": k, "n": len(rows), "chance_pointing": round(float(np.mean(chance)), 4), "per_step": per_step}
+    return {
+        "k": k,
+        "n": len(rows),
+        "chance_pointing": round(float(np.mean(chance)), 4),
+        "per_step": per_step,
+        # map correlation of consecutive steps whose masks differ / are the same structure
+        "prev_cosine_differing_masks": {"n": len(pairs["differ"]), "mean": _mean(pairs["differ"])},
+        "prev_cosine_same_mask": {"n": len(pairs["same"]), "mean": _mean(pairs["same"])},
+    }
+
+
+def _decode(scaffold: Any, tokenizer: Any, lat: torch.Tensor) -> list[list[str]]:
+    """Each latent of a (b, K, H) batch read back as a sentence by the auxiliary decoder."""
+    b, k, _ = lat.shape
+    flat = scaffold.decode(lat.reshape(b * k, -1), tokenizer)
+    return [flat[i * k : (i + 1) * k] for i in range(b)]
+
+
+def structure_names() -> list[str]:
+    """Every structure name the phantom uses (compositional atlas and legacy modalities), longest first."""
+    from training.phantom.atlas import ATLAS
+    from training.phantom.modalities import MODALITIES
+
+    names = {n for a in ATLAS.values() for n in (*a.hosts, *a.lesions)}
+    names |= {n for m in MODALITIES for n, _ in m.targets}
+    return sorted(names, key=len, reverse=True)
+
+
+def hop_structure(sentence: str, names: Sequence[str] | None = None) -> str | None:
+    """The structure a reasoning sentence is about: the longest known name it contains (None if none)."""
+    low = sentence.lower()
+    for n in names or structure_names():
+        if re.search(rf"\b{re.escape(n)}\b", low):
+            return n
+    return None
+
+
+def _names_hop(said: str, sample: Any, step: int) -> float:
+    """1.0 when a decoded sentence names the structure of the sample's reference sentence `step`."""
+    ref = sample.reasoning[min(step, len(sample.reasoning) - 1)]
+    name = hop_structure(ref)
+    return float(name is not None and re.search(rf"\b{re.escape(name)}\b", said.lower()) is not None)
+
+
+def _mask(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L")) > 127
 
 
 def step_mask_paths(sample: Any, k: int) -> list[Path]:
@@ -163,11 +228,6 @@ def step_mask_paths(sample: Any, k: int) -> list[Path]:
     (a sample run at a K beyond its own depth repeats its last step's mask), else its mask for every step."""
     masks = list(getattr(sample, "step_masks", ()) or ()) or [sample.mask]
     return [masks[min(j, len(masks) - 1)] for j in range(k)]
-
-
-def _cells(mask: Path, grid: int) -> np.ndarray:
-    with Image.open(mask) as im:
-        return mask_cells(np.asarray(im.convert("L")) > 127, grid)
 
 
 def _map_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -192,16 +252,24 @@ def grounding_table(report: dict[str, Any], title: str = "") -> str:
         f"{100 * report['chance_pointing']:.1f}%",
         "",
         "| step | pointing acc. | pointing (plain cosine) | IoU (> mean+std) | IoU (top-\\|M\\|) | "
-        "active fraction | heatmap cos. with previous step |",
-        "|---|---|---|---|---|---|---|",
+        "active fraction | heatmap cos. with previous step | sentence names its hop's structure |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     pct = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
     for r in report["per_step"]:
         prev = r.get("prev_cosine")
         lines.append(
             f"| h{r['step']} | {pct(r['pointing'])} | {pct(r.get('pointing_raw'))} | {pct(r['iou'])} | "
-            f"{pct(r['iou_top'])} | {pct(r['active_fraction'])} | {'–' if prev is None else f'{prev:.3f}'} |"
+            f"{pct(r['iou_top'])} | {pct(r['active_fraction'])} | {'–' if prev is None else f'{prev:.3f}'} | "
+            f"{pct(r.get('names_hop'))} |"
         )
+    d, same = report.get("prev_cosine_differing_masks"), report.get("prev_cosine_same_mask")
+    if d and d["n"]:
+        lines += [
+            "",
+            f"Heatmap correlation of consecutive steps whose masks differ: {d['mean']:.3f} (n = {d['n']} pairs); "
+            f"same mask: {same['mean'] if same['mean'] is not None else '–'} (n = {same['n']}).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -231,13 +299,16 @@ def multihop_accuracy(predictions: Sequence[Prediction]) -> dict[str, Any]:
     by_depth: dict[int, list[bool]] = {}
     for p in predictions:
         s = p.sample
-        if s is None or not is_multihop(s.question_type, s.answer):
+        if s is None or not is_multihop(s.question_type, s.answer, s.question):
             continue
         by_depth.setdefault(s.k, []).append(normalize_answer(p.answer) == normalize_answer(s.answer))
     hits = [h for v in by_depth.values() for h in v]
+    from training.eval.stats import accuracy
+
     return {
         "n": len(hits),
         "closed_accuracy": round(sum(hits) / len(hits), 4) if hits else None,
+        "interval": accuracy(hits) if hits else None,
         "by_hops": {
             str(d): {"n": len(v), "closed_accuracy": round(sum(v) / len(v), 4)}
             for d, v in sorted(by_depth.items())

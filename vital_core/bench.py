@@ -70,6 +70,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="on",
         help="serving arms (step modes, prefix cache): with the rest, skipped, or alone (own result file)",
     )
+    p.add_argument(
+        "--questions",
+        metavar="FILE",
+        help="instead of the timing rows: answer the questions of a JSONL manifest one at a time and compare "
+        "generated tokens and latency of the bundle at K = 0 and --k against --cot-bundle (vital_core.bench_questions)",
+    )
+    p.add_argument("--questions-split", default="test", help="only rows of this split (default test)")
+    p.add_argument("--questions-n", type=int, default=50, help="how many questions (default 50)")
+    p.add_argument(
+        "--cot-bundle", help="a bundle that writes its reasoning before answering (explicit CoT arm)"
+    )
+    p.add_argument("--cot-max-tokens", type=int, default=160, help="token cap of the explicit CoT arm")
     p.add_argument("--out", default="bench/results", help="directory for JSON + markdown results")
     p.set_defaults(func=run)
 
@@ -171,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     ks = [int(x) for x in args.k.split(",")]
     batches = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else []
+    if args.questions:
+        return _run_questions(args, ks)
     model, name = _load(args)
     side = args.image_size or (448 if model.hidden_size >= 1024 else 128)
     rng = np.random.default_rng(0)
@@ -225,6 +239,46 @@ def run(args: argparse.Namespace) -> int:
         "serving": serving,
     }
     _save(result, Path(args.out))
+    return 0
+
+
+def _run_questions(args: argparse.Namespace, ks: list[int]) -> int:
+    """The real-question arms (`--questions`): their own JSON + markdown."""
+    from vital_core.bench_questions import question_arms, questions_markdown, read_questions
+    from vital_core.bundle import load_bundle
+
+    if not args.bundle:
+        raise CLIError("--questions needs --bundle (the latent model to time)")
+    questions = read_questions(args.questions, args.questions_n, args.questions_split or None)
+    model, name = _load(args)
+    cot = load_bundle(args.cot_bundle, device=args.device).eval() if args.cot_bundle else None
+    arms = question_arms(model, cot, questions, sorted({0, *ks}), args.cot_max_tokens)
+    m = machine()
+    m["load_avg_1m_end"] = os.getloadavg()[0]
+    result = {
+        "benchmark": "questions",
+        "model": name,
+        "cot_bundle": args.cot_bundle,
+        "device": args.device,
+        "machine": m,
+        "questions": {"file": args.questions, "split": args.questions_split, "n": len(questions), **arms},
+    }
+    for r in arms["rows"]:
+        print(
+            f"{r['arm']}: {r['generated_tokens']:.1f} tokens, p50 {r['p50_ms']:.1f} ms ({r['p50_vs_ref']:.2f}×)"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"questions-{name}-{args.device.split(':')[0]}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    head = [
+        f"# vital bench --questions — {name} on {args.device}",
+        "",
+        f"Machine: {m['gpu'] or m['cpu']} ({m['cores']} CPU threads), torch {m['torch']}, load average "
+        f"{m['load_avg_1m_end']:.1f} at the end.",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(head + questions_markdown(result)) + "\n")
+    print(f"saved {stem}.json and .md")
     return 0
 
 

@@ -42,7 +42,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image folder when it is not where the layout puts it (GEMeX: the MIMIC-CXR-JPG files/ folder)",
     )
     e.add_argument("--split", default="test", help="split to evaluate (default test; val = validation)")
-    e.add_argument("--k", default="auto", help='K: an integer, "auto" (question classifier) or "sample"')
+    e.add_argument(
+        "--mode",
+        choices=("latent", "direct", "cot"),
+        default="latent",
+        help="latent (default: K latent steps, then the answer), direct (K = 0, the answer at once) or cot "
+        "(K = 0, the model writes its reasoning, then 'Answer:'; up to --max-new-tokens, default 160)",
+    )
+    e.add_argument(
+        "--k",
+        default=None,
+        help='K in latent mode: an integer, "auto" (question classifier, default) or "sample"',
+    )
+    e.add_argument(
+        "--usage",
+        action="store_true",
+        help="latent mode: also the latent-usage test (accuracy with the fed latents replaced by another "
+        "sample's, and by noise of equal norm) on the closed questions",
+    )
     e.add_argument("--limit", type=int, help="evaluate only the first N questions")
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--max-new-tokens", type=int, help="cap on answer tokens (default: the bundle's)")
@@ -67,6 +84,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--config", default="configs/ablations-tiny.yaml", help="ablation config YAML")
     a.add_argument("--arms", help="comma-separated arm names to run (default: the config's)")
     a.add_argument("--list", action="store_true", help="print the arms and exit")
+    a.add_argument(
+        "--seed",
+        type=int,
+        help="run the arms with this seed instead of the config's (its own output dir and results, "
+        "suffixed -seedN)",
+    )
     a.set_defaults(func=run_ablations_cmd)
 
     r = esub.add_parser(
@@ -148,16 +171,10 @@ def run_eval(args: argparse.Namespace) -> int:
     """Evaluate a bundle on a benchmark and print (and save) the report and per-item predictions."""
     from training.eval.evaluate import markdown_table, predict, predictions_path, score, write_predictions
     from training.eval.items import BenchmarkError
-    from vital_core.qtypes import parse_k
 
     if not args.bundle:
         raise CLIError("--bundle is required")
-    try:
-        k = parse_k(args.k)
-    except ValueError as exc:
-        raise CLIError(f"--{exc}") from exc
-    if args.grounding and args.k == "0":
-        raise CLIError("--grounding needs --k >= 1 (the heatmaps come from the latent steps)")
+    k, max_new = _mode_k(args)
     items = _eval_items(args)
     model = _load(args.bundle, args.device, scaffold=args.grounding)
     try:
@@ -166,7 +183,7 @@ def run_eval(args: argparse.Namespace) -> int:
             items,
             k=k,
             batch_size=args.batch_size,
-            max_new_tokens=args.max_new_tokens,
+            max_new_tokens=max_new,
             keep_latents=args.grounding,
             progress=len(items) > args.batch_size,
         )
@@ -186,15 +203,78 @@ def run_eval(args: argparse.Namespace) -> int:
         data=str(args.data or args.manifest),
         format=args.fmt,
         split=args.split,
-        k=args.k,
+        mode=args.mode,
+        k=k,
+        generated_tokens=round(sum(p.tokens for p in preds) / len(preds), 2),
     )
-    table = markdown_table(report, f"{Path(args.bundle).name} on {args.benchmark} {args.split} (k={args.k})")
+    from training.analysis import multihop_accuracy
+
+    hops = multihop_accuracy(preds)
+    if hops["n"]:
+        report["multihop"] = hops
+    if args.usage:
+        report["latent_usage"] = _usage(model, items, k)
+    title = f"{Path(args.bundle).name} on {args.benchmark} {args.split} ({args.mode}, k={k})"
+    table = markdown_table(report, title) + _extra_lines(report)
     print(table)
     if args.out:
         report["predictions"] = str(write_predictions(preds, predictions_path(args.out)))
         _write(args.out, report, table)
         print(f"report: {args.out}; per-item predictions: {report['predictions']}")
     return 0
+
+
+def _mode_k(args: argparse.Namespace) -> tuple[int | str, int | None]:
+    """(K, max new tokens) of an evaluation mode; a clear error for a K the mode cannot take."""
+    from vital_core.qtypes import parse_k
+
+    if args.mode in ("direct", "cot"):
+        if args.k not in (None, "0"):
+            raise CLIError(f"--mode {args.mode} answers at K = 0; leave out --k (or use --mode latent)")
+        if args.grounding or args.usage:
+            raise CLIError("--grounding and --usage need --mode latent (they read the latent steps)")
+        return 0, args.max_new_tokens or (160 if args.mode == "cot" else None)
+    try:
+        k = parse_k(args.k or "auto")
+    except ValueError as exc:
+        raise CLIError(f"--{exc}") from exc
+    if args.grounding and k == 0:
+        raise CLIError("--grounding needs --k >= 1 (the heatmaps come from the latent steps)")
+    if args.usage and not isinstance(k, int):
+        raise CLIError("--usage needs an integer --k >= 1 (every question runs the same number of steps)")
+    return k, args.max_new_tokens
+
+
+def _usage(model: Any, items: list, k: int | str) -> dict:
+    from training.data.manifest import Sample
+    from training.eval.usage import latent_usage
+
+    samples = [s for s in items if isinstance(s, Sample)]
+    if not samples or not isinstance(k, int) or k < 1:
+        raise CLIError("--usage needs five-tuple questions and --k >= 1")
+    try:
+        return latent_usage(model, samples, k)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
+def _extra_lines(report: dict) -> str:
+    """Multi-hop accuracy with its interval, generated tokens, and the latent-usage test, as markdown."""
+    from training.eval.stats import fmt_acc, fmt_diff
+
+    lines = [f"generated tokens per question: {report['generated_tokens']}"]
+    if "multihop" in report:
+        lines.append(f"multi-hop closed accuracy: {fmt_acc(report['multihop']['interval'])}")
+    u = report.get("latent_usage")
+    if u:
+        lines += [
+            "",
+            f"latent usage at K = {u['k']} (closed questions): natural {fmt_acc(u['natural'])}, "
+            f"donor latents {fmt_acc(u['donor'])} ({fmt_diff(u['drop_donor'])} drop), noise of equal norm "
+            f"{fmt_acc(u['noise'])} ({fmt_diff(u['drop_noise'])} drop); fed ||h|| / ||token embedding|| = "
+            f"{u['norm_ratio']} (feed: {u['feed']})",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def run_rescore(args: argparse.Namespace) -> int:
@@ -223,6 +303,12 @@ def run_ablations_cmd(args: argparse.Namespace) -> int:
         if args.arms:
             cfg.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
             cfg.__post_init__()
+        if args.seed is not None and args.seed != cfg.seed:
+            cfg.seed = args.seed
+            cfg.output_dir, cfg.results = (
+                f"{cfg.output_dir}-seed{args.seed}",
+                f"{cfg.results}-seed{args.seed}",
+            )
     except ConfigError as exc:
         raise CLIError(str(exc)) from exc
     if args.list:
@@ -248,7 +334,7 @@ def _samples(args: argparse.Namespace) -> list:
     if getattr(args, "multihop", False):
         from training.phantom.multihop import is_multihop
 
-        samples = [s for s in samples if is_multihop(s.question_type, s.answer)]
+        samples = [s for s in samples if is_multihop(s.question_type, s.answer, s.question)]
     samples = samples[: args.limit]
     if not samples:
         what = "multi-hop samples" if getattr(args, "multihop", False) else "samples"
@@ -292,7 +378,13 @@ def run_grounding(args: argparse.Namespace) -> int:
     if out is not None and args.examples:
         (out / "examples").mkdir(parents=True, exist_ok=True)
     report = grounding_from_predictions(
-        preds, model.scaffold.vp, encoder, examples=args.examples, out=out / "examples" if out else None
+        preds,
+        model.scaffold.vp,
+        encoder,
+        examples=args.examples,
+        out=out / "examples" if out else None,
+        scaffold=model.scaffold,
+        tokenizer=model.tokenizer,
     )
     report.update(bundle=str(args.bundle), split=args.split)
     table = grounding_table(report, f"grounding: {Path(args.bundle).name}, K={args.k}")

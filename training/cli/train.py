@@ -76,8 +76,15 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int | None = None) -> dict:
-    """Score a model on one split of a manifest."""
+def evaluate_model(
+    model,
+    manifest: str,
+    split: str,
+    k: str = "auto",
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+) -> dict:
+    """Score a model on one split of a manifest (`max_new_tokens`: room for a written chain)."""
     from training.data.manifest import load_manifest
     from training.eval.evaluate import predict, score
     from vital_core.qtypes import parse_k
@@ -89,4 +96,4 @@ def evaluate_model(model, manifest: str, split: str, k: str = "auto", limit: int
         kk = parse_k(k)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
-    return score(predict(model, samples, k=kk))
+    return score(predict(model, samples, k=kk, max_new_tokens=max_new_tokens))

@@ -50,6 +50,10 @@ class Prediction:
     sample: Sample | None = None
     grounding: list[dict] | None = None
     """Per-step grounding of items with reference boxes (GEMeX), when computed."""
+    tokens: int = 0
+    """Tokens the model generated (a written chain of thought included)."""
+    written: str = ""
+    """The chain the model wrote before its answer (explicit chain of thought), empty when none."""
 
 
 def predict(
@@ -91,7 +95,8 @@ def predict(
             answers = model.answer(images, [it.prompt for it in items], k=ks, max_new_tokens=max_new_tokens)
             for s, it, a, kk in zip(chunk, items, answers, ks):
                 lat = a.latents if keep_latents else None
-                out.append(Prediction(it, a.text, kk, lat, s if isinstance(s, Sample) else None))
+                sample = s if isinstance(s, Sample) else None
+                out.append(Prediction(it, a.text, kk, lat, sample, tokens=len(a.tokens), written=a.written))
     return out
 
 
@@ -193,7 +198,10 @@ def _row(p: Prediction) -> dict[str, Any]:
         "question_type": it.question_type,
         "modality": it.modality,
         "benchmark": it.benchmark,
+        "generated_tokens": p.tokens,
     }
+    if p.written:
+        row["written"] = p.written
     if it.choices:
         row.update(choices=list(it.choices), label=it.label)
     if it.boxes:

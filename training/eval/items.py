@@ -98,9 +98,12 @@ def load_benchmark_image(source: Path | bytes | None, item_id: str = "") -> Imag
 
 
 def from_sample(s: Sample) -> BenchItem:
-    """A five-tuple sample as a benchmark item (yes/no, location choice and identify are closed)."""
+    """A five-tuple sample as a benchmark item (yes/no, location choice, identify and the phantom's
+    multi-hop questions are closed)."""
+    from training.phantom.multihop import is_multihop
+
     kind = {"yesno": "yesno", "location_choice": "location_choice", "identify": "exact"}.get(
-        s.question_type, "open"
+        s.question_type, "exact" if is_multihop(s.question_type, s.answer, s.question) else "open"
     )
     return BenchItem(
         s.id,
