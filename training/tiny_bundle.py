@@ -196,7 +196,7 @@ def _fresh_if_inputs_changed(run_dir: Path, recipe_file: str, sets: list[str], f
 
 
 def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:
-    from index_builder.faiss_index import build_patch_index
+    from index_builder.index_build import build_patch_index
     from index_builder.samples import read_manifest
 
     enc = trained_encoder(encoder_dir, args.seed)
