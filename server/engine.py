@@ -199,7 +199,8 @@ class Engine:
         return await self._enqueue(job, timeout, arrived)
 
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` on the model thread now, outside the queue (tests use it to hold the thread)."""
+        """Run `fn` on the model thread now, outside the queue: the start-up warm-up of /explain (before
+        /ready, so nothing waits behind it), and tests that hold the thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _future(self) -> asyncio.Future:

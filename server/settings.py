@@ -79,7 +79,9 @@ class Settings(BaseSettings):
     )
     explain: bool = Field(True, description="serve /explain (needs scaffolding in the bundle)")
     explain_preload: bool = Field(
-        False, description="load the scaffolding at start-up instead of on first use"
+        True,
+        description="when /explain is enabled, load its modules and run one tiny explanation before "
+        "/ready turns 200, so the first /explain costs what later ones do (false: load on first use)",
     )
     index_path: Path | None = Field(
         None, description="FAISS patch index for /explain (default: BUNDLE/index)"
