@@ -127,6 +127,7 @@ async def _load(service: Service, load: Callable[[Settings, str], VitalModel]) -
             device=service.device,
             step_mode=s.step_mode,
             prefix_cache_bytes=s.prefix_cache_bytes,
+            static_cache_bytes=s.static_cache_bytes,
         )
         service.engine.start()
         if service.intake_closed is not None:
@@ -153,7 +154,6 @@ async def _load(service: Service, load: Callable[[Settings, str], VitalModel]) -
         log.exception("loading the bundle failed")
 
 
-class RequestContext:
 async def _warm_explain(service: Service) -> None:
     """Warm /explain before readiness; a failure is logged and leaves /answer served (/explain then
     answers 503 with the reason)."""
@@ -168,6 +168,7 @@ async def _warm_explain(service: Service) -> None:
         log.info("explain warmed up", extra={"seconds": round(seconds, 3)})
 
 
+class RequestContext:
     """Pure ASGI middleware: request id, arrival time, body size and time limits, in-flight gauge,
     latency metrics, access log.
 

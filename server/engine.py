@@ -103,11 +103,14 @@ class Engine:
         device: str = "cpu",
         step_mode: str = "dynamic",
         prefix_cache_bytes: int = 0,
+        static_cache_bytes: int | None = None,
     ):
         self.model = model
         # issue 16: static-cache steps (CUDA graphs where asked and available) and the image-prefix cache
         self.runner = (
-            StaticRunner(model.core, mode="graphs" if step_mode == "graphs" else "eager")
+            StaticRunner(
+                model.core, mode="graphs" if step_mode == "graphs" else "eager", max_bytes=static_cache_bytes
+            )
             if step_mode != "dynamic"
             else None
         )
@@ -331,6 +334,8 @@ class Engine:
         stages = timer.totals_ms()
         m = self.metrics
         m.batch_size.observe(len(batch))
+        if self.runner is not None:
+            m.static_cache_bytes.set(self.runner.nbytes)
         for stage, ms in stages.items():
             m.stage_latency.labels(stage).observe(ms / 1000.0)
         results = []
