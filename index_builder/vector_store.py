@@ -104,7 +104,9 @@ def to_float32(rows: np.ndarray) -> np.ndarray:
         return np.asarray(rows, dtype=np.float32)
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
+    if not rows.flags.writeable or not rows.flags.c_contiguous:  # e.g. a slice of the read-only memmap
+        rows = np.array(rows, order="C")  # torch only wraps writable arrays
+    return torch.from_numpy(rows).float().numpy()
 
 
 def _write_info(root: Path, file: str, dtype: str, dim: int, count: int) -> None:
