@@ -3,6 +3,11 @@
     nice python bench/index_bench.py --data synthetic --n 1000000 --out bench/results
     nice python bench/index_bench.py --data encoder --encoder bundles/vital-tiny/encoder \\
         --images data/phantom/manifest.jsonl --n 1000000 --out bench/results
+    taskset -c 1 python bench/index_bench.py --arm explain --n 1000000 --out bench/results
+
+`--arm explain` (bench/explain_search.py) times one /explain search — K = 4 queries, top 10 — on the 1M
+synthetic index at a fixed (nprobe, candidates): the search before issue 27, per query, and batched,
+interleaved in one run.
 
 Two kinds of data (the report says which):
 - `synthetic`: "patch-like" unit vectors, D = 1152 (MedSigLIP's width): normalise( B^T (a*z_image +
@@ -286,11 +291,26 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results"))
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--render", type=Path, help="only re-write the .md next to this result JSON")
+    ap.add_argument(
+        "--arm", choices=("build", "explain"), default="build", help="explain: /explain search time"
+    )
+    ap.add_argument("--nprobe", type=int, default=64, help="--arm explain: lists visited")
+    ap.add_argument("--candidates", type=int, default=128, help="--arm explain: candidates re-ranked")
+    ap.add_argument(
+        "--reps", type=int, default=200, help="--arm explain: timed /explain searches per variant"
+    )
+    ap.add_argument(
+        "--retune", action="store_true", help="--arm explain: also time the setting tune() picks now"
+    )
     args = ap.parse_args()
     if args.render:
         args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
         return 0
     args.work.mkdir(parents=True, exist_ok=True)
+    if args.arm == "explain":
+        from explain_search import run_explain_arm
+
+        return run_explain_arm(args, make_data, machine)
     t0 = time.perf_counter()
     if args.data == "synthetic":
         data = make_data(args.n + args.queries + args.tune_queries, args.dim, args.rank, seed=0)

@@ -4,10 +4,13 @@ For 1, 4, 16 and 64 concurrent clients, with batching on and off (ratio in the s
 latency and throughput of POST /answer. Also HTTP overhead (end-to-end latency of one client over the
 in-process model call for the same request), /explain over /answer latency, and /answer latency under
 mixed load (answer clients alongside /explain clients, ratio to the same answer clients alone, on
-the same server in the same run; `--mixed-only` runs just that part).
+the same server in the same run; `--mixed-only` runs just that part). `--explain-cold` measures the
+first /explain after `/ready` against warm ones, with the explain path warmed at start-up
+(VITAL_EXPLAIN_PRELOAD=true, the default) and loaded on first use (false), fresh servers interleaved.
 
     python bench/server_bench.py --bundle bundles/vital-tiny --out bench/results
     python bench/server_bench.py --mixed-only --out bench/results
+    python bench/server_bench.py --explain-cold --out bench/results
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ def _machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count()}
 
 
+def _pinning() -> str:
+    cpus = sorted(os.sched_getaffinity(0))
+    omp = os.environ.get("OMP_NUM_THREADS", "unset")
+    return f"pinned to CPU {','.join(map(str, cpus))}, OMP_NUM_THREADS={omp}"
+
+
 def _png(seed: int, side: int = 128) -> bytes:
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
@@ -69,6 +78,7 @@ class Server:
             "VITAL_EXPLAIN_PRELOAD": str(preload).lower(),
             "VITAL_DRAIN_SECONDS": "0",
         }
+        self.started = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vital_core.cli", "serve", "--bundle", bundle, "--port", str(self.port)],
             env=env,
@@ -165,6 +175,78 @@ def mixed_load(
     return out
 
 
+def _explain_once(base: str, image: bytes) -> float:
+    files = {"image": ("x.png", image, "image/png")}
+    data = {"question": QUESTION, "k": "4", "max_new_tokens": "16"}
+    t = time.perf_counter()
+    httpx.post(f"{base}/explain", files=files, data=data, timeout=300).raise_for_status()
+    return 1000 * (time.perf_counter() - t)
+
+
+def explain_cold(bundle: str, rounds: int, warm_calls: int, images: list[bytes]) -> dict:
+    """Per arm (explain warmed before /ready or not), `rounds` fresh servers, interleaved: the first
+    /explain right after /ready turned 200, then the median of `warm_calls` more (other images)."""
+    arms: dict[str, list[dict]] = {"warmed": [], "lazy": []}
+    for _ in range(rounds):
+        for arm in arms:
+            with Server(bundle, True, 16, 0.0, preload=arm == "warmed") as srv:
+                t_ready = time.perf_counter() - srv.started
+                first = _explain_once(srv.base, images[0])
+                warm = [_explain_once(srv.base, images[1 + i % (len(images) - 1)]) for i in range(warm_calls)]
+            med = statistics.median(warm)
+            arms[arm].append(
+                {"ready_s": t_ready, "first_ms": first, "warm_p50_ms": med, "ratio": first / med}
+            )
+            print(
+                f"{arm:6s} ready {t_ready:5.1f} s  first {first:7.1f} ms  warm p50 {med:6.1f} ms  {first / med:.2f}×"
+            )
+    summary = {
+        arm: {
+            key: statistics.median(r[key] for r in rows)
+            for key in ("ready_s", "first_ms", "warm_p50_ms", "ratio")
+        }
+        for arm, rows in arms.items()
+    }
+    return {"rounds": arms, "summary": summary}
+
+
+def _save_explain_cold(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "explain-cold.json").write_text(json.dumps(result, indent=2))
+    m, cold, sm = result["machine"], result["explain_cold"], result["explain_cold"]["summary"]
+    lines = [
+        f"# First /explain after /ready — {Path(result['bundle']).name} on CPU",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores visible, {result['pinning']} (shared with other jobs). "
+        f"Command: `{result['command']}`. A fresh `vital serve` per round, arms interleaved; the first "
+        "/explain (128×128 PNG, K = 4, 16 tokens) is sent as soon as /ready is 200, then "
+        f"{result['warm_calls']} more with other images; medians over {len(cold['rounds']['warmed'])} rounds.",
+        "",
+        "| start-up | /ready after s | first /explain ms | warm /explain p50 ms | first / warm (median of rounds) |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, label in (
+        ("lazy", "modules load on first use (`VITAL_EXPLAIN_PRELOAD=false`, old default)"),
+        ("warmed", "warmed before /ready (`VITAL_EXPLAIN_PRELOAD=true`, default)"),
+    ):
+        r = sm[arm]
+        lines.append(
+            f"| {label} | {r['ready_s']:.1f} | {r['first_ms']:.1f} | {r['warm_p50_ms']:.1f} | **{r['ratio']:.2f}×** |"
+        )
+    lines += [
+        "",
+        "Per round (first / warm): "
+        + "; ".join(
+            f"{arm} " + ", ".join(f"{x['ratio']:.2f}×" for x in rows) for arm, rows in cold["rounds"].items()
+        )
+        + ".",
+    ]
+    if "load_avg_1min_at_end" in result:
+        lines.append(f"1-min load average at the end: {result['load_avg_1min_at_end']:.1f}.")
+    (out / "explain-cold.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def _in_process_ms(bundle: str, images: list[bytes], n: int) -> float:
     """Median latency of the same request through the model directly (decode + answer), no HTTP."""
     from server.images import decode_image
@@ -193,10 +275,26 @@ def main() -> int:
     p.add_argument("--mixed-explain-clients", type=int, default=8)
     p.add_argument("--mixed-requests", type=int, default=64, help="/answer requests per mixed-load phase")
     p.add_argument("--mixed-only", action="store_true", help="run only the mixed /answer + /explain part")
+    p.add_argument("--explain-cold", action="store_true", help="run only the first-/explain arm")
+    p.add_argument("--cold-rounds", type=int, default=5, help="fresh servers per arm for --explain-cold")
+    p.add_argument("--warm-calls", type=int, default=10, help="warm /explain calls per server")
     args = p.parse_args()
     levels = [int(x) for x in args.clients.split(",")]
     images = [_png(i) for i in range(16)]
     mixed_args = (args.mixed_answer_clients, args.mixed_explain_clients, args.mixed_requests, images)
+    if args.explain_cold:
+        result = {
+            "benchmark": "explain-cold",
+            "bundle": args.bundle,
+            "machine": _machine(),
+            "pinning": _pinning(),
+            "command": "python bench/server_bench.py " + " ".join(sys.argv[1:]),
+            "warm_calls": args.warm_calls,
+        }
+        result["explain_cold"] = explain_cold(args.bundle, args.cold_rounds, args.warm_calls, images)
+        result["load_avg_1min_at_end"] = os.getloadavg()[0]
+        _save_explain_cold(result, Path(args.out))
+        return 0
     if args.mixed_only:
         result = {"benchmark": "server-mixed", "bundle": args.bundle, "machine": _machine()}
         result["mixed"] = mixed_load(args.bundle, *mixed_args)

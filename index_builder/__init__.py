@@ -21,7 +21,7 @@ _LAZY = {
     "IndexError_": "index_builder.faiss_index",
     "PatchHit": "index_builder.faiss_index",
     "PatchIndex": "index_builder.faiss_index",
-    "build_patch_index": "index_builder.faiss_index",
+    "build_patch_index": "index_builder.index_build",
     "default_factory": "index_builder.faiss_index",
     "merge_indexes": "index_builder.faiss_index",
     "Heatmap": "index_builder.heatmap",
@@ -66,11 +66,11 @@ if TYPE_CHECKING:
         IndexError_,
         PatchHit,
         PatchIndex,
-        build_patch_index,
         default_factory,
         merge_indexes,
     )
     from index_builder.heatmap import Heatmap, cosine_grid, heatmap, visual_queries
+    from index_builder.index_build import build_patch_index
     from index_builder.quality import QualityRow, choose, grid_search, sample_quality
     from index_builder.roi import (
         ROIError,

@@ -504,10 +504,3 @@ def merge_shards_ondisk(
         store=_merged_store(parts, out_dir),
         k_candidates=parts[0].k_candidates,
     )
-
-
-def build_patch_index(*args, **kwargs) -> PatchIndex:
-    """Encode a corpus and build its patch index: see `index_builder.index_build.build_patch_index`."""
-    from index_builder.index_build import build_patch_index as build
-
-    return build(*args, **kwargs)

@@ -60,12 +60,12 @@ class VectorStore:
         """float32 rows [n, D] for sorted unique ids [n] (ascending ids keep the reads sequential)."""
         if self.vectors is None or len(ids) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return np.asarray(self.vectors[ids], dtype=np.float32)  # (n, D)
+        return to_float32(self.vectors[ids])  # (n, D)
 
     def iter_chunks(self, chunk: int = 262_144):  # yields (start, float32 [m, D])
         """Consecutive float32 chunks of the whole store (for exact scans)."""
         for start in range(0, self.count, chunk):
-            yield start, np.asarray(self.vectors[start : start + chunk], dtype=np.float32)
+            yield start, to_float32(self.vectors[start : start + chunk])
 
 
 class StoreWriter:
@@ -94,6 +94,19 @@ class StoreWriter:
         os.replace(self._tmp, self.root / self.file)
         _write_info(self.root, self.file, self.dtype, self.dim, self.count)
         return VectorStore(self.root)
+
+
+def to_float32(rows: np.ndarray) -> np.ndarray:
+    """float32 copy of store rows. float16 goes through torch's vectorised cast: numpy's float16 cast is a
+    scalar loop, 2–6 ms for the 512 rows × 1152 of one K = 4 re-rank on this project's CPU, against
+    0.5–0.7 ms (most of the re-rank's time before; bench/results/index_bench_explain.md)."""
+    if rows.dtype != np.float16:
+        return np.asarray(rows, dtype=np.float32)
+    import torch
+
+    if not rows.flags.writeable or not rows.flags.c_contiguous:  # e.g. a slice of the read-only memmap
+        rows = np.array(rows, order="C")  # torch only wraps writable arrays
+    return torch.from_numpy(rows).float().numpy()
 
 
 def _write_info(root: Path, file: str, dtype: str, dim: int, count: int) -> None:
@@ -135,20 +148,21 @@ def rerank(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k among each query's candidates: queries [Q, D], candidate ids [Q, C] (-1 = none).
 
-    Returns (scores [Q, k] float32, ids [Q, k] int64), best first; missing places get id -1 and the
-    lowest float32 score, like FAISS.
+    All queries at once (the K steps of one /explain): one read of every distinct candidate row (ids
+    ascending), then each query is scored against its own candidates only, so the result of each query
+    is the one it gets alone (tests/index_builder/test_two_stage.py). Returns (scores [Q, k] float32,
+    ids [Q, k] int64), best first; missing places get id -1 and the lowest float32 score, like FAISS.
     """
     q_n, c_n = candidates.shape
-    uniq, inverse = np.unique(candidates, return_inverse=True)  # (U,), (Q*C,)
-    inverse = inverse.reshape(q_n, c_n)
-    vecs = store.gather(uniq[uniq >= 0])  # (U', D)
-    offset = int(uniq[0] < 0) if len(uniq) else 0  # position 0 of uniq is -1 when some are missing
-    # einsum, not `@`: a multi-threaded BLAS call costs tens of ms on a busy machine for this tiny product
-    sims = np.einsum("qd,ud->qu", queries.astype(np.float32), vecs)  # (Q, U')
+    valid = candidates >= 0  # (Q, C)
+    uniq, inverse = np.unique(candidates[valid], return_inverse=True)  # (U,), (V,): V valid pairs
+    vecs = store.gather(uniq)  # (U, D) float32, one read
+    q = queries.astype(np.float32)  # (Q, D)
     cand_scores = np.full((q_n, c_n), np.finfo(np.float32).min, np.float32)  # (Q, C)
-    valid = candidates >= 0
-    rows = np.broadcast_to(np.arange(q_n)[:, None], (q_n, c_n))
-    cand_scores[valid] = sims[rows[valid], inverse[valid] - offset]
+    ends = np.cumsum(valid.sum(1))  # candidates[valid] is row-major: query i owns inverse[ends[i-1]:ends[i]]
+    for i, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends)):
+        # einsum, not `@`: a multi-threaded BLAS call costs tens of ms on a busy machine for this tiny product
+        cand_scores[i, valid[i]] = np.einsum("cd,d->c", vecs[inverse[start:end]], q[i])  # (c_i,)
     kk = min(k, c_n)
     top = (
         np.argpartition(-cand_scores, kk - 1, axis=1)[:, :kk]

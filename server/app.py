@@ -25,7 +25,6 @@ from server import openai_api
 from server.docs import install_docs
 from server.engine import Engine
 from server.errors import CODES, APIError, install_handlers
-from server.explain import get_explainer
 from server.logs import request_id_var
 from server.metrics import Metrics
 from server.routes import router
@@ -128,6 +127,7 @@ async def _load(service: Service, load: Callable[[Settings, str], VitalModel]) -
             device=service.device,
             step_mode=s.step_mode,
             prefix_cache_bytes=s.prefix_cache_bytes,
+            static_cache_bytes=s.static_cache_bytes,
         )
         service.engine.start()
         if service.intake_closed is not None:
@@ -143,8 +143,8 @@ async def _load(service: Service, load: Callable[[Settings, str], VitalModel]) -
                 "version": __version__,
             }
         )
-        if s.explain and s.explain_preload:
-            await get_explainer(service)
+        if s.explain_preload:
+            await _warm_explain(service)
         service.set_ready(True)
         log.info("model loaded", extra={"model": cfg.name, "seconds": round(time.perf_counter() - t0, 2)})
     except asyncio.CancelledError:
@@ -152,6 +152,20 @@ async def _load(service: Service, load: Callable[[Settings, str], VitalModel]) -
     except Exception as exc:
         service.load_error = f"{type(exc).__name__}: {exc}"
         log.exception("loading the bundle failed")
+
+
+async def _warm_explain(service: Service) -> None:
+    """Warm /explain before readiness; a failure is logged and leaves /answer served (/explain then
+    answers 503 with the reason)."""
+    try:
+        seconds = await service.warm_explain()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("warming /explain failed; /answer is served, /explain will retry on first use")
+        return
+    if seconds is not None:
+        log.info("explain warmed up", extra={"seconds": round(seconds, 3)})
 
 
 class RequestContext:

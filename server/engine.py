@@ -103,11 +103,14 @@ class Engine:
         device: str = "cpu",
         step_mode: str = "dynamic",
         prefix_cache_bytes: int = 0,
+        static_cache_bytes: int | None = None,
     ):
         self.model = model
         # issue 16: static-cache steps (CUDA graphs where asked and available) and the image-prefix cache
         self.runner = (
-            StaticRunner(model.core, mode="graphs" if step_mode == "graphs" else "eager")
+            StaticRunner(
+                model.core, mode="graphs" if step_mode == "graphs" else "eager", max_bytes=static_cache_bytes
+            )
             if step_mode != "dynamic"
             else None
         )
@@ -199,7 +202,8 @@ class Engine:
         return await self._enqueue(job, timeout, arrived)
 
     async def run_exclusive(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` on the model thread now, outside the queue (tests use it to hold the thread)."""
+        """Run `fn` on the model thread now, outside the queue: the start-up warm-up of /explain (before
+        /ready, so nothing waits behind it), and tests that hold the thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def _future(self) -> asyncio.Future:
@@ -330,6 +334,8 @@ class Engine:
         stages = timer.totals_ms()
         m = self.metrics
         m.batch_size.observe(len(batch))
+        if self.runner is not None:
+            m.static_cache_bytes.set(self.runner.nbytes)
         for stage, ms in stages.items():
             m.stage_latency.labels(stage).observe(ms / 1000.0)
         results = []

@@ -1,6 +1,7 @@
 """/explain: re-attach the scaffolding and show, per latent step, what it says and where it looks.
 
-Loaded once (lazily, or at start-up with VITAL_EXPLAIN_PRELOAD=true) on a helper thread, never on the
+This module holds the pipeline (`Explainer`) and how it is loaded from a bundle; it knows nothing of
+the serving state. `server.service.Service` owns when it loads: once, on a helper thread, never on the
 model thread, so /answer keeps running while the scaffolding (visual projector, pj_in, auxiliary
 decoder), the frozen medical encoder that gives the query image's patch grid and — when present — the
 FAISS index of reference patches load. Each explanation then runs as one job in the engine's queue.
@@ -8,9 +9,9 @@ FAISS index of reference patches load. Each explanation then runs as one job in 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +21,8 @@ from PIL import Image
 
 from index_builder.encoder import PatchEncoderLike, load_bundle_encoder
 from index_builder.heatmap import heatmap, visual_queries
-from server.errors import APIError
 from server.protocol import ExplainStep, Heatmap, Patch
+from server.settings import Settings
 from vital_core.bundle import load_scaffold
 from vital_core.heads import Scaffold
 from vital_core.model import VitalModel
@@ -29,9 +30,11 @@ from vital_core.timing import StageTimer
 
 if TYPE_CHECKING:  # only for annotations: the index module pulls in faiss, loaded when an index exists
     from index_builder.faiss_index import PatchIndex
-    from server.service import Service
 
 log = logging.getLogger("vital.explain")
+WARM_UP_SIDE = 128
+"""Side of the blank image the start-up warm-up explains (the tiny bundle's training size)."""
+WARM_UP_QUESTION = "Where is the lesion located?"
 
 
 @dataclass
@@ -95,19 +98,29 @@ class Explainer:
                     )
         return Explanation(answer=ans.text, k=ans.k, steps=steps, timings_ms=timer.totals_ms())
 
+    def warm_up(self, k: int, max_new_tokens: int = 2) -> float:
+        """Explain one blank image at K = `k` (two answer tokens, one nearest patch): every part of the
+        pipeline — backbone, latent steps, auxiliary decoder, projector, encoder, heatmap, index search —
+        runs once, so the first request does not pay first-call costs (kernel selection, allocator
+        growth, the index's pages). Returns the seconds it took. Runs on the model thread."""
+        t0 = time.perf_counter()
+        image = Image.new("RGB", (WARM_UP_SIDE, WARM_UP_SIDE), (96, 96, 96))
+        self.explain(image, WARM_UP_QUESTION, k, max_new_tokens, top_k=1)
+        return time.perf_counter() - t0
 
-def index_dir(svc: Service) -> Path:
+
+def index_dir(settings: Settings) -> Path:
     """Where the FAISS index is read from: VITAL_INDEX_PATH, else BUNDLE/index."""
-    return Path(svc.settings.index_path) if svc.settings.index_path else Path(svc.settings.bundle) / "index"
+    return Path(settings.index_path) if settings.index_path else Path(settings.bundle) / "index"
 
 
-def explain_unavailable_reason(svc: Service) -> tuple[int, str, str] | None:
-    """(status, code, message) when /explain cannot be served, else None."""
-    if not svc.settings.explain:
+def unavailable_reason(settings: Settings, loaded: bool) -> tuple[int, str, str] | None:
+    """(status, code, message) when /explain cannot be served, else None (`loaded`: modules are up)."""
+    if not settings.explain:
         return 404, "explain_disabled", "explanation is disabled on this server (VITAL_EXPLAIN=false)"
-    if svc.explainer is not None:
+    if loaded:
         return None
-    if not (Path(svc.settings.bundle) / "scaffold.safetensors").is_file():
+    if not (Path(settings.bundle) / "scaffold.safetensors").is_file():
         return (
             503,
             "explain_unavailable",
@@ -116,34 +129,13 @@ def explain_unavailable_reason(svc: Service) -> tuple[int, str, str] | None:
     return None
 
 
-async def get_explainer(svc: Service) -> Explainer:
-    """The explainer, loading it on first use (once, under a lock, on a helper thread)."""
-    reason = explain_unavailable_reason(svc)
-    if reason:
-        raise APIError(reason[0], reason[2], reason[1])
-    if svc.explainer is not None:
-        return svc.explainer
-    async with svc.explain_lock:
-        if svc.explainer is None:
-            try:
-                # Not the model thread: /answer batches keep running while the modules load.
-                svc.explainer = await asyncio.to_thread(load_explainer, svc)
-            except Exception as exc:
-                log.exception("loading the explanation modules failed")
-                raise APIError(
-                    503, f"explanation modules failed to load: {exc}", "explain_unavailable"
-                ) from exc
-    return svc.explainer
-
-
-def load_explainer(svc: Service) -> Explainer:
+def load_explainer(model: VitalModel, settings: Settings, device: str) -> Explainer:
     """Scaffolding + encoder + optional index for the served bundle."""
-    bundle = Path(svc.settings.bundle)
-    model = svc.loaded_model()
-    scaffold = load_scaffold(bundle, device=svc.device)
-    encoder = load_bundle_encoder(model.config, bundle, device=svc.device)
+    bundle = Path(settings.bundle)
+    scaffold = load_scaffold(bundle, device=device)
+    encoder = load_bundle_encoder(model.config, bundle, device=device)
     index = None
-    idir = index_dir(svc)
+    idir = index_dir(settings)
     if (idir / "index.faiss").is_file():
         from index_builder.faiss_index import PatchIndex  # faiss only when an index exists
 

@@ -83,5 +83,8 @@ class Metrics:
             "vital_prefix_cache_misses", "Requests whose image prefix was computed", registry=r
         )
         self.prefix_bytes = Gauge("vital_prefix_cache_bytes", "Bytes held by the prefix cache", registry=r)
+        self.static_cache_bytes = Gauge(
+            "vital_static_cache_bytes", "Bytes held by the static-cache buckets", registry=r
+        )
         self.model_info = Info("vital_model", "The served model", registry=r)
         self.ready = Gauge("vital_ready", "1 when the model is loaded and not draining", registry=r)

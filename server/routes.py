@@ -24,7 +24,7 @@ from server.dicom_results import Explanation as StoredExplanation
 from server.dicomweb import SourceInstance, check_store, fetch_instance, frame_index, store_explanation
 from server.docs import key_matches
 from server.errors import APIError, describe_validation
-from server.explain import Explanation, explain_unavailable_reason, get_explainer
+from server.explain import Explanation
 from server.images import DecodedImage, decode_image, limits_from, spec_from
 from server.logs import request_id_var
 from server.protocol import (
@@ -183,7 +183,7 @@ async def info(request: Request, _: Authorized) -> dict:
 
 
 def _explain_available(svc: Service) -> bool:
-    return svc.model is not None and explain_unavailable_reason(svc) is None
+    return svc.model is not None and svc.explain_unavailable() is None
 
 
 @router.post(
@@ -230,7 +230,7 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
     Runs as one job in the engine's queue: the same 429 bound, 504 timeout and drain as /answer.
     """
     t0 = time.perf_counter()
-    explainer = await get_explainer(svc)  # 404/503 when not configured
+    explainer = await svc.get_explainer()  # 404/503 when not configured
     data, params = await read_input(request)
     check_store(params.store, isinstance(data, DicomwebRef), explain=True)
     decoded, decode_ms, source = await decode_input(data, params, svc)

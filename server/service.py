@@ -1,19 +1,25 @@
-"""The serving state every route reads: settings, metrics, the model, the engine, the explainer."""
+"""The serving state every route reads: settings, metrics, the model, the engine, the explainer.
+
+`Service` sits above the parts it holds (`server.engine`, `server.explain`): it imports them, they never
+import it (tests/test_layout.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from server import explain
+from server.engine import Engine
+from server.errors import APIError
+from server.explain import Explainer
 from server.metrics import Metrics
 from server.settings import Settings
 from vital_core.model import VitalModel
 
-if TYPE_CHECKING:  # annotations only
-    from server.engine import Engine
-    from server.explain import Explainer
+log = logging.getLogger("vital.explain")
 
 
 @dataclass
@@ -74,3 +80,41 @@ class Service:
         if self.engine is None:
             raise RuntimeError("the engine is not running")
         return self.engine
+
+    def explain_unavailable(self) -> tuple[int, str, str] | None:
+        """(status, code, message) when /explain cannot be served, else None."""
+        return explain.unavailable_reason(self.settings, loaded=self.explainer is not None)
+
+    async def get_explainer(self) -> Explainer:
+        """The explainer, loading it on first use (once, under a lock, on a helper thread)."""
+        reason = self.explain_unavailable()
+        if reason:
+            raise APIError(reason[0], reason[2], reason[1])
+        if self.explainer is not None:
+            return self.explainer
+        async with self.explain_lock:
+            if self.explainer is None:
+                try:
+                    # Not the model thread: /answer batches keep running while the modules load.
+                    self.explainer = await asyncio.to_thread(
+                        explain.load_explainer, self.loaded_model(), self.settings, self.device
+                    )
+                except Exception as exc:
+                    log.exception("loading the explanation modules failed")
+                    raise APIError(
+                        503, f"explanation modules failed to load: {exc}", "explain_unavailable"
+                    ) from exc
+        return self.explainer
+
+    async def warm_explain(self) -> float | None:
+        """Load the /explain modules and run one tiny explanation on the model thread (before /ready
+        turns 200), so the first request costs what later ones do. Returns the warm-up's seconds, or
+        None when /explain is off or unavailable here (the routes then say why)."""
+        if self.explain_unavailable() is not None:
+            return None
+        explainer = await self.get_explainer()
+        cfg = self.loaded_model().config.latent
+        k = min(max(1, cfg.k_default), cfg.k_max)
+        # On the model thread but outside the queue: no request can arrive before /ready, and the
+        # request metrics (queue wait, batch sizes) stay about requests.
+        return await self.loaded_engine().run_exclusive(explainer.warm_up, k)

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     prefix_cache_bytes: int = Field(
         256 * 1024 * 1024, ge=0, description="bytes of image-prefix KV kept for repeat images (0: off)"
     )
+    static_cache_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="bytes the static-cache buckets may hold together, least recently used evicted beyond; "
+        "a batch whose bucket alone is larger runs on the dynamic cache (default: a quarter of the device's "
+        "free memory at start-up, of the available RAM on CPU)",
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="largest request body (413 beyond)")
     max_pixels: int = Field(
         40_000_000, ge=1, description="largest declared image size in pixels (413 beyond)"
@@ -79,7 +86,9 @@ class Settings(BaseSettings):
     )
     explain: bool = Field(True, description="serve /explain (needs scaffolding in the bundle)")
     explain_preload: bool = Field(
-        False, description="load the scaffolding at start-up instead of on first use"
+        True,
+        description="when /explain is enabled, load its modules and run one tiny explanation before "
+        "/ready turns 200, so the first /explain costs what later ones do (false: load on first use)",
     )
     index_path: Path | None = Field(
         None, description="FAISS patch index for /explain (default: BUNDLE/index)"

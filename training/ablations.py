@@ -203,7 +203,7 @@ def run_arm(cfg: AblationConfig, arm: Arm) -> dict[str, Any]:
         from training.recipe import Recipe
         from training.trainer import Trainer
 
-        trainer = Trainer(Recipe.from_dict(recipe))
+        trainer = Trainer(Recipe.from_dict(recipe), mode="resume")  # an unfinished arm continues
         train = trainer.run()
         model = trainer.model
     else:

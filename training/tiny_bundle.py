@@ -170,7 +170,7 @@ def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, ini
     inputs = [manifest.parent / "phantom.json"] + ([roi / "manifest.json"] if init is not None else [])
     _fresh_if_inputs_changed(run_dir, recipe_file, sets, inputs)  # stage 0 reads no ROI features
     recipe = Recipe.from_yaml(recipe_file, sets)
-    trainer = Trainer(recipe)
+    trainer = Trainer(recipe, mode="resume")  # every step of the build resumes where it stopped
     trainer.run()
     bundle = export_bundle(
         trainer.model, recipe, run_dir / "bundle", command=f"vital train --recipe {recipe_file}"
@@ -196,7 +196,7 @@ def _fresh_if_inputs_changed(run_dir: Path, recipe_file: str, sets: list[str], f
 
 
 def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:
-    from index_builder.faiss_index import build_patch_index
+    from index_builder.index_build import build_patch_index
     from index_builder.samples import read_manifest
 
     enc = trained_encoder(encoder_dir, args.seed)

@@ -3,7 +3,9 @@
 Runs the same `vital_core` latent loop as serving (gradients through every step), under plain
 Python or `torchrun` (DDP; FSDP for the large recipe). Checkpoints are atomic directories; a run
 that is killed resumes from the last one and ends where an uninterrupted run would (the data order
-is a pure function of the seed, and RNG and optimizer state are restored).
+is a pure function of the seed, and RNG and optimizer state are restored) — on any world size, since
+checkpoints are `torch.distributed.checkpoint` shards (training/checkpoint.py). A new run refuses an
+output directory that holds an earlier one unless told to resume or overwrite it (`RUN_MODES`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from training import checkpoint
 from training.data.batches import (
     KRule,
     RoiTargets,
@@ -41,6 +44,9 @@ from vital_core.model import VitalModel
 from vital_core.preprocess import encode_answers, encode_prompts
 
 log = logging.getLogger("vital.train")
+RUN_MODES = ("new", "resume", "overwrite")
+"""What a run does with an output directory that already holds one: refuse (new), continue it from its
+newest checkpoint (resume; from the start when it has none), or delete it first (overwrite)."""
 
 
 @dataclass
@@ -190,9 +196,11 @@ def load_trainable_state(model: VitalModel, recipe: Recipe, state: dict[str, tor
 class Trainer:
     """Runs a recipe end to end; `run()` returns the final metrics."""
 
-    def __init__(self, recipe: Recipe, *, resume: bool = True, stop_after_steps: int | None = None):
+    def __init__(self, recipe: Recipe, *, mode: str = "new", stop_after_steps: int | None = None):
+        if mode not in RUN_MODES:
+            raise ValueError(f"run mode must be one of {', '.join(RUN_MODES)}, got {mode!r}")
         self.recipe = recipe
-        self.resume = resume
+        self.mode = mode
         self.stop_after_steps = stop_after_steps
         self.rank, self.world, self.local_rank = setup_distributed()
         self.device = pick_device(recipe, self.local_rank)
@@ -281,11 +289,11 @@ class Trainer:
     def _ckpt_dirs(self) -> list[Path]:
         return sorted(self.out.glob("ckpt-*"), key=lambda p: int(p.name.split("-")[1]))
 
-    def save_checkpoint(self, model: VitalModel, opt, sched, state: TrainState) -> Path | None:
-        """Atomically write ckpt-STEP/ and keep only the last N (rank 0 writes)."""
-        # Every rank takes part in gathering sharded (FSDP) tensors; rank 0 writes them.
-        tensors = {k: _full(v) for k, v in trainable_state(model, self.recipe).items()}
-        sharded_optim = self.world > 1 and self.recipe.distributed == "fsdp"
+    def _layout(self) -> checkpoint.Layout:
+        return checkpoint.Layout(self.world, self.recipe.grad_accum, self.recipe.batch_size)
+
+    def save_checkpoint(self, wrapped: nn.Module, opt, sched, state: TrainState) -> Path | None:
+        """Atomically write ckpt-STEP/ and keep only the last N (every rank writes its DCP shards)."""
         final = self.out / f"ckpt-{state.step:08d}"
         tmp = self.out / f".tmp-ckpt-{state.step:08d}"
         if self.is_main:
@@ -293,48 +301,58 @@ class Trainer:
             tmp.mkdir(parents=True)
         if self.world > 1:
             dist.barrier()
-        extra = {
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }
-        if sharded_optim:  # optimizer state is sharded like the parameters: one file per rank
-            torch.save(extra, tmp / f"optimizer-rank{self.rank}.pt")
+        checkpoint.save(tmp, wrapped, opt, sched, asdict(state), self._layout(), self.is_main)
         if self.world > 1:
             dist.barrier()
         if not self.is_main:
             return None
-        save_file(tensors, tmp / "trainable.safetensors")
-        if not sharded_optim:
-            torch.save(extra, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in self._ckpt_dirs()[: -self.recipe.checkpoint.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def _restore(self, model: VitalModel) -> tuple[TrainState, dict | None]:
-        ckpts = self._ckpt_dirs() if self.resume else []
+    def _restore(self, model: VitalModel) -> tuple[TrainState, checkpoint.Resume | None]:
+        ckpts = self._ckpt_dirs() if self.mode == "resume" else []
         if not ckpts:
             return TrainState(), None
-        last = ckpts[-1]
-        load_trainable_state(
-            model, self.recipe, load_file(str(last / "trainable.safetensors"), device=str(self.device))
-        )
-        opt_file = last / "optimizer.pt"
-        if not opt_file.is_file():
-            opt_file = last / f"optimizer-rank{self.rank}.pt"
-        extra = torch.load(opt_file, map_location="cpu", weights_only=False)
-        state = TrainState(**json.loads((last / "state.json").read_text()))
-        log.info("resuming from %s (phase %d, step %d)", last, state.phase, state.step)
-        return state, extra
+
+        def legacy(file: Path) -> None:  # a checkpoint written before DCP
+            load_trainable_state(model, self.recipe, load_file(str(file), device=str(self.device)))
+
+        resume = checkpoint.restore(ckpts[-1], model, self._layout(), self.rank, legacy)
+        state = TrainState(**resume.state)
+        log.info("resuming from %s (phase %d, step %d)", ckpts[-1], state.phase, state.step)
+        return state, resume
+
+    def _check_output_dir(self) -> None:
+        """Refuse to start a new run over an earlier one (mode "new"); delete it first for "overwrite".
+        Every rank looks before rank 0 writes or deletes anything."""
+        earlier = _earlier_run(self.out)
+        if earlier and self.mode == "new":
+            raise RunDirError(
+                f"{self.out} already holds a training run ({', '.join(p.name for p in earlier[:4])}"
+                f"{', …' if len(earlier) > 4 else ''}); a new run would overwrite its metrics and checkpoints. "
+                "Pass --resume to continue it, --overwrite to delete it and start over, or choose another "
+                "output_dir (Python: Trainer(recipe, mode='resume' | 'overwrite'))"
+            )
+        if self.world > 1:
+            dist.barrier()
+        if earlier and self.mode == "overwrite" and self.is_main:
+            log.warning("--overwrite: deleting the earlier run in %s", self.out)
+            for p in [*earlier, *self.out.glob(".tmp-ckpt-*")]:
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
+        if self.world > 1:
+            dist.barrier()
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train every phase; write metrics.jsonl, checkpoints, and final.safetensors."""
         r = self.recipe
+        self._check_output_dir()
         torch.manual_seed(r.seed)
         samples = self._load_data()
         texts = [t for s in samples for t in (s.question, s.answer, *s.reasoning)]
@@ -348,17 +366,21 @@ class Trainer:
                 raise ValueError("loss.visual needs data.roi_store (or set loss.visual=false)")
             targets = RoiTargets(r.data.roi_store, roi_keys(samples, r.loss.visual_target == "per_hop"))
         global_feats = self._global_features(model, samples) if r.loss.visual_target == "per_step" else None
-        if r.model.align_encoder and r.stage == "backbone" and not (self.resume and self._ckpt_dirs()):
+        if (
+            r.model.align_encoder
+            and r.stage == "backbone"
+            and not (self.mode == "resume" and self._ckpt_dirs())
+        ):
             self._align_vision(model, samples)
-        state, extra = self._restore(model)
-        if extra is not None:
-            torch.set_rng_state(extra["rng"])
+        state, resume = self._restore(model)
+        if resume is not None:
+            resume.restore_rng()
         step_fn = TrainStep(model, r)
         wrapped = self._wrap(step_fn)
         phases = phases_for(r.curriculum)
         metrics_path = self.out / "metrics.jsonl"
         if self.is_main:
-            _truncate_metrics(metrics_path, state.step if extra is not None else 0)
+            _truncate_metrics(metrics_path, state.step if resume is not None else 0)
         last: dict[str, float] = {}
         for pi in range(state.phase, len(phases)):
             phase = phases[pi]
@@ -373,10 +395,9 @@ class Trainer:
             seq = self._phase_batches(subset, pi, phase, rule)
             total_steps = math.ceil(len(seq) / r.grad_accum)
             opt, sched = self._optimizer(model, total_steps)
-            if extra is not None and state.phase == pi and (state.batch_pos or state.phase_step):
-                opt.load_state_dict(extra["optimizer"])
-                sched.load_state_dict(extra["scheduler"])
-            extra = None
+            if resume is not None and state.phase == pi and (state.batch_pos or state.phase_step):
+                resume.load_optimizer(wrapped, opt, sched)
+            resume = None
             bar = _progress(self.is_main, len(seq), state.batch_pos, f"{r.name} {phase.name or pi + 1}")
             t_last, n_since = time.perf_counter(), 0
             loader = batch_loader(
@@ -414,13 +435,13 @@ class Trainer:
                     t_last, n_since = time.perf_counter(), 0
                     self._log(metrics_path, row, bar)
                 if state.step % r.checkpoint.every_steps == 0:
-                    self.save_checkpoint(model, opt, sched, state)
+                    self.save_checkpoint(wrapped, opt, sched, state)
                 if self.stop_after_steps is not None and state.step >= self.stop_after_steps:
                     bar.close()
                     return {"stopped_at": state.step, **last}
             bar.close()
             state = TrainState(phase=pi + 1, step=state.step)
-            self.save_checkpoint(model, opt, sched, state)
+            self.save_checkpoint(wrapped, opt, sched, state)
         final = {k: _full(v) for k, v in trainable_state(model, r).items()}
         if self.is_main:
             save_file(final, self.out / "final.safetensors")
@@ -572,6 +593,16 @@ def _unit_hash(text: str) -> float:
     import hashlib
 
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big") / 2**64
+
+
+class RunDirError(ValueError):
+    """The output directory holds an earlier run and the run mode says neither resume nor overwrite."""
+
+
+def _earlier_run(out: Path) -> list[Path]:
+    """What an earlier run left in `out`: its metrics, checkpoints and final weights."""
+    ckpts = sorted(out.glob("ckpt-*"))
+    return [p for p in (out / "metrics.jsonl", *ckpts, out / "final.safetensors") if p.exists()]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

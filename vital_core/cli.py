@@ -53,4 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m vital_core.cli` (how torchrun starts it) runs this file as __main__, whose CLIError is
+    # not the one subcommands import and raise: run the imported module so their errors stay clean.
+    from vital_core import cli
+
+    sys.exit(cli.main())

@@ -103,7 +103,7 @@ def latent_forward(
         pad_id: token fed for already-finished rows while others decode.
         timer: `StageTimer` (or compatible) for per-stage timing.
         runner: serve the latent and decode steps on its static cache (greedy decoding without
-            autograd only; ignored otherwise).
+            autograd only, and when the batch's bucket fits the runner's byte cap; ignored otherwise).
         prefix_cache: reuse image prefixes across calls (greedy decoding without autograd only).
         image_keys: one `prefix_cache.key(image)` per row; default: hashes of the pixel values.
         on_tokens: greedy decoding only: called on this thread with each decode step's new tokens,
@@ -133,7 +133,7 @@ def latent_forward(
     steps = torch.arange(1, kmax + 1, device=mask.device)
     mask[:, plen : plen + kmax] = (steps[None, :] <= ks[:, None]).to(mask.dtype)
 
-    if runner is not None and serving:  # serving: the same steps on the runner's static cache
+    if runner is not None and serving and runner.fits(bsz, mask.shape[1]):  # the same steps, static cache
         sequence = runner.open(pre.cache, mask)
     else:
         sequence = nullcontext(_DynamicSequence(text, pre.cache, mask))

@@ -9,10 +9,17 @@ as a CUDA graph and replayed (`mode="graphs"`), or handed to `torch.compile` (`m
 
 The runner owns its buffers: one request batch uses it at a time (a lock), which is how the
 server's single model thread runs anyway.
+
+Buckets are bounded by count (`max_buckets`) and by bytes (`max_bytes`, the server's
+`VITAL_STATIC_CACHE_BYTES`; default a quarter of the device's free memory when the runner is made, or of
+the available RAM on CPU): the least recently used bucket goes first. A batch whose bucket alone is
+larger than `max_bytes` is not given one (`fits` is False) and runs on the dynamic cache instead.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -24,8 +31,31 @@ from transformers import DynamicCache, StaticCache
 
 from vital_core.step import step, step_mask
 
+log = logging.getLogger("vital.static_cache")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 MODES = ("eager", "graphs", "compile")
+DEFAULT_MEMORY_FRACTION = 0.25
+"""Default byte cap: this share of the device's free memory (CPU: available RAM) when the runner is made.
+The rest stays for the prefill's dynamic cache, activations, the prefix cache and /explain's modules."""
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on `device`: CUDA's free bytes, or the host's available RAM (MemAvailable) on CPU."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_max_bytes(device: torch.device) -> int:
+    """The default bucket byte cap on `device` (DEFAULT_MEMORY_FRACTION of its free memory now)."""
+    return int(DEFAULT_MEMORY_FRACTION * available_bytes(device))
 
 
 @dataclass
@@ -41,6 +71,13 @@ class _Bucket:
     out: torch.Tensor | None = None  # (b, 1, H) graph output
     graph: object | None = None  # torch.cuda.CUDAGraph
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the bucket's preallocated tensors (the KV cache dominates)."""
+        kv = sum(t.nbytes for layer in self.cache.layers for t in (layer.keys, layer.values))
+        io = [self.embeds, self.pos, self.mask2d, *([self.out] if self.out is not None else [])]
+        return kv + sum(t.nbytes for t in io)
+
 
 class StaticRunner:
     """Static-cache steps for one model: buckets of preallocated caches, eager / CUDA graphs / compiled.
@@ -51,6 +88,8 @@ class StaticRunner:
         length_multiple: the shortest cache length; longer ones double from it, so few buckets
             cover every prompt and answer length (masked columns cost little next to the weights).
         max_buckets: buckets kept (least recently used dropped beyond).
+        max_bytes: bytes the buckets may hold together (least recently used dropped beyond; a bucket
+            larger on its own is never made). Default: `default_max_bytes(device)`.
         stop_every: decode checks the stop condition on the host every this many tokens.
         compile_backend: `torch.compile` backend for mode "compile" (default: inductor; on CUDA
             with `mode="reduce-overhead"`, i.e. CUDA graphs).
@@ -63,6 +102,7 @@ class StaticRunner:
         mode: str = "eager",
         length_multiple: int = 64,
         max_buckets: int = 8,
+        max_bytes: int | None = None,
         stop_every: int = 1,
         compile_backend: str | None = None,
     ):
@@ -78,12 +118,17 @@ class StaticRunner:
         self.mode = "graphs" if self.graphs else ("compile" if mode == "compile" else "eager")
         self.length_multiple = length_multiple
         self.max_buckets = max_buckets
+        self.max_bytes = default_max_bytes(self.device) if max_bytes is None else max_bytes
+        if self.max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
         self.stop_every = stop_every
         cfg = self.text.config
         self._heads = cfg.num_key_value_heads
         self._head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self._attn = cfg._attn_implementation
+        self._layers = len(self.text.layers)
         self._buckets: OrderedDict[tuple[int, int], _Bucket] = OrderedDict()
+        self._too_big: set[tuple[int, int]] = set()  # shapes already reported as over the cap
         self._lock = threading.Lock()
         self._fn = self._eager
         if self.mode == "compile":
@@ -101,13 +146,49 @@ class StaticRunner:
             s *= 2
         return b, s
 
+    def bucket_bytes(self, batch: int, length: int) -> int:
+        """Bytes the bucket for (`batch` rows, `length` columns) preallocates (`_Bucket.nbytes`)."""
+        b, s = self.bucket_shape(batch, length)
+        item = torch.empty((), dtype=self.dtype).element_size()
+        kv = 2 * self._layers * b * self._heads * s * self._head_dim * item  # keys + values, every layer
+        hidden = self.text.config.hidden_size
+        io = b * hidden * item * (2 if self.graphs else 1) + 3 * b * 8 + b * s * 8  # embeds (+out), pos, mask
+        return kv + io
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buckets now."""
+        return sum(b.nbytes for b in self._buckets.values())
+
+    def fits(self, batch: int, length: int) -> bool:
+        """Whether a batch of this shape gets a bucket (else the caller runs it on the dynamic cache)."""
+        need = self.bucket_bytes(batch, length)
+        if need <= self.max_bytes:
+            return True
+        key = self.bucket_shape(batch, length)
+        if key not in self._too_big:
+            self._too_big.add(key)
+            log.warning(
+                "static-cache bucket %s needs %d bytes, over the cap of %d: such batches run on the "
+                "dynamic cache",
+                key,
+                need,
+                self.max_bytes,
+            )
+        return False
+
     def _bucket(self, batch: int, length: int) -> _Bucket:
         key = self.bucket_shape(batch, length)
         if key in self._buckets:
             self._buckets.move_to_end(key)
             return self._buckets[key]
-        while len(self._buckets) >= self.max_buckets:
-            self._buckets.popitem(last=False)
+        need = self.bucket_bytes(batch, length)
+        if need > self.max_bytes:
+            raise ValueError(f"bucket {key} needs {need} bytes, over max_bytes={self.max_bytes}")
+        while self._buckets and (
+            len(self._buckets) >= self.max_buckets or self.nbytes + need > self.max_bytes
+        ):
+            self._buckets.popitem(last=False)  # least recently used first
         b, s = key
         cache = StaticCache(config=self.text.config, max_cache_len=s)
         cache.early_initialization(b, self._heads, self._head_dim, self.dtype, self.device)

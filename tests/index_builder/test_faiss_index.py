@@ -9,10 +9,10 @@ from index_builder.faiss_index import (
     IndexBuilder,
     IndexError_,
     PatchIndex,
-    build_patch_index,
     default_factory,
     merge_indexes,
 )
+from index_builder.index_build import build_patch_index
 from index_builder.samples import load_image, read_corpus
 
 

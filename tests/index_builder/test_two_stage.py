@@ -22,6 +22,7 @@ from index_builder.vector_store import (
     concat_stores,
     exact_topk,
     rerank,
+    to_float32,
 )
 
 BUNDLE_INDEX = Path(__file__).resolve().parents[2] / "bundles" / "vital-tiny" / "index"
@@ -105,6 +106,61 @@ def test_rerank_is_exact_over_its_candidates(tmp_path):
     cand = np.array([[5, -1, 9, -1]] * 5)  # fewer valid candidates than k: padded with -1
     _, pi = rerank(q, cand, store, 3)
     assert set(pi[0, :2]) == {5, 9} and pi[0, 2] == -1
+
+
+def test_float16_rows_convert_exactly():
+    """The fast float16 cast equals numpy's, bit for bit (subnormals, signed zero, inf and NaN included)."""
+    rng = np.random.default_rng(4)
+    rows = (rng.normal(size=(64, 48)) * 0.03).astype(np.float16)
+    rows[0, :6] = [0.0, -0.0, 3e-7, -5e-5, np.inf, np.nan]  # 3e-7 and -5e-5 are float16 subnormals
+    out = to_float32(rows)
+    assert out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out.view(np.uint32), rows.astype(np.float32).view(np.uint32))
+    np.testing.assert_array_equal(to_float32(rows.astype(np.float32)), rows.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_rerank_scores_each_query_on_its_own_candidates(tmp_path, dtype):
+    """K queries with overlapping candidate lists (and missing places): each gets the exact top-k of its
+    own list, as when it is re-ranked alone."""
+    x = _unit(np.random.default_rng(5).normal(size=(400, 32)))
+    w = StoreWriter(tmp_path, 32, dtype)
+    w.append(x)
+    store = w.close()
+    stored = store.gather(np.arange(400)).astype(np.float64)  # (400, 32) what the store holds
+    q = _unit(np.random.default_rng(6).normal(size=(4, 32)))
+    rng = np.random.default_rng(7)
+    cand = np.stack([rng.choice(120, 40, replace=False) for _ in range(4)])  # overlapping lists
+    cand[1, ::7] = -1
+    cand[3] = cand[0]  # two steps with the same candidates
+    scores, ids = rerank(q, cand, store, 10)
+    for i in range(4):
+        own = cand[i][cand[i] >= 0]
+        exact = stored[own] @ q[i].astype(np.float64)  # (c_i,)
+        order = np.argsort(-exact, kind="stable")[:10]
+        np.testing.assert_array_equal(ids[i], own[order])
+        np.testing.assert_allclose(scores[i], exact[order], rtol=1e-5, atol=1e-6)
+        alone = rerank(q[i : i + 1], cand[i : i + 1], store, 10)
+        np.testing.assert_array_equal(alone[1][0], ids[i])
+        np.testing.assert_array_equal(alone[0][0], scores[i])
+
+
+def test_batched_search_equals_per_query(clustered, built, tmp_path):
+    """One /explain search of K queries returns, for every query, exactly what searching it alone does:
+    two-stage (float16 store) and one-stage indexes, with repeated and near-identical steps."""
+    grids, _, eq = clustered
+    one_stage = IndexBuilder("IVF16,PQ16x4", D, G)
+    one_stage.train(grids.reshape(-1, D))
+    one_stage.add_grids([f"img{i}" for i in range(len(grids))], grids)
+    near = _unit(eq[:1] + 0.01 * np.random.default_rng(8).normal(size=(1, D)))[0]
+    steps = np.stack([eq[0], near, eq[5], eq[0], eq[9]])  # (K=5, D)
+    for index in (built, one_stage.finish(nprobe=4)):
+        scores, ids = index.search_arrays(steps, 10)
+        for i, step in enumerate(steps):
+            s1, i1 = index.search_arrays(step[None], 10)
+            np.testing.assert_array_equal(i1[0], ids[i])
+            np.testing.assert_array_equal(s1[0], scores[i])
+        assert index.search(steps, 10) == [index.search(step, 10)[0] for step in steps]
 
 
 def test_two_stage_recall_beats_one_stage_and_reaches_target(clustered, built):

@@ -278,15 +278,15 @@ def test_first_explain_does_not_stall_answers(tiny_bundle, encode_image, monkeyp
     loading, release = threading.Event(), threading.Event()
     real = explain_mod.load_explainer
 
-    def slow_load(svc):
+    def slow_load(*args):
         loading.set()
         release.wait(30)
-        return real(svc)
+        return real(*args)
 
     monkeypatch.setattr(explain_mod, "load_explainer", slow_load)
 
     async def main():
-        app = create_app(Settings(bundle=tiny_bundle))
+        app = create_app(Settings(bundle=tiny_bundle, explain_preload=False))  # loaded on first use
         ctx = await _started(app)
         try:
             async with httpx.AsyncClient(

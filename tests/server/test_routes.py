@@ -210,8 +210,45 @@ def test_explain_disabled_and_unavailable(tiny_bundle, tmp_path, ask, encode_ima
         assert ask(c, encode_image(0), max_new_tokens=2).status_code == 200  # /answer never needs it
 
 
-def test_answer_never_loads_the_scaffolding(client, ask, encode_image, tiny_bundle, wait_ready):
+def test_explain_is_warmed_before_ready(tiny_bundle, ask, encode_image, wait_ready, monkeypatch):
+    """Default start-up: by the time /ready is 200 the /explain modules are loaded and one explanation
+    has run (at the bundle's K, outside the request queue), so the first user's /explain is not cold."""
+    from server.explain import Explainer
+
+    calls = []
+    real = Explainer.explain
+
+    def counted(self, image, question, k, max_new_tokens, top_k):
+        calls.append((image.size, k, top_k))
+        return real(self, image, question, k, max_new_tokens, top_k)
+
+    monkeypatch.setattr(Explainer, "explain", counted)
     with TestClient(create_app(Settings(bundle=tiny_bundle))) as c:
+        wait_ready(c)
+        svc = c.app.state.service
+        assert svc.explainer is not None  # (this test bundle has no index: nearest patches empty)
+        assert calls == [((128, 128), svc.model.config.latent.k_default, 1)]
+        assert "vital_queue_wait_seconds_count 0.0" in c.get("/metrics").text  # not a request
+        assert ask(c, encode_image(0), route="/explain", k=2, max_new_tokens=2).status_code == 200
+        assert len(calls) == 2
+
+
+def test_failed_explain_warm_up_still_serves_answers(tiny_bundle, ask, encode_image, wait_ready, monkeypatch):
+    import server.explain as explain_mod
+
+    def broken(*args):
+        raise RuntimeError("index file is corrupt")
+
+    monkeypatch.setattr(explain_mod, "load_explainer", broken)
+    with TestClient(create_app(Settings(bundle=tiny_bundle))) as c:
+        wait_ready(c)
+        assert ask(c, encode_image(0), max_new_tokens=2).status_code == 200
+        _err(ask(c, encode_image(0), route="/explain"), 503, "explain_unavailable", "index file is corrupt")
+
+
+def test_answer_never_loads_the_scaffolding(client, ask, encode_image, tiny_bundle, wait_ready):
+    # explain_preload=False: /explain loads on first use, so nothing but /answer could load it here
+    with TestClient(create_app(Settings(bundle=tiny_bundle, explain_preload=False))) as c:
         wait_ready(c)
         assert ask(c, encode_image(0), max_new_tokens=2).status_code == 200
         svc = c.app.state.service

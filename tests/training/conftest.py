@@ -32,3 +32,26 @@ def phantom_samples(phantom_dir: Path):
     from training.data.manifest import load_manifest
 
     return load_manifest(phantom_dir / "manifest.jsonl")
+
+
+@pytest.fixture(scope="session")
+def roi_store(phantom_dir, tmp_path_factory):
+    """ROI features (sample masks and step masks) of `phantom_dir` from the tiny encoder."""
+    from index_builder.encoder import load_encoder
+    from index_builder.roi import ROIParams
+    from index_builder.samples import read_manifest, read_step_masks
+    from index_builder.store import extract_to_store
+    from vital_core.presets import tiny
+
+    out = tmp_path_factory.mktemp("roi")
+    enc = load_encoder(tiny().encoder, device="cpu", seed=0)
+    manifest = phantom_dir / "manifest.jsonl"
+    extract_to_store(
+        enc,
+        read_manifest(manifest, require_mask=True) + read_step_masks(manifest),
+        out,
+        ROIParams(),
+        spec={"test": 1},
+        progress=False,
+    )
+    return out

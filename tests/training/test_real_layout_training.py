@@ -158,7 +158,7 @@ def test_fsdp_two_ranks_resume_and_export(tmp_path, standin_data, one_process, i
     stop = _torchrun(f, 2, "--stop-after-steps", "1")
     assert stop.returncode == 0, stop.stderr[-4000:]
     assert (tmp_path / "run" / "ckpt-00000001").is_dir()
-    proc = _torchrun(f, 2, "--export", str(tmp_path / "bundle"))
+    proc = _torchrun(f, 2, "--resume", "--export", str(tmp_path / "bundle"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "resuming from" in proc.stderr
     _assert_same_losses(one_process, _rows(tmp_path / "run"))  # no step logged twice, same numbers

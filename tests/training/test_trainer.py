@@ -18,28 +18,6 @@ from training.data.batches import in_phase, k_batches, per_step_targets
 from training.recipe import Recipe, phases_for
 
 
-@pytest.fixture(scope="session")
-def roi_store(phantom_dir, tmp_path_factory):
-    from index_builder.encoder import load_encoder
-    from index_builder.roi import ROIParams
-    from index_builder.samples import read_manifest, read_step_masks
-    from index_builder.store import extract_to_store
-    from vital_core.presets import tiny
-
-    out = tmp_path_factory.mktemp("roi")
-    enc = load_encoder(tiny().encoder, device="cpu", seed=0)
-    manifest = phantom_dir / "manifest.jsonl"
-    extract_to_store(
-        enc,
-        read_manifest(manifest, require_mask=True) + read_step_masks(manifest),
-        out,
-        ROIParams(),
-        spec={"test": 1},
-        progress=False,
-    )
-    return out
-
-
 def _recipe(tmp_path: Path, phantom_dir: Path, roi_store: Path, **extra) -> Path:
     data = {
         "name": "t",
@@ -200,7 +178,7 @@ def test_resume_equals_uninterrupted(tmp_path, phantom_dir, roi_store):
     assert stopped["stopped_at"] == 7
     ckpts = sorted((tmp_path / "b" / "run").glob("ckpt-*"))
     assert ckpts and not (tmp_path / "b" / "run" / "final.safetensors").exists()
-    resumed = Trainer(Recipe.from_yaml(recipe_b)).run()  # picks up the last checkpoint (step 6)
+    resumed = Trainer(Recipe.from_yaml(recipe_b), mode="resume").run()  # the last checkpoint (step 6)
     assert resumed["steps"] == full["steps"]
     a = load_file(tmp_path / "a" / "run" / "final.safetensors")
     b = load_file(tmp_path / "b" / "run" / "final.safetensors")

@@ -128,3 +128,55 @@ def test_cuda_graph_step_has_no_host_sync(tiny_config, images, questions):
             finally:
                 torch.cuda.set_sync_debug_mode("default")
     assert h.shape == pre.h0.shape and torch.isfinite(h).all()
+
+
+def test_bucket_bytes_are_what_a_bucket_allocates(tiny_model, images, questions):
+    """The up-front estimate (used to decide eviction before allocating) is the allocated size."""
+    runner = StaticRunner(tiny_model.core, length_multiple=16, max_bytes=1 << 30)
+    for n, k, new in [(1, 2, 3), (3, 4, 40)]:
+        batch = tiny_model.encode(images[:n], questions[:n])
+        with torch.inference_mode():
+            latent_forward(tiny_model.core, batch, k, max_new_tokens=new, stop_ids=(), runner=runner)
+        key = next(reversed(runner._buckets))
+        assert runner._buckets[key].nbytes == runner.bucket_bytes(*key) > 0
+    assert runner.nbytes == sum(runner.bucket_bytes(*key) for key in runner._buckets)
+
+
+def test_byte_cap_evicts_least_recently_used(tiny_model, images, questions):
+    """A cap of two small buckets: a third evicts the least recently used one, answers stay right, and
+    the held bytes never exceed the cap (the count cap alone would have kept all three)."""
+    probe = StaticRunner(tiny_model.core, length_multiple=16, max_bytes=1 << 30)
+    plen = tiny_model.encode(images[:1], questions[:1]).input_ids.shape[1]
+    short, long_ = 2, 4 * plen  # answer tokens: a short and a longer cache length
+    shape = lambda n, new: probe.bucket_shape(n, plen + 2 + new)  # noqa: E731  (prompts of equal length)
+    a, b, c = shape(1, short), shape(2, short), shape(1, long_)
+    assert len({a, b, c}) == 3
+    cap = probe.bucket_bytes(*a) + probe.bucket_bytes(*b) + probe.bucket_bytes(*c) // 2
+    assert probe.bucket_bytes(*c) <= cap < sum(probe.bucket_bytes(*x) for x in (a, b, c))
+    runner = StaticRunner(tiny_model.core, length_multiple=16, max_bytes=cap)
+    q = [questions[0]] * 2  # same prompt length in every row
+    for n, new in [(1, short), (2, short), (1, short), (1, long_)]:  # a, b, a again (b is now oldest), c
+        batch = tiny_model.encode([images[0]] * n, q[:n])
+        dyn, sta = _pair(tiny_model, batch, 2, runner, n=new)
+        assert sta.tokens == dyn.tokens
+        assert runner.nbytes <= cap
+    assert list(runner._buckets) == [a, c]  # b (least recently used) went; a stayed
+
+
+def test_batch_over_the_cap_runs_on_the_dynamic_cache(tiny_model, images, questions):
+    runner = StaticRunner(tiny_model.core, max_bytes=1024)
+    batch = tiny_model.encode(images[:2], questions[:2])
+    assert not runner.fits(2, batch.input_ids.shape[1])
+    dyn, sta = _pair(tiny_model, batch, 3, runner, n=4)
+    assert sta.tokens == dyn.tokens and not runner._buckets and runner.nbytes == 0
+    with pytest.raises(ValueError, match="max_bytes"):
+        StaticRunner(tiny_model.core, max_bytes=0)
+
+
+def test_default_cap_is_a_quarter_of_free_memory(tiny_model):
+    from vital_core.static_cache import DEFAULT_MEMORY_FRACTION, available_bytes
+
+    runner = StaticRunner(tiny_model.core)
+    free = available_bytes(torch.device("cpu"))
+    assert DEFAULT_MEMORY_FRACTION == 0.25 and free > 0
+    assert abs(runner.max_bytes - free / 4) <= 0.05 * free  # free memory moves a little between reads

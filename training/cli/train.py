@@ -14,8 +14,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train with a recipe (dual supervision + curriculum); runs under torchrun too",
-        description="Train VITAL from a recipe YAML (see configs/). Resumes from the run's last checkpoint "
-        "unless --no-resume. Multi-GPU: torchrun --nproc_per_node N -m vital_core.cli train --recipe ...",
+        description="Train VITAL from a recipe YAML (see configs/). An output_dir that already holds a run "
+        "is refused unless --resume (continue from its newest checkpoint, on any number of processes) or "
+        "--overwrite (delete it and start over). Multi-GPU: torchrun --nproc_per_node N -m vital_core.cli "
+        "train --recipe ...",
     )
     p.add_argument("--recipe", required=True, help="recipe YAML file")
     p.add_argument(
@@ -25,7 +27,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a recipe field, e.g. --set optim.lr=1e-4 (repeatable)",
     )
-    p.add_argument("--no-resume", action="store_true", help="start over even if checkpoints exist")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        dest="mode",
+        action="store_const",
+        const="resume",
+        help="continue the run in output_dir from its newest checkpoint (start it when there is none)",
+    )
+    mode.add_argument(
+        "--overwrite",
+        dest="mode",
+        action="store_const",
+        const="overwrite",
+        help="delete the run in output_dir (checkpoints, metrics.jsonl, final.safetensors) and start over",
+    )
+    mode.add_argument(
+        "--no-resume", dest="mode", action="store_const", const="overwrite", help=argparse.SUPPRESS
+    )
     p.add_argument(
         "--stop-after-steps",
         type=int,
@@ -34,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--export", metavar="DIR", help="write the trained model as a bundle here")
     p.add_argument("--eval-split", help="evaluate on this split after training (scores go into the bundle)")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=run_train, mode="new")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -46,7 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         recipe = Recipe.from_yaml(args.recipe, args.set)
-        trainer = Trainer(recipe, resume=not args.no_resume, stop_after_steps=args.stop_after_steps)
+        trainer = Trainer(recipe, mode=args.mode, stop_after_steps=args.stop_after_steps)
         result = trainer.run()
     except (ConfigError, ManifestError, FileNotFoundError, KeyError, ValueError) as exc:
         raise CLIError(str(exc)) from exc
