@@ -21,12 +21,14 @@ def export_bundle(
     encoder_dir: str | Path | None = None,
     index_dir: str | Path | None = None,
     state: dict[str, Any] | None = None,
+    phantom_task: str | None = None,
 ) -> Path:
     """Save `model` as a merged bundle whose manifest records the recipe, command, seed and scores.
 
     `encoder_dir` (the frozen encoder that made the ROI targets) and `index_dir` (a FAISS patch index)
     are copied in so /explain works from the bundle alone. `state` (see `Trainer.full_state`) replaces
-    the live modules' tensors, e.g. when they are FSDP shards.
+    the live modules' tensors, e.g. when they are FSDP shards. `phantom_task` records which phantom
+    task the bundle was trained on (bundles that do not record one were built on the legacy task).
     """
     scaffold = model.scaffold is not None and recipe.stage == "latent"
     provenance = {
@@ -36,6 +38,8 @@ def export_bundle(
         "stage": recipe.stage,
         "scores": scores or {},
     }
+    if phantom_task:
+        provenance["phantom_task"] = phantom_task
     path = save_bundle(
         model, out, merged=True, scaffold=scaffold, provenance=provenance, overwrite=True, state=state
     )

@@ -183,3 +183,47 @@ def test_legacy_task_is_unchanged_by_the_compositional_one() -> None:
     s = make_sample(45, 0, 128, task="legacy")
     assert s.template is None and s.modality.build.__name__ == "ct"
     assert not re.search(r"(largest|brightest) lesion", s.qa.question)
+
+
+def test_captions_list_every_atlas_name_in_order_with_its_place_or_absence(
+    gate_sets: tuple[Path, Path],
+) -> None:
+    """captions.jsonl (the perception stage's targets): one row per image, every host and lesion name of the
+    modality's atlas in atlas order, and each present one with the place and tone its scene facts give."""
+    from training.phantom.captions import caption_sentences
+    from training.phantom.facts import region_phrase, third
+    from training.phantom.modalities import MODALITIES
+
+    fit, _ = gate_sets
+    rows = [json.loads(x) for x in (fit / "captions.jsonl").read_text().splitlines()]
+    manifest = [json.loads(x) for x in (fit / "manifest.jsonl").read_text().splitlines()]
+    facts = {json.loads(x)["id"]: json.loads(x) for x in (fit / "scenes.jsonl").read_text().splitlines()}
+    assert len(rows) == len(manifest) and [r["image"] for r in rows] == [r["image"] for r in manifest]
+    by_name = {m.name: m for m in MODALITIES}
+    for row, src in list(zip(rows, manifest))[:200]:
+        atlas = ATLAS[by_name[row["modality"]].key]
+        hosts, lesions = row["reasoning"]
+        assert row["answer"] == f"{hosts} {lesions}" and row["question_type"] == "describe"
+        for sentence, names in ((hosts, atlas.hosts), (lesions, atlas.lesions)):
+            at = [re.search(rf"(?<![a-z]){re.escape(n)} ", sentence).start() for n in names]
+            assert at == sorted(at), (sentence, names)  # atlas order, always
+        present = {o["name"]: o for o in facts[src["id"]]["objects"]}
+        for name in (*atlas.hosts, *atlas.lesions):
+            if name not in present:
+                assert re.search(rf"(?<![a-z]){re.escape(name)} absent", hosts + lesions)
+            else:
+                o = present[name]
+                place = region_phrase(
+                    third(o["cy"], ("upper", "middle", "lower")), third(o["cx"], ("left", "center", "right"))
+                )
+                assert not re.search(rf"(?<![a-z]){re.escape(name)} absent", hosts + lesions)
+                assert re.search(
+                    rf"(?<![a-z]){re.escape(name)} (in the [a-z ]+, )?{place},", hosts + lesions
+                ), (
+                    name,
+                    place,
+                )
+        assert caption_sentences(facts[src["id"]], atlas, by_name[row["modality"]].contrast) == [
+            hosts,
+            lesions,
+        ]

@@ -16,10 +16,18 @@ BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "vital-tiny"
 CLOSED = ("yesno", "identify", "location_choice")
 
 
+def bundle_task() -> str:
+    """The phantom task the committed bundle was trained on; bundles that predate the compositional task
+    do not record one and were built on the legacy task."""
+    from vital_core.bundle import read_manifest
+
+    return read_manifest(BUNDLE)["provenance"].get("phantom_task", "legacy")
+
+
 @pytest.fixture(scope="module")
 def unseen():
-    """Closed-ended phantom questions from a seed the bundle was never trained on."""
-    samples = [make_sample(i, seed=2026) for i in range(162)]
+    """Closed-ended phantom questions, of the task the bundle was trained on, from a seed it never saw."""
+    samples = [make_sample(i, seed=2026, task=bundle_task()) for i in range(162)]
     return [s for s in samples if s.question_type in CLOSED]
 
 

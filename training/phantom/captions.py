@@ -1,9 +1,12 @@
-"""Dense captions of phantom scenes: every structure and lesion, where it is and how it looks.
+"""Dense captions of phantom scenes: every structure and lesion kind, where it is (or that it is absent)
+and how it looks.
 
 Stage "perception" of the tiny recipe (ours; the stand-in for a pretrained MLLM's image–text alignment)
-trains the random backbone on these before any question: each image gives the name, place, brightness
-and margin of all six objects, six times the supervision of one answer, on exactly what the questions
-later ask about. They are written from the facts the generator stored (scenes.jsonl), to
+trains the random backbone on these before any question. Each caption lists every host structure and
+every lesion kind of the modality's atlas in one fixed order (atlas order), each either "absent" or with
+its host, place, tone and margin — so each item is a lookup (where is this name, how does it look) rather
+than a reading-order scan, which the tiny model learned far more slowly (bench/results/reasoning-
+experiments.md). They are written from the facts the generator stored (scenes.jsonl), to
 DIR/captions.jsonl, a five-tuple manifest over the same images and splits (question type `describe`; the
 two reasoning sentences, structures then lesions, are the answer).
 """
@@ -15,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from training.phantom.atlas import ATLAS, Atlas
 from training.phantom.compose import contrast_word
 from training.phantom.facts import region_phrase, third
 from training.phantom.modalities import MODALITIES
@@ -28,27 +32,23 @@ def _place(o: dict[str, Any]) -> str:
     )
 
 
-def _order(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Reading order: by third of the height, then from left to right."""
-    return sorted(objs, key=lambda o: (min(int(o["cy"] * 3), 2), o["cx"]))
+def caption_sentences(facts: dict[str, Any], atlas: Atlas, contrast: tuple[str, str] | None) -> list[str]:
+    """Two sentences: the modality's four host structures, then its four lesion kinds, always in atlas order
+    (so each item is a lookup: where is this one, or is it absent), with place, host, tone and margin."""
+    objs = {o["name"]: o for o in facts["objects"]}
 
-
-def caption_sentences(facts: dict[str, Any], contrast: tuple[str, str] | None) -> list[str]:
-    """Two sentences: the host structures, then the lesions, each in reading order."""
-
-    def item(o: dict[str, Any]) -> str:
-        inside = f" in the {o['host']}" if o.get("host") else ""
+    def item(name: str) -> str:
+        o = objs.get(name)
+        if o is None:
+            return f"{name} absent"
+        inside = f"in the {o['host']}, " if o.get("host") else ""
         look = f"{contrast_word(o['brighter'], contrast)}, {'blurred' if o['blurred'] else 'sharp'}"
-        return f"the {o['name']}{inside} ({_place(o)}), {look}"
+        return f"{name} {inside}{_place(o)}, {look}"
 
-    hosts = [o for o in facts["objects"] if o["type"] != "lesion"]
-    lesions = [o for o in facts["objects"] if o["type"] == "lesion"]
-    out = []
-    for label, group in (("Structures", hosts), ("Lesions", lesions)):
-        out.append(
-            f"{label}: " + "; ".join(item(o) for o in _order(group)) + "." if group else f"{label}: none."
-        )
-    return out
+    return [
+        "Structures: " + "; ".join(item(n) for n in atlas.hosts) + ".",
+        "Lesions: " + "; ".join(item(n) for n in atlas.lesions) + ".",
+    ]
 
 
 def write_captions(root: str | Path) -> Path:
@@ -61,12 +61,13 @@ def write_captions(root: str | Path) -> Path:
             facts[r["id"]] = r
     contrast = {m.name: m.contrast for m in MODALITIES}
     phrase = {m.name: m.phrases[0] for m in MODALITIES}
+    atlas = {m.name: ATLAS[m.key] for m in MODALITIES}
     rows = []
     for line in (root / "manifest.jsonl").read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         r = json.loads(line)
-        steps = caption_sentences(facts[r["id"]], contrast[r["modality"]])
+        steps = caption_sentences(facts[r["id"]], atlas[r["modality"]], contrast[r["modality"]])
         rows.append(
             {
                 "id": f"{r['id']}-cap",
