@@ -1,10 +1,14 @@
 """`vital build-tiny-bundle`: make the embedded `vital-tiny` bundle from nothing, reproducibly, on CPU.
 
-1. phantom data (training/phantom) → 1b. the tiny MedSigLIP encoder, trained on the phantom's image–report
-pairs and frozen (training/encoder_train.py, `vital train-encoder`) → 2. ROI targets with it (index_builder) →
-3. stage 0: train the tiny backbone as a direct-answer VQA model (our stand-in for a pretrained MLLM) →
-4. the paper's recipe on top: frozen backbone + LoRA + both heads + curriculum, then merge →
-5. a FAISS index of reference patches → 6. scores on the test split, for the bundle and for stage 0 at K = 0.
+1. phantom data (training/phantom, the compositional task) and a held-out multi-hop test set of an unseen
+   seed, with its gates (`vital phantom --audit`) → 1b. the tiny MedSigLIP encoder, trained on the phantom's
+   image–report pairs and frozen (training/encoder_train.py) → 2. ROI targets with it (index_builder) →
+3. perception (ours): the random tiny backbone, its vision tower distilled from the encoder, learns dense
+   captions of the scenes — our stand-in for a pretrained MLLM → 4. stage 0 (ours): explicit reasoning
+   first, the backbone writes each question's chain, then its answer → 5. the paper's recipe on top, as a
+   Coconut-style curriculum: frozen backbone + LoRA + both heads, stage c turns the first c sentences
+   into c latent steps, then merge → 6. a FAISS index of reference patches → 7. scores: the test split, the
+   held-out multi-hop set at K = 4 and K = 0 and stage 0's written chains, with 95 % intervals.
 Every step is resumable: finished data, stores and checkpoints are reused on a re-run.
 """
 
@@ -36,8 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=12000, help="phantom samples to generate")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes for data generation")
+    p.add_argument("--perception-recipe", default="configs/tiny-perception.yaml")
     p.add_argument("--stage0-recipe", default="configs/tiny-stage0.yaml")
     p.add_argument("--recipe", default="configs/tiny.yaml")
+    p.add_argument(
+        "--heldout", type=int, default=1152, help="multi-hop questions in the held-out test set (seed + 1)"
+    )
     p.add_argument("--index-images", type=int, default=100, help="reference images in the FAISS index")
     p.add_argument("--eval-limit", type=int, default=None, help="evaluate on at most N test samples")
     p.add_argument("--encoder-steps", type=int, default=1000, help="training steps of the tiny MedSigLIP")
@@ -53,16 +61,20 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    for f in (args.stage0_recipe, args.recipe):
+    for f in (args.perception_recipe, args.stage0_recipe, args.recipe):
         if not Path(f).is_file():
             raise CLIError(f"recipe {f} not found (run from the repository root)")
     manifest = _phantom(work / "phantom", args)
+    heldout, gates = _heldout(work, manifest, args)
     encoder_dir = _encoder(manifest, work / "encoder", args)
     roi = _roi_store(manifest, work / "roi", args.seed, encoder_dir)
-    stage0_bundle, stage0_model = _train(args.stage0_recipe, work / "stage0", manifest, roi, args, init=None)
+    sets = [f"model.align_encoder={encoder_dir}", f"data.manifest={manifest.with_name('captions.jsonl')}"]
+    seen, _ = _train(args.perception_recipe, work / "perception", manifest, roi, args, sets=sets)
+    stage0_bundle, stage0_model = _train(args.stage0_recipe, work / "stage0", manifest, roi, args, init=seen)
     _, model = _train(args.recipe, work / "latent", manifest, roi, args, init=stage0_bundle)
     index_dir = _index(encoder_dir, manifest, work, args)
-    scores = _scores(model, stage0_model, manifest, args.eval_limit)
+    scores = _scores(model, stage0_model, manifest, heldout, args.eval_limit)
+    scores["gates"] = gates
     from training.export import export_bundle
     from training.recipe import Recipe
 
@@ -75,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         command=" ".join(["vital", *sys.argv[1:]]) if sys.argv else None,
         encoder_dir=encoder_dir,
         index_dir=index_dir,
+        phantom_task="compositional",
     )
     (work / "scores.json").write_text(json.dumps(scores, indent=2))
     log.info("vital-tiny written to %s in %.1f min", out, (time.perf_counter() - t0) / 60)
@@ -90,6 +103,35 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _heldout(work: Path, manifest: Path, args: argparse.Namespace) -> tuple[Path, dict]:
+    """The held-out multi-hop test set (seed + 1, every question multi-hop) and its gates."""
+    from training.phantom import generate
+    from training.phantom.audit import audit
+
+    out = work / "heldout"
+    meta = out / "phantom.json"
+    want = (args.heldout, args.seed + 1)
+    if not (
+        meta.is_file()
+        and (json.loads(meta.read_text()).get("n"), json.loads(meta.read_text()).get("seed")) == want
+    ):
+        generate(
+            out,
+            n=args.heldout,
+            seed=args.seed + 1,
+            size=128,
+            workers=args.workers,
+            splits=(0, 0, 1),
+            multihop_only=True,
+        )
+    report = audit(out, "test", manifest.parent)
+    gates = {k: report[k] for k in ("n_multihop", "n_fit", "figures", "gates", "passed", "all_passed")}
+    (work / "gates.json").write_text(json.dumps(report, indent=2))
+    if not report["all_passed"]:
+        log.warning("held-out set: a gate failed: %s", report["passed"])
+    return out / "manifest.jsonl", gates
 
 
 def _phantom(out: Path, args: argparse.Namespace) -> Path:
@@ -154,7 +196,15 @@ def _roi_store(manifest: Path, out: Path, seed: int, encoder_dir: Path) -> Path:
     return out
 
 
-def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, init: Path | None):
+def _train(
+    recipe_file: str,
+    run_dir: Path,
+    manifest: Path,
+    roi: Path,
+    args,
+    init: Path | None = None,
+    sets: list[str] | None = None,
+):
     from training.export import export_bundle
     from training.recipe import Recipe
     from training.trainer import Trainer
@@ -164,6 +214,7 @@ def _train(recipe_file: str, run_dir: Path, manifest: Path, roi: Path, args, ini
         f"data.roi_store={roi}",
         f"output_dir={run_dir}",
         f"seed={args.seed}",
+        *(sets or []),
     ]
     if init is not None:
         sets.append(f"model.init_bundle={init}")
@@ -208,21 +259,40 @@ def _index(encoder_dir: Path, manifest: Path, work: Path, args) -> Path:
     return index_dir
 
 
-def _scores(model, stage0_model, manifest: Path, limit: int | None) -> dict:
-    from training.analysis import multihop_accuracy
+def _scores(model, stage0_model, manifest: Path, heldout: Path, limit: int | None) -> dict:
+    """Test split per type (latent, K auto; stage 0 at K = 0), and the held-out multi-hop set: latent at K = 4
+    and K = 0, stage 0's written chains, their paired differences, tokens generated, latent usage."""
     from training.cli.train import evaluate_model
     from training.data.manifest import load_manifest
     from training.eval.evaluate import predict
+    from training.eval.stats import accuracy, paired_difference
+    from training.eval.usage import latent_usage
     from training.phantom.multihop import is_multihop
 
-    hops = [
-        s
-        for s in load_manifest(manifest)
-        if s.split == "test" and is_multihop(s.question_type, s.answer, s.question)
-    ]
+    def hits(preds) -> list[bool]:
+        from training.data.manifest import normalize_answer
+
+        return [normalize_answer(p.answer) == normalize_answer(p.item.answer) for p in preds]
+
+    hops = [s for s in load_manifest(heldout) if is_multihop(s.question_type, s.answer, s.question)][:limit]
+    runs = {
+        "latent_k4": predict(model, hops, k=4),
+        "latent_k0": predict(model, hops, k=0),
+        "stage0_cot": predict(stage0_model, hops, k=0, max_new_tokens=160),
+    }
+    h = {name: hits(p) for name, p in runs.items()}
+    multihop = {name: {**accuracy(v), "generated_tokens": _mean_tokens(runs[name])} for name, v in h.items()}
+    multihop["k4_minus_k0"] = paired_difference(h["latent_k4"], h["latent_k0"])
+    multihop["cot_minus_k0"] = paired_difference(h["stage0_cot"], h["latent_k0"])
     return {
         "test_split_k_auto": evaluate_model(model, str(manifest), "test", "auto", limit),
-        "stage0_test_split_k0": evaluate_model(stage0_model, str(manifest), "test", "0", limit),
-        # multi-hop questions of the test split: does thinking longer help where several facts are needed?
-        "test_multihop": {f"k{k}": multihop_accuracy(predict(model, hops[:limit], k=k)) for k in (0, 4)},
+        "stage0_test_split_cot": evaluate_model(
+            stage0_model, str(manifest), "test", "0", limit, max_new_tokens=160
+        ),
+        "heldout_multihop": multihop,
+        "heldout_latent_usage": latent_usage(model, hops[: min(len(hops), 300)], 4),
     }
+
+
+def _mean_tokens(preds) -> float:
+    return round(sum(p.tokens for p in preds) / max(len(preds), 1), 2)
