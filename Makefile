@@ -52,7 +52,8 @@ test: lint test-deps
 	$(BIN)/python -m pytest -q
 
 # The embedded default bundle is committed (bundles/vital-tiny); `make bundle` rebuilds it from nothing
-# (phantom data -> ROI targets -> stage 0 -> the paper's recipe -> merge -> index), ~20 min on 2 cores.
+# (compositional phantom + held-out gates -> tiny MedSigLIP -> ROI -> perception -> stage 0 chain -> latent
+# curriculum -> merge -> index -> scores), ~40 min on 2 cores.
 $(BUNDLE)/vital.yaml: | $(VENV)/.installed
 	$(BIN)/vital build-tiny-bundle --out $(BUNDLE)
 
