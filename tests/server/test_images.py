@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from server.errors import APIError
 from server.images import decode_image, sniff
 from server.logs import request_id_var
-from vital_core.imaging import ImagingSpec
+from vital_core.imaging import ImagingSpec, NiftiVolume
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -91,6 +91,27 @@ def test_imaging_fields_over_http(client, ask):
         ({"slice": 12}, 422),
     ]:
         check_error(ask(client, data, **fields), status)
+
+
+def test_anisotropic_nifti_is_served_with_square_pixels(client, ask, volumes):
+    """0.7 x 0.7 mm pixels, 5 mm slices: every plane is served round, the same pixels as the readers'."""
+    data = volumes.stored_nifti("LPS")
+    reader = NiftiVolume.load(data)
+    sizes = {"axial": (128, 112), "coronal": (128, 171), "sagittal": (112, 171)}  # width, height
+    for axis, (width, height) in sizes.items():
+        r = ask(client, data, axis=axis, k=0, max_new_tokens=2, **volumes.WINDOW)
+        assert r.status_code == 200, r.text
+        assert r.json()["image"] == {"format": "nifti", "width": width, "height": height}
+        spec = ImagingSpec(axis=axis, **volumes.WINDOW)
+        served = np.asarray(decode_image(data, spec=spec).image)  # what the route hands the model
+        assert np.array_equal(served, reader.image(spec).pixels)
+        assert abs(volumes.disc_aspect(served) - 1.0) <= 0.05, axis
+    tight = ask(
+        client,
+        nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.diag([0.01, 0.01, 50, 1])).to_bytes(),
+        axis="coronal",
+    )
+    assert check_error(tight, 413)["code"] == "image_too_large"  # 320,000 x 64 once square: refused
 
 
 def test_json_limits_and_base64(client, encode_image):

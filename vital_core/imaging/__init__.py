@@ -1,12 +1,13 @@
 """The one imaging path: DICOM / NIfTI / PNG / JPEG / ... → the model's image, for training and serving alike.
 
 `load_model_image(bytes_or_path, ImagingSpec(...))` is the call; `docs/imaging.md` states the display
-convention (radiological), the window presets and the limits.
+convention (radiological), square pixels for anisotropic volumes (`view.py`), the window presets and the limits.
 """
 
 from vital_core.imaging.decode import SUPPORTED, decode_bytes, load_model_image, sniff
 from vital_core.imaging.nifti import NiftiVolume
 from vital_core.imaging.spec import AXES, ImagingError, ImagingLimits, ImagingSpec, ModelImage
+from vital_core.imaging.view import square_pixels, square_shape
 from vital_core.imaging.windows import (
     DEFAULT_CT_PRESET,
     PERCENTILES,
@@ -36,5 +37,7 @@ __all__ = [
     "percentile_range",
     "render_grey",
     "sniff",
+    "square_pixels",
+    "square_shape",
     "to_uint8",
 ]
