@@ -4,17 +4,18 @@ Order: Modality LUT (LUT sequence or Rescale Slope/Intercept) → the request's 
 VOI LUT sequence or Window Center/Width, else the CT preset / percentiles (`windows.choose_window`) →
 MONOCHROME1 inverted. Colour (RGB, YBR → RGB, PALETTE COLOR) is kept in colour. Multi-frame files
 decode only the requested frame. The deflated transfer syntax is inflated as a stream through a capped
-decompressor up to the requested frame, never whole.
+decompressor up to the requested frame, never whole. pydicom's warnings go to the log and
+`info["dicom_warnings"]`, never through `warnings.catch_warnings` (process-global; see `pydicom_log`).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Any
 
 import numpy as np
 
+from vital_core.imaging.pydicom_log import pydicom_messages, summary
 from vital_core.imaging.spec import ImagingError, ImagingLimits, ImagingSpec, ModelImage
 from vital_core.imaging.streams import CountingBytesIO, InflateStream
 from vital_core.imaging.windows import Window, render_grey, to_uint8
@@ -249,9 +250,13 @@ def _grey(arr: np.ndarray, head: Any, spec: ImagingSpec) -> tuple[np.ndarray, di
 
 
 def decode_dicom(data: bytes, spec: ImagingSpec, limits: ImagingLimits) -> ModelImage:
-    """A DICOM Part-10 file → ModelImage (one frame; 400/413/415/422 as ImagingError)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on every odd value; refusals are ImagingErrors
+    """A DICOM Part-10 file → ModelImage (one frame; 400/413/415/422 as ImagingError).
+
+    pydicom's warnings about the file (odd values, VR mismatches) are kept with this decode, in
+    `info["dicom_warnings"]` and the log, without touching the process's warning filters
+    (`pydicom_log`: safe when requests decode in several threads at once).
+    """
+    with pydicom_messages() as messages:
         head, meta, syntax = _read_head(data)
         if syntax == DEFLATED:
             head, arr = _deflated_frame(data, meta, spec, limits)
@@ -270,4 +275,6 @@ def decode_dicom(data: bytes, spec: ImagingSpec, limits: ImagingLimits) -> Model
         except Exception as exc:
             raise ImagingError("unreadable", f"cannot apply the DICOM's LUTs: {exc}") from exc
     info["frame"] = str(geo["frame"])
+    if messages:
+        info["dicom_warnings"] = summary(messages)
     return ModelImage(pixels, "dicom", info)
