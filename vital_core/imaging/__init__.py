@@ -6,6 +6,7 @@ convention (radiological), square pixels for anisotropic volumes (`view.py`), th
 
 from vital_core.imaging.decode import SUPPORTED, decode_bytes, load_model_image, sniff
 from vital_core.imaging.nifti import NiftiVolume
+from vital_core.imaging.series import DicomSeries, decode_series
 from vital_core.imaging.spec import AXES, ImagingError, ImagingLimits, ImagingSpec, ModelImage
 from vital_core.imaging.view import square_pixels, square_shape
 from vital_core.imaging.windows import (
@@ -21,6 +22,7 @@ from vital_core.imaging.windows import (
 
 __all__ = [
     "AXES",
+    "DicomSeries",
     "DEFAULT_CT_PRESET",
     "PERCENTILES",
     "SUPPORTED",
@@ -33,6 +35,7 @@ __all__ = [
     "NiftiVolume",
     "Window",
     "decode_bytes",
+    "decode_series",
     "load_model_image",
     "percentile_range",
     "render_grey",

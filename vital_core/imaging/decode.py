@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from vital_core.imaging.dicom import decode_dicom, is_dicom
 from vital_core.imaging.nifti import decode_nifti, is_nifti
 from vital_core.imaging.raster import decode_raster, sniff_raster
+from vital_core.imaging.series import decode_series
 from vital_core.imaging.spec import ImagingError, ImagingLimits, ImagingSpec, ModelImage
 from vital_core.imaging.streams import ByteStream, InflateStream, open_stream
 
@@ -26,16 +28,28 @@ def sniff(head: bytes) -> str | None:
 
 
 def load_model_image(
-    source: bytes | bytearray | memoryview | str | os.PathLike,
+    source: bytes | bytearray | memoryview | str | os.PathLike | Sequence,
     spec: ImagingSpec | None = None,
     limits: ImagingLimits | None = None,
 ) -> ModelImage:
     """Decode a file (bytes, or a path on disk) into the model's image; ImagingError for what is refused.
 
-    The same call, with the same `spec`, is what the server, the training readers and `vital eval` use.
-    Paths are local, trusted data: without explicit `limits` they get `ImagingLimits.local()`.
+    A DICOM series is a directory of instances or a list of instance files (paths or bytes): it is
+    assembled into a volume (`series.py`) and viewed like a NIfTI. The same call, with the same `spec`, is
+    what the server, the training readers and `vital eval` use. Paths are local, trusted data: without
+    explicit `limits` they get `ImagingLimits.local()`.
     """
     spec = spec or ImagingSpec()
+    if isinstance(source, (list, tuple)):
+        limits = limits or (
+            ImagingLimits.local()
+            if any(isinstance(s, (str, os.PathLike)) for s in source)
+            else ImagingLimits()
+        )
+        return decode_series([_named(s) for s in source], spec, limits)
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        files = sorted(p for p in Path(source).rglob("*") if p.is_file() and _instance_name(p.name))
+        return decode_series([_named(p) for p in files], spec, limits or ImagingLimits.local())
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         limits = limits or ImagingLimits.local()
@@ -47,6 +61,18 @@ def load_model_image(
             data = f.read()
         return decode_bytes(data, spec, limits)
     return decode_bytes(source, spec, limits or ImagingLimits())
+
+
+def _instance_name(name: str) -> bool:
+    """Files of a series folder / zip that are not instances: hidden files, macOS forks, DICOMDIR."""
+    return not (name.startswith(".") or name.upper() == "DICOMDIR" or name.startswith("__MACOSX"))
+
+
+def _named(source) -> bytes | tuple[str, bytes]:
+    """An instance as (file name, bytes) when it has a name, else bytes (numbered by the series)."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).name, Path(source).read_bytes()
+    return source if isinstance(source, tuple) else bytes(source)
 
 
 def decode_bytes(

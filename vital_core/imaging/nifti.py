@@ -49,6 +49,11 @@ class NiftiLayout:
     zooms: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Voxel spacing in mm along each stored axis: the lengths of the affine's columns (0 = unknown)."""
 
+    @classmethod
+    def in_memory(cls, shape: tuple[int, int, int], dtype: np.dtype, affine: np.ndarray) -> NiftiLayout:
+        """The layout of an array already in memory (a DICOM series) with a RAS+ voxel-to-mm `affine`."""
+        return cls(tuple(shape), 1, np.dtype(dtype), 0, None, None, _orientation(affine), _zooms(affine, 3))
+
     @property
     def slab_bytes(self) -> int:
         return self.dims[0] * self.dims[1] * self.file_dtype.itemsize
@@ -216,6 +221,14 @@ def read_stored_slice(stream: ByteStream, layout: NiftiLayout, s: int, i: int, f
     return out
 
 
+def display_values(
+    stored2d: np.ndarray, layout: NiftiLayout, s: int, limits: ImagingLimits, what: str = "NIfTI slice"
+) -> np.ndarray:
+    """A stored slice across stored axis `s` → scaled values in display orientation with square pixels."""
+    values = to_display(_scaled(stored2d, layout), layout, s)
+    return square_pixels(values, layout.view_spacing(s), limits, what=what)
+
+
 def render_slice(
     stored2d: np.ndarray,
     layout: NiftiLayout,
@@ -226,9 +239,7 @@ def render_slice(
     limits: ImagingLimits,
 ) -> ModelImage:
     """The one step both paths share: scale, orient for display, square pixels, window → ModelImage."""
-    values = to_display(_scaled(stored2d, layout), layout, s)
-    values = square_pixels(values, layout.view_spacing(s), limits, what="NIfTI slice")
-    pixels, info = render_grey(values, spec)
+    pixels, info = render_grey(display_values(stored2d, layout, s, limits), spec)
     info.update(axis=spec.axis, slice=str(index), frame=str(frame))
     return ModelImage(pixels, "nifti", info)
 
@@ -306,4 +317,13 @@ class NiftiVolume:
         return render_slice(stored, self.layout, spec, s, index, self.frame, self.limits)
 
 
-__all__ = ["AXES", "NiftiLayout", "NiftiVolume", "decode_nifti", "is_nifti", "parse_header", "to_display"]
+__all__ = [
+    "AXES",
+    "NiftiLayout",
+    "NiftiVolume",
+    "decode_nifti",
+    "display_values",
+    "is_nifti",
+    "parse_header",
+    "to_display",
+]
