@@ -82,7 +82,7 @@ def test_imaging_fields_over_http(client, ask):
     data = nib.Nifti1Image(vol, np.diag([-1.0, -1.0, 1.0, 1.0])).to_bytes()  # LPS storage
     r = ask(client, data, axis="coronal", slice=8, window="bone", k=0)
     assert r.status_code == 200, r.text
-    assert r.json()["image"] == {"format": "nifti", "width": 12, "height": 6}
+    assert r.json()["image"] == {"format": "nifti", "width": 12, "height": 6, "axis": "coronal", "slice": 8}
     for fields, status in [
         ({"axis": "oblique"}, 422),
         ({"window": "liver"}, 422),
@@ -101,7 +101,14 @@ def test_anisotropic_nifti_is_served_with_square_pixels(client, ask, volumes):
     for axis, (width, height) in sizes.items():
         r = ask(client, data, axis=axis, k=0, max_new_tokens=2, **volumes.WINDOW)
         assert r.status_code == 200, r.text
-        assert r.json()["image"] == {"format": "nifti", "width": width, "height": height}
+        middle = {"axial": 12, "coronal": 56, "sagittal": 64}[axis]
+        assert r.json()["image"] == {
+            "format": "nifti",
+            "width": width,
+            "height": height,
+            "axis": axis,
+            "slice": middle,
+        }
         spec = ImagingSpec(axis=axis, **volumes.WINDOW)
         served = np.asarray(decode_image(data, spec=spec).image)  # what the route hands the model
         assert np.array_equal(served, reader.image(spec).pixels)

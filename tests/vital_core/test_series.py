@@ -119,7 +119,7 @@ def test_hostile_series_are_refused_with_the_problem_named(series):
             "inconsistent image size",
         ),
         (files[:12] + [edit(mid, ImagePositionPatient=None)] + files[13:], 422, "ImagePositionPatient"),
-        ([b"not a dicom"] + files[1:], 400, "instance #1"),
+        ([b"not a dicom"] + files[1:], 415, "instance #1: not a DICOM"),
     ]
     tilted = [
         edit(f, ImagePositionPatient=[-44.8, -39.2 + k * 5 * np.tan(np.radians(15)), -60 + 5 * k])

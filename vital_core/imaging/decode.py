@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from vital_core.imaging.archive import is_zip, read_zip
 from vital_core.imaging.dicom import decode_dicom, is_dicom
 from vital_core.imaging.nifti import decode_nifti, is_nifti
 from vital_core.imaging.raster import decode_raster, sniff_raster
@@ -13,15 +14,17 @@ from vital_core.imaging.series import decode_series
 from vital_core.imaging.spec import ImagingError, ImagingLimits, ImagingSpec, ModelImage
 from vital_core.imaging.streams import ByteStream, InflateStream, open_stream
 
-SUPPORTED = "PNG, JPEG, GIF, TIFF, BMP, WebP, DICOM or NIfTI (.nii/.nii.gz)"
+SUPPORTED = "PNG, JPEG, GIF, TIFF, BMP, WebP, DICOM, a zip of a DICOM series, or NIfTI (.nii/.nii.gz)"
 
 
 def sniff(head: bytes) -> str | None:
-    """The format from the leading bytes: a raster name, dicom, nifti, gzip, or None."""
+    """The format from the leading bytes: a raster name, dicom, nifti, gzip, zip, or None."""
     if is_dicom(head):
         return "dicom"
     if bytes(head[:2]) == b"\x1f\x8b":
         return "gzip"
+    if is_zip(head):
+        return "zip"
     if is_nifti(head):
         return "nifti"
     return sniff_raster(head)
@@ -82,6 +85,8 @@ def decode_bytes(
     if not data:
         raise ImagingError("unreadable", "the image is empty")
     kind = sniff(data[:544])
+    if kind == "zip":
+        return _zip(data, spec, limits)
     if kind == "dicom":
         return decode_dicom(bytes(data), spec, limits)
     if kind in ("gzip", "nifti"):
@@ -89,6 +94,14 @@ def decode_bytes(
     if kind is not None:
         return decode_raster(bytes(data), spec, limits)
     raise ImagingError("unsupported", f"unsupported image format; send {SUPPORTED}")
+
+
+def _zip(data: bytes | bytearray | memoryview, spec: ImagingSpec, limits: ImagingLimits) -> ModelImage:
+    """A zip: a DICOM series (one volume), or the one file it holds."""
+    members = read_zip(data, limits)
+    if len(members) == 1 and not is_zip(members[0][1][:4]):
+        return decode_bytes(members[0][1], spec, limits)
+    return decode_series(members, spec, limits)
 
 
 def _volume(stream: ByteStream, spec: ImagingSpec, limits: ImagingLimits) -> ModelImage:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from vital_core.imaging.dicom import attr, decode_frame, file_window, read_header
+from vital_core.imaging.dicom import attr, decode_frame, file_window, is_dicom, read_header
 from vital_core.imaging.nifti import NiftiLayout, NiftiVolume, display_values
 from vital_core.imaging.pydicom_log import pydicom_messages, summary
 from vital_core.imaging.spec import ImagingError, ImagingLimits, ImagingSpec, ModelImage
@@ -89,6 +89,8 @@ def _headers(sources: Sequence[tuple[str, bytes]], limits: ImagingLimits) -> lis
         )
     out = []
     for name, data in sources:
+        if not is_dicom(data[:132]):
+            raise ImagingError("unsupported", f"DICOM series, instance {name}: not a DICOM Part-10 file")
         try:
             head = read_header(data, limits)
         except ImagingError as exc:
