@@ -51,7 +51,7 @@ def limits_from(settings) -> ImagingLimits:  # server.settings.Settings
 
 
 def decode_image(
-    data: bytes | list[bytes],
+    data: bytes | list[bytes] | list[tuple[str, bytes]],
     *,
     max_pixels: int | None = None,
     spec: ImagingSpec | None = None,

@@ -21,7 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from server.dicom_results import Explanation as StoredExplanation
-from server.dicomweb import SourceInstance, check_store, fetch_instance, frame_index, store_explanation
+from server.dicomweb import (
+    SourceInstance,
+    check_store,
+    fetch_instance,
+    fetch_series,
+    frame_index,
+    store_explanation,
+)
 from server.docs import key_matches
 from server.errors import APIError, describe_validation
 from server.explain import Explanation
@@ -361,7 +368,9 @@ def _multipart_ref(form) -> tuple[DicomwebRef, AnswerParams]:  # starlette FormD
     except (ValueError, RecursionError) as exc:  # also too deep, or integers beyond the digit limit
         raise APIError(422, f"dicomweb: not valid JSON: {exc}", "invalid_request") from exc
     if not isinstance(ref, dict):
-        raise APIError(422, "dicomweb: a JSON object with study, series, instance", "invalid_request")
+        raise APIError(
+            422, "dicomweb: a JSON object with study, series and (optionally) instance", "invalid_request"
+        )
     return _validate(DicomwebRef, ref), _validate(AnswerParams, fields)
 
 
@@ -378,7 +387,12 @@ async def decode_input(
     """(DecodedImage, ms, SourceInstance | None): a PACS reference is fetched first, then decoded."""
     t = time.perf_counter()
     source, frame = None, params.frame
-    if isinstance(data, DicomwebRef):
+    if isinstance(data, DicomwebRef) and data.instance is None:  # a whole series: one volume
+        if params.store:
+            raise APIError(422, "store: results of a series view are not written back yet", "invalid_request")
+        parts = await run_in_threadpool(fetch_series, svc.settings, data)
+        data = parts if len(parts) > 1 else parts[0][1]
+    elif isinstance(data, DicomwebRef):
         frame = frame_index(data, params.frame)
         source = await run_in_threadpool(fetch_instance, svc.settings, data)
         data = source.part10

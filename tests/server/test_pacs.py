@@ -381,6 +381,62 @@ def test_bad_references(pacs_client):
     )
 
 
+def test_series_by_uid_equals_uploading_the_zip(pacs_client, ask, orthanc, volumes, monkeypatch):
+    """`dicomweb: {study, series}` retrieves every instance (WADO-RS) and assembles the one volume."""
+    import zipfile
+
+    files = volumes.ct_series(seed=5)  # 24 axial CT instances, shuffled, 0.7 x 0.7 x 5 mm
+    for data in files:
+        requests.post(f"{orthanc.url}/instances", data=data, auth=AUTH, timeout=10).raise_for_status()
+    head = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+    ref = {"study": head.StudyInstanceUID, "series": head.SeriesInstanceUID}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, data in enumerate(files):
+            zf.writestr(f"{k}.dcm", data)
+    fields = {"question": Q, "k": 1, "max_new_tokens": 4}
+    for axis, size in (("coronal", (128, 171)), ("axial", (128, 112))):
+        by_uid = pacs_client.post("/answer", json={"dicomweb": ref, "axis": axis, **fields})
+        by_zip = ask(pacs_client, buf.getvalue(), axis=axis, **fields)
+        assert by_uid.status_code == by_zip.status_code == 200, by_uid.text
+        assert (
+            by_uid.json()["image"] == by_zip.json()["image"]
+            and by_uid.json()["answer"] == by_zip.json()["answer"]
+        )
+        image = by_uid.json()["image"]
+        assert (image["width"], image["height"], image["axis"], image["instances"]) == (*size, axis, 24)
+    assert "sop_instance_uid" in image  # the axial view of an axial series: one instance, named
+    form = pacs_client.post(
+        "/answer", files={"dicomweb": (None, json.dumps(ref))}, data={"question": Q, "k": "0"}
+    )
+    assert form.status_code == 200 and form.json()["image"]["instances"] == 24, form.text
+    unknown = {**ref, "series": "1.2.826.0.1.3680043.8.498.2"}
+    _err(pacs_client.post("/answer", json={"dicomweb": unknown, "question": Q}), 404, "dicomweb_not_found")
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": {**ref, "frame": 1}, "question": Q}),
+        422,
+        "invalid_request",
+    )
+    _err(
+        pacs_client.post("/explain", json={"dicomweb": ref, "question": Q, "store": True}),
+        422,
+        "invalid_request",
+    )
+    settings = pacs_client.app.state.service.settings
+    monkeypatch.setattr(settings, "max_instances", 10)  # bounded before any instance is retrieved
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": ref, "question": Q}),
+        413,
+        "image_too_large",
+        "more than 10",
+    )
+    monkeypatch.setattr(settings, "max_instances", 1000)
+    monkeypatch.setattr(settings, "max_series_bytes", 100_000)  # about 3 instances' worth
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": ref, "question": Q}), 413, "image_too_large", "exceeds"
+    )
+
+
 @pytest.mark.parametrize("how", ["http-403", "silently-dropped"])
 def test_refused_store_is_502(pacs_client, dropped, how):
     src = _dataset("MR_small.dcm") if how == "http-403" else dropped
