@@ -291,7 +291,8 @@ class NiftiVolume:
     def stored_slice(self, spec: ImagingSpec) -> tuple[np.ndarray, int, int]:
         """(stored 2-D slice, stored axis, canonical index) for spec.axis / spec.slice."""
         s, i, index, _ = self.layout.locate(ImagingSpec(axis=spec.axis, slice=spec.slice, frame=self.frame))
-        return np.take(self.data, i, axis=s), s, index
+        # basic indexing: a view (np.take would first copy the whole volume when it is not C-ordered)
+        return self.data[(slice(None),) * s + (i,)], s, index
 
     def values(self, axis: str, index: int) -> np.ndarray:
         """Slice `index` along `axis` of a label volume: scaled, in display orientation, square pixels by
