@@ -250,6 +250,30 @@ hdr.set_data_shape((400, 400, 400)); hdr.set_data_dtype(np.int16)
 c = zlib.compressobj(1, zlib.DEFLATED, 31); parts = [c.compress(hdr.binaryblock + bytes(4))]
 parts += [c.compress(zeros) for _ in range(123)] + [c.flush()]
 cases["nifti_gz_128MiB_last_slice"] = b"".join(parts)
+# zips of a series: a member of 512 MiB of zeros declared as 1 KiB (a bomb that lies), the same declaring
+# 3 GB per member (refused from the central directory), 2,000 instances of 1 x 1 pixels
+import struct, zipfile
+def sized(data, size):
+    out = bytearray(data)
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = 0
+        while (at := out.find(sig, at)) >= 0:
+            struct.pack_into("<I", out, at + off, size); at += 4
+    return bytes(out)
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zf.open("a.dcm", "w") as f:
+        for _ in range(512):
+            f.write(zeros)
+    zf.writestr("b.dcm", b"x")
+cases["zip_bomb_512MiB_declared_1KiB"] = sized(buf.getvalue(), 1024)
+cases["zip_declares_6GB"] = sized(buf.getvalue(), 3_000_000_000)
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    for k in range(2000):
+        ds = header(1, 1, 1); ds.PixelData = b"\0\0"
+        zf.writestr(f"{k}.dcm", part10(ds, dataset_bytes(ds)))
+cases["zip_2000_instances_1x1"] = buf.getvalue()
 
 for name in sys.argv[2:]:
     data = cases[name]
@@ -276,6 +300,9 @@ HOSTILE_CASES = {
     "png_6000x6000_grey": 200,
     "nifti_gz_declares_2GB": 413,
     "nifti_gz_128MiB_last_slice": 200,  # streamed to the slice, never held
+    "zip_bomb_512MiB_declared_1KiB": 400,  # inflated only to the declared size: the CRC fails
+    "zip_declares_6GB": 413,  # declared sizes summed before anything is inflated
+    "zip_2000_instances_1x1": 413,  # the entry count, before the directory is parsed
 }
 
 
