@@ -387,3 +387,28 @@ def test_anisotropic_volume_square_pixels_through_every_reader(tmp_path):
     for mask in masks:  # nearest-neighbour labels on the image's grid
         assert mask.shape == images[0].shape
         assert images[0][mask].mean() > 200 and images[0][~mask].mean() < 40
+
+
+def test_a_dicom_series_folder_or_zip_through_the_folder_reader_is_what_the_server_serves(tmp_path, volumes):
+    """`vital build-questions` readers take a series (a folder of instances, or a zip) like the server."""
+    import io
+    import zipfile
+
+    files = volumes.ct_series(seed=7)
+    (tmp_path / "ct").mkdir()
+    for k, data in enumerate(files):
+        (tmp_path / "ct" / f"IM{k:04d}").write_bytes(data)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k, data in enumerate(files):
+            zf.writestr(f"IM{k:04d}", data)
+    (tmp_path / "ct.zip").write_bytes(buf.getvalue())
+    Image.fromarray(np.zeros((171, 128), np.uint8)).save(tmp_path / "m.png")  # the coronal view's size
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask,target,modality,axis,slice\nct,m.png,liver,CT,coronal,50\nct.zip,m.png,liver,CT,coronal,50\n"
+    )
+    written = list(write_pairs(read_folder(tmp_path / "pairs.csv"), tmp_path / "out"))
+    served = decode_image(buf.getvalue(), spec=ImagingSpec(axis="coronal", slice=50))  # a zip upload
+    assert served.info["instances"] == "24" and (served.width, served.height) == (128, 171)
+    for rec in written:
+        assert np.asarray(Image.open(rec.image)).tobytes() == np.asarray(served.image).tobytes()
