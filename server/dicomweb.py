@@ -35,6 +35,20 @@ class SourceInstance:
     part10: bytes
 
 
+@dataclass
+class SourceSeries:
+    """A retrieved series: its reference and every instance's header (sorted as retrieved), for the SR."""
+
+    ref: DicomwebRef
+    headers: list[pydicom.Dataset]
+
+    @classmethod
+    def of(cls, ref: DicomwebRef, parts: list[tuple[str, bytes]]) -> SourceSeries:
+        """Headers (no pixels) of the retrieved instances."""
+        heads = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for _, data in parts]
+        return cls(ref, heads)
+
+
 def client_for(settings: Settings):  # dicomweb_client.DICOMwebClient
     """A DICOMweb client for the configured server (400 when none is configured)."""
     from dicomweb_client import DICOMwebClient
@@ -217,12 +231,28 @@ def check_store(store: bool, by_reference: bool, *, explain: bool) -> None:
         )
 
 
-def store_explanation(settings: Settings, source: SourceInstance, exp: Explanation) -> StoredResult:
-    """Build the SR and heatmap images for `exp` (an Explanation) and STOW them into the source's study."""
-    from server.dicom_results import build_results
+def store_explanation(
+    settings: Settings, source: SourceInstance | SourceSeries, exp: Explanation, view: dict | None = None
+) -> StoredResult:
+    """Build the SR and heatmap images for `exp` (an Explanation) and STOW them into the source's study.
 
+    For a series, `view` is the served image's info: a view in the acquired plane references its one
+    instance (as an uploaded instance would); a reformatted plane references the series, with the plane,
+    slice and the plane's geometry in the SR and every instance as the heatmaps' source images.
+    """
+    from server.dicom_results import SeriesView, build_results
+
+    plane = None
+    if isinstance(source, SourceSeries):
+        view = view or {}
+        by_uid = {str(h.SOPInstanceUID): h for h in source.headers}
+        served = by_uid.get(str(view.get("sop_instance_uid", "")))
+        plane = SeriesView.of(view, source.headers, served)
+        base = served if served is not None else source.headers[len(source.headers) // 2]
+    else:
+        base = source.dataset
     try:
-        sr, heatmaps = build_results(source.dataset, exp)
+        sr, heatmaps = build_results(base, exp, plane)
     except Exception as exc:  # highdicom refuses sources that lack attributes it must copy
         raise APIError(
             422, f"cannot build DICOM results from this source instance: {exc}", "dicom_build_failed"

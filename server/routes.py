@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 from server.dicom_results import Explanation as StoredExplanation
 from server.dicomweb import (
     SourceInstance,
+    SourceSeries,
     check_store,
     fetch_instance,
     fetch_series,
@@ -252,7 +253,7 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
     result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
     for stage, ms in result.timings_ms.items():
         svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
-    stored = await _store(svc, source, params, result) if params.store else None
+    stored = await _store(svc, source, params, result, decoded.info) if params.store else None
     timings = {
         "decode_image": decode_ms,
         "queue": 1000 * (started[0] - queued),
@@ -383,14 +384,14 @@ def _validate(model: type[M], data: dict) -> M:
 
 async def decode_input(
     data: bytes | list[bytes] | DicomwebRef, params: AnswerParams, svc: Service
-) -> tuple[DecodedImage, float, SourceInstance | None]:
+) -> tuple[DecodedImage, float, SourceInstance | SourceSeries | None]:
     """(DecodedImage, ms, SourceInstance | None): a PACS reference is fetched first, then decoded."""
     t = time.perf_counter()
     source, frame = None, params.frame
     if isinstance(data, DicomwebRef) and data.instance is None:  # a whole series: one volume
-        if params.store:
-            raise APIError(422, "store: results of a series view are not written back yet", "invalid_request")
         parts = await run_in_threadpool(fetch_series, svc.settings, data)
+        if params.store:
+            source = await run_in_threadpool(SourceSeries.of, data, parts)
         data = parts if len(parts) > 1 else parts[0][1]
     elif isinstance(data, DicomwebRef):
         frame = frame_index(data, params.frame)
@@ -411,7 +412,11 @@ async def decode_input(
 
 
 async def _store(
-    svc: Service, source: SourceInstance, params: AnswerParams, result: Explanation
+    svc: Service,
+    source: SourceInstance | SourceSeries,
+    params: AnswerParams,
+    result: Explanation,
+    view: dict[str, str],
 ) -> StoredResult:
     """Write the explanation back to the PACS as DICOM (SR + heatmaps); the new UIDs."""
     exp = StoredExplanation(
@@ -422,7 +427,7 @@ async def _store(
         version=__version__,
         steps=[s.model_dump() for s in result.steps],
     )
-    return await run_in_threadpool(store_explanation, svc.settings, source, exp)
+    return await run_in_threadpool(store_explanation, svc.settings, source, exp, view)
 
 
 def resolve_k(params: AnswerParams, svc: Service) -> int:

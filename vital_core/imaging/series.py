@@ -277,6 +277,10 @@ class DicomSeries:
         """Number of slices along `axis`."""
         return self.volume.n_slices(axis)
 
+    def plane_geometry(self, spec: ImagingSpec, shape: tuple[int, int]) -> dict[str, str]:
+        """Where the served view (of `shape`, after square pixels) lies in patient space (LPS, DICOM strings)."""
+        return _plane_geometry(self.volume, self.affine, spec, shape)
+
     def image(self, spec: ImagingSpec) -> ModelImage:
         """The model's image of one plane: the NIfTI view rules, the DICOM intensity rule."""
         stored, s, index = self.volume.stored_slice(spec)
@@ -297,9 +301,56 @@ class DicomSeries:
             info["modality"] = modality
         if native:
             info["sop_instance_uid"] = source.sop
+        info.update(self.plane_geometry(spec, pixels.shape[:2]))
         if self.messages:
             info["dicom_warnings"] = summary(self.messages)
         return ModelImage(pixels, "dicom", info)
+
+
+def _ds(values) -> str:
+    return "\\".join(f"{float(v):.6g}" for v in values)
+
+
+def _plane_geometry(volume: NiftiVolume, affine: np.ndarray, spec: ImagingSpec, shape) -> dict[str, str]:
+    """The served view's ImageOrientationPatient, ImagePositionPatient and PixelSpacing (LPS, DICOM strings).
+
+    The display mapping is read off `to_display` itself (stored voxel indices pushed through it), so the
+    geometry follows the same flips as the pixels; the square-pixel resampling moves the first pixel centre
+    to (0.5 · n / m − 0.5) source pixels and sets the spacing to n / m source pixels along the coarse axis.
+    """
+    from vital_core.imaging.nifti import to_display
+
+    layout = volume.layout
+    s, i, _, _ = layout.locate(ImagingSpec(axis=spec.axis, slice=spec.slice))
+    rest = [a for a in range(3) if a != s]
+    dims = [layout.dims[a] for a in rest]
+    grids = np.meshgrid(np.arange(dims[0]), np.arange(dims[1]), indexing="ij")
+    disp = [to_display(g, layout, s) for g in grids]  # per display pixel: index along rest[0], rest[1]
+
+    def world(r: float, c: float) -> np.ndarray:
+        rr, cc = int(r), int(c)
+        vox = np.zeros(4)
+        vox[3], vox[s] = 1.0, i
+        for k, a in enumerate(rest):
+            base = disp[k][rr, cc]
+            step_r = disp[k][min(rr + 1, disp[k].shape[0] - 1), cc] - base if disp[k].shape[0] > 1 else 0
+            step_c = disp[k][rr, min(cc + 1, disp[k].shape[1] - 1)] - base if disp[k].shape[1] > 1 else 0
+            vox[a] = base + step_r * (r - rr) + step_c * (c - cc)
+        return (affine @ vox)[:3] * np.array([-1.0, -1.0, 1.0])  # RAS → LPS
+
+    n_rows, n_cols = disp[0].shape
+    m_rows, m_cols = shape
+    r0, c0 = 0.5 * n_rows / m_rows - 0.5, 0.5 * n_cols / m_cols - 0.5  # first pixel centres, source pixels
+    dr, dc = n_rows / m_rows, n_cols / m_cols
+    origin = world(r0, c0)
+    down = world(r0 + dr, c0) - origin if m_rows > 1 else np.zeros(3)
+    across = world(r0, c0 + dc) - origin if m_cols > 1 else np.zeros(3)
+    norm = lambda v: v / np.linalg.norm(v) if np.linalg.norm(v) > 0 else v  # noqa: E731
+    return {
+        "image_orientation_patient": _ds([*norm(across), *norm(down)]),
+        "image_position_patient": _ds(origin),
+        "pixel_spacing": _ds([np.linalg.norm(down), np.linalg.norm(across)]),
+    }
 
 
 def _decode_instance(inst: Instance, limits: ImagingLimits, dtype: np.dtype) -> np.ndarray:
