@@ -157,3 +157,21 @@ def test_a_folder_or_a_list_of_files_is_the_same_series(volumes, series, tmp_pat
     assert np.array_equal(load_model_image(tmp_path, spec).pixels, served)
     assert np.array_equal(load_model_image(sorted(tmp_path.glob("IM*")), spec).pixels, served)
     assert np.array_equal(load_model_image(list(series), spec).pixels, served)
+
+
+def test_plane_geometry_of_each_view(series):
+    """The view's place in patient space: an axial slice is its instance's geometry; reformats follow."""
+    ds = pydicom.dcmread(io.BytesIO(by_z(series)[3]), stop_before_pixels=True)
+    s = DicomSeries.load(series, LIMITS)
+    axial = s.image(ImagingSpec(slice=3)).info
+    floats = lambda text: [float(v) for v in text.split("\\")]  # noqa: E731
+    assert floats(axial["image_orientation_patient"]) == [float(v) for v in ds.ImageOrientationPatient]
+    assert np.allclose(floats(axial["image_position_patient"]), [float(v) for v in ds.ImagePositionPatient])
+    assert np.allclose(floats(axial["pixel_spacing"]), [0.7, 0.7])
+    coronal = s.image(ImagingSpec(axis="coronal", slice=3)).info
+    assert floats(coronal["image_orientation_patient"]) == [1, 0, 0, 0, 0, -1]  # → patient's left, ↓ feet
+    assert np.allclose(floats(coronal["pixel_spacing"]), [5 * 24 / 171, 0.7], atol=1e-5)
+    x, y, z = floats(coronal["image_position_patient"])  # top-left: patient's right, slice 3 from the back
+    assert np.isclose(x, -44.8) and np.isclose(y, -39.2 + (111 - 3) * 0.7) and z > -60 + 23 * 5
+    sagittal = s.image(ImagingSpec(axis="sagittal", slice=3)).info
+    assert floats(sagittal["image_orientation_patient"]) == [0, 1, 0, 0, 0, -1]  # → posterior, ↓ feet
