@@ -262,6 +262,7 @@ class DicomSeries:
             data = np.empty((n, rows, cols), dtype=dtype)  # (slices, rows, columns)
             for k, inst in enumerate(instances):
                 data[k] = _decode_instance(inst, limits, dtype)
+                inst.data = b""  # the volume holds the pixels now; a kept DicomSeries keeps headers only
         lps = np.eye(4)
         lps[:3, 0] = row * spacing[1]  # column index j runs along the row direction, by column spacing
         lps[:3, 1] = col * spacing[0]  # row index i runs along the column direction, by row spacing
