@@ -1,4 +1,4 @@
-"""The configured PACS over DICOMweb: WADO-RS to read an instance, STOW-RS to store results.
+"""The configured PACS over DICOMweb: WADO-RS to read an instance or a series, STOW-RS to store results.
 
 Only the server named by VITAL_DICOMWEB_URL is ever contacted; a request names UIDs, never a URL.
 Every PACS failure becomes an APIError: unknown UID 404, unreachable 502, slow 504, refused 502.
@@ -33,6 +33,20 @@ class SourceInstance:
     ref: DicomwebRef
     dataset: pydicom.Dataset
     part10: bytes
+
+
+@dataclass
+class SourceSeries:
+    """A retrieved series: its reference and every instance's header (sorted as retrieved), for the SR."""
+
+    ref: DicomwebRef
+    headers: list[pydicom.Dataset]
+
+    @classmethod
+    def of(cls, ref: DicomwebRef, parts: list[tuple[str, bytes]]) -> SourceSeries:
+        """Headers (no pixels) of the retrieved instances."""
+        heads = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for _, data in parts]
+        return cls(ref, heads)
 
 
 def client_for(settings: Settings):  # dicomweb_client.DICOMwebClient
@@ -114,9 +128,9 @@ def _reason(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def fetch_instance(settings: Settings, ref: DicomwebRef) -> SourceInstance:
+def fetch_instance(settings: Settings, ref: DicomwebRef, client=None) -> SourceInstance:
     """WADO-RS retrieve of one instance, as a dataset and as Part-10 bytes."""
-    client = client_for(settings)
+    client = client or client_for(settings)
     ds = pacs_call(
         "retrieve",
         lambda: client.retrieve_instance(ref.study, ref.series, ref.instance),
@@ -132,6 +146,46 @@ def fetch_instance(settings: Settings, ref: DicomwebRef) -> SourceInstance:
             502, f"the PACS instance cannot be written as a DICOM file: {exc}", "pacs_error"
         ) from exc
     return SourceInstance(ref=ref, dataset=ds, part10=buf.getvalue())
+
+
+def fetch_series(settings: Settings, ref: DicomwebRef) -> list[tuple[str, bytes]]:
+    """WADO-RS retrieve of every instance of a series, as (SOPInstanceUID, Part-10 bytes).
+
+    Bounded before and while retrieving: the QIDO-RS listing asks for at most VITAL_MAX_INSTANCES + 1
+    instances (413 beyond), each reply is refused beyond VITAL_MAX_BODY_BYTES (the session's size guard),
+    and the running total beyond VITAL_MAX_SERIES_BYTES is a 413 before the next instance is fetched.
+    """
+    client = client_for(settings)
+    where = f"series {ref.series} of study {ref.study}"
+    found = pacs_call(
+        "search",
+        lambda: client.search_for_instances(
+            ref.study, ref.series, fields=["00080018"], limit=settings.max_instances + 1
+        ),
+        not_found=f"dicomweb: no {where} on the PACS",
+    )
+    uids = list(dict.fromkeys(str(item.get("00080018", {}).get("Value", [""])[0]) for item in found))
+    uids = [u for u in uids if u]
+    if not uids:
+        raise APIError(404, f"dicomweb: no instances in {where} on the PACS", "dicomweb_not_found")
+    if len(uids) > settings.max_instances:
+        raise APIError(
+            413,
+            f"dicomweb: {where} has more than {settings.max_instances} instances (VITAL_MAX_INSTANCES)",
+            "image_too_large",
+        )
+    out, total = [], 0
+    for uid in uids:
+        part = fetch_instance(settings, DicomwebRef(study=ref.study, series=ref.series, instance=uid), client)
+        total += len(part.part10)
+        if total > settings.max_series_bytes:
+            raise APIError(
+                413,
+                f"dicomweb: {where} exceeds {settings.max_series_bytes} bytes (VITAL_MAX_SERIES_BYTES)",
+                "image_too_large",
+            )
+        out.append((uid, part.part10))
+    return out
 
 
 def store_instances(settings: Settings, study_uid: str, datasets: Sequence[pydicom.Dataset]) -> None:
@@ -177,12 +231,28 @@ def check_store(store: bool, by_reference: bool, *, explain: bool) -> None:
         )
 
 
-def store_explanation(settings: Settings, source: SourceInstance, exp: Explanation) -> StoredResult:
-    """Build the SR and heatmap images for `exp` (an Explanation) and STOW them into the source's study."""
-    from server.dicom_results import build_results
+def store_explanation(
+    settings: Settings, source: SourceInstance | SourceSeries, exp: Explanation, view: dict | None = None
+) -> StoredResult:
+    """Build the SR and heatmap images for `exp` (an Explanation) and STOW them into the source's study.
 
+    For a series, `view` is the served image's info: a view in the acquired plane references its one
+    instance (as an uploaded instance would); a reformatted plane references the series, with the plane,
+    slice and the plane's geometry in the SR and every instance as the heatmaps' source images.
+    """
+    from server.dicom_results import SeriesView, build_results
+
+    plane = None
+    if isinstance(source, SourceSeries):
+        view = view or {}
+        by_uid = {str(h.SOPInstanceUID): h for h in source.headers}
+        served = by_uid.get(str(view.get("sop_instance_uid", "")))
+        plane = SeriesView.of(view, source.headers, served)
+        base = served if served is not None else source.headers[len(source.headers) // 2]
+    else:
+        base = source.dataset
     try:
-        sr, heatmaps = build_results(source.dataset, exp)
+        sr, heatmaps = build_results(base, exp, plane)
     except Exception as exc:  # highdicom refuses sources that lack attributes it must copy
         raise APIError(
             422, f"cannot build DICOM results from this source instance: {exc}", "dicom_build_failed"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from server.errors import APIError
-from vital_core.imaging import ImagingError, ImagingLimits, ImagingSpec, decode_bytes, sniff
+from vital_core.imaging import ImagingError, ImagingLimits, ImagingSpec, decode_bytes, decode_series, sniff
 
 __all__ = ["DecodedImage", "decode_image", "limits_from", "sniff", "spec_from"]
 
@@ -41,17 +41,17 @@ def spec_from(**fields) -> ImagingSpec:
 
 
 def limits_from(settings) -> ImagingLimits:  # server.settings.Settings
-    """The decoding limits of a deployment (VITAL_MAX_PIXELS, VITAL_MAX_DECODED_BYTES, VITAL_MAX_STREAM_BYTES)."""
+    """The decoding limits of a deployment (VITAL_MAX_PIXELS, _DECODED_BYTES, _STREAM_BYTES, _INSTANCES,
+    _SERIES_BYTES, _VOLUME_BYTES)."""
     default = ImagingLimits()
+    names = ("max_decoded_bytes", "max_stream_bytes", "max_instances", "max_series_bytes", "max_volume_bytes")
     return ImagingLimits(
-        max_pixels=settings.max_pixels,
-        max_decoded_bytes=getattr(settings, "max_decoded_bytes", default.max_decoded_bytes),
-        max_stream_bytes=getattr(settings, "max_stream_bytes", default.max_stream_bytes),
+        max_pixels=settings.max_pixels, **{n: getattr(settings, n, getattr(default, n)) for n in names}
     )
 
 
 def decode_image(
-    data: bytes,
+    data: bytes | list[bytes] | list[tuple[str, bytes]],
     *,
     max_pixels: int | None = None,
     spec: ImagingSpec | None = None,
@@ -59,13 +59,16 @@ def decode_image(
     frame: int | None = None,
     slice_index: int | None = None,
 ) -> DecodedImage:
-    """Decode request bytes into the model's image; APIError 400/413/415/422 on bad input."""
+    """Decode request bytes (a list: the instances of one DICOM series) into the model's image; APIError
+    400/413/415/422 on bad input."""
     if spec is None:
         spec = spec_from(frame=frame, slice=slice_index)
     if limits is None:
         limits = ImagingLimits() if max_pixels is None else ImagingLimits(max_pixels=max_pixels)
     try:
-        out = decode_bytes(data, spec, limits)
+        out = (
+            decode_series(data, spec, limits) if isinstance(data, list) else decode_bytes(data, spec, limits)
+        )
     except ImagingError as exc:
         raise as_api_error(exc) from exc
     except MemoryError as exc:  # limits should make this unreachable; never a 500 for one file

@@ -35,6 +35,7 @@ from server.protocol import AnswerParams, DicomwebRef
 from server.routes import (
     arrived,
     decode_input,
+    image_info,
     require_key,
     require_ready,
     resolve_k,
@@ -106,7 +107,10 @@ class ChatCompletionRequest(BaseModel):
     user: str | None = None
     k: int | Literal["auto"] | None = Field(None, description='VITAL: latent steps 0..K_max or "auto"')
     frame: int | None = Field(None, ge=0, description="VITAL: frame of a multi-frame DICOM")
-    slice: int | None = Field(None, ge=0, description="VITAL: slice of a NIfTI volume")
+    slice: int | None = Field(None, ge=0, description="VITAL: slice of a NIfTI volume or DICOM series")
+    axis: Literal["axial", "coronal", "sagittal"] | None = Field(
+        None, description="VITAL: plane of a NIfTI volume or DICOM series (a zip of instances); default axial"
+    )
     dicomweb: DicomwebRef | None = Field(
         None,
         description="VITAL: instead of an image part, an instance on the PACS (study/series/instance/frame)",
@@ -290,7 +294,7 @@ async def chat_completions(request: Request) -> Response:
         "request_id": rid,
         "batch_size": res.batch_size,
         "timings_ms": {k_: round(v, 3) for k_, v in timings.items()},
-        "image": {"format": decoded.format, "width": decoded.width, "height": decoded.height},
+        "image": image_info(decoded),
     }
     body = ChatCompletion(
         id=cid,
@@ -431,7 +435,12 @@ def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:
         raise _bad(f"must be at most {limit} on this server", name)
     try:
         return AnswerParams(
-            question=question, k=req.k, max_new_tokens=max_tokens, frame=req.frame, slice=req.slice
+            question=question,
+            k=req.k,
+            max_new_tokens=max_tokens,
+            frame=req.frame,
+            slice=req.slice,
+            axis=req.axis,
         )
     except ValidationError as exc:  # the question's length is the only check left to fail here
         raise _bad(describe_validation(exc.errors()), "messages") from exc

@@ -45,16 +45,28 @@ class AnswerParams(BaseModel):
 
 
 class DicomwebRef(BaseModel):
-    """An instance on the configured DICOMweb server (never a URL: the server is the operator's)."""
+    """An instance, or a whole series, on the configured DICOMweb server (never a URL: the server is the
+    operator's)."""
 
     model_config = ConfigDict(extra="forbid")
 
     study: str = Field(..., max_length=64, pattern=UID_PATTERN, description="StudyInstanceUID")
     series: str = Field(..., max_length=64, pattern=UID_PATTERN, description="SeriesInstanceUID")
-    instance: str = Field(..., max_length=64, pattern=UID_PATTERN, description="SOPInstanceUID")
+    instance: str | None = Field(
+        None,
+        max_length=64,
+        pattern=UID_PATTERN,
+        description="SOPInstanceUID; without it the whole series is retrieved and assembled into a volume",
+    )
     frame: int | None = Field(
         None, ge=1, description="frame of a multi-frame instance, numbered from 1 as in DICOM (default 1)"
     )
+
+    @model_validator(mode="after")
+    def _frame_needs_instance(self) -> DicomwebRef:
+        if self.frame is not None and self.instance is None:
+            raise ValueError("frame: only with an 'instance' (a series view is chosen with axis and slice)")
+        return self
 
 
 class JSONAnswerRequest(AnswerParams):
@@ -63,7 +75,9 @@ class JSONAnswerRequest(AnswerParams):
     image: str | None = Field(
         None, min_length=1, description="PNG, JPEG, DICOM or NIfTI file, base64-encoded"
     )
-    dicomweb: DicomwebRef | None = Field(None, description="instead of image: an instance on the PACS")
+    dicomweb: DicomwebRef | None = Field(
+        None, description="instead of image: an instance (or, without `instance`, a series) on the PACS"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> JSONAnswerRequest:

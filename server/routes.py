@@ -21,7 +21,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from server.dicom_results import Explanation as StoredExplanation
-from server.dicomweb import SourceInstance, check_store, fetch_instance, frame_index, store_explanation
+from server.dicomweb import (
+    SourceInstance,
+    SourceSeries,
+    check_store,
+    fetch_instance,
+    fetch_series,
+    frame_index,
+    store_explanation,
+)
 from server.docs import key_matches
 from server.errors import APIError, describe_validation
 from server.explain import Explanation
@@ -212,7 +220,7 @@ async def answer(request: Request, _: Authorized, svc: ReadyService) -> JSONResp
         request_id=rid,
         timings_ms={k_: round(v, 3) for k_, v in timings.items()},
         batch_size=res.batch_size,
-        image=_image_info(decoded),
+        image=image_info(decoded),
     )
     return JSONResponse(body.model_dump())
 
@@ -245,7 +253,7 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
     result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
     for stage, ms in result.timings_ms.items():
         svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
-    stored = await _store(svc, source, params, result) if params.store else None
+    stored = await _store(svc, source, params, result, decoded.info) if params.store else None
     timings = {
         "decode_image": decode_ms,
         "queue": 1000 * (started[0] - queued),
@@ -259,19 +267,32 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
         request_id=rid,
         timings_ms={k_: round(v, 3) for k_, v in timings.items()},
         batch_size=1,
-        image=_image_info(decoded),
+        image=image_info(decoded),
         steps=result.steps,
         stored=stored,
     )
     return JSONResponse(body.model_dump())
 
 
-def _image_info(decoded: DecodedImage) -> dict[str, int | str]:
-    return {"format": decoded.format, "width": decoded.width, "height": decoded.height}
+VIEW_FIELDS = ("axis", "slice", "instances", "sop_instance_uid")
+"""Which view of a volume was served (NIfTI, DICOM series): plane, slice index, and for a series the
+number of instances and, when the plane is the acquired one, the SOPInstanceUID of the instance shown."""
 
 
-async def read_input(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
-    """Image bytes (or a PACS reference) and validated fields from a multipart or JSON body (400/415/422)."""
+def image_info(decoded: DecodedImage) -> dict[str, int | str]:
+    """The response's `image`: format and size, and for a volume the view served (VIEW_FIELDS)."""
+    info: dict[str, int | str] = {"format": decoded.format, "width": decoded.width, "height": decoded.height}
+    if "axis" in decoded.info:
+        info.update({k: decoded.info[k] for k in VIEW_FIELDS if k in decoded.info})
+        info["slice"] = int(info["slice"])
+        if "instances" in info:
+            info["instances"] = int(info["instances"])
+    return info
+
+
+async def read_input(request: Request) -> tuple[bytes | list[bytes] | DicomwebRef, AnswerParams]:
+    """Image bytes (a list: several `image` parts, one DICOM series; or a PACS reference) and validated
+    fields from a multipart or JSON body (400/415/422)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _read_multipart(request)
@@ -284,15 +305,19 @@ async def read_input(request: Request) -> tuple[bytes | DicomwebRef, AnswerParam
     )
 
 
-async def _read_multipart(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
+async def _read_multipart(request: Request) -> tuple[bytes | list[bytes] | DicomwebRef, AnswerParams]:
+    limit = service_of(request).settings.max_instances
     try:
-        form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
+        form = await request.form(max_files=limit, max_fields=16, max_part_size=64 * 1024)
     except (APIError, ClientDisconnect):
         raise
     except Exception as exc:
-        raise APIError(
-            400, f"malformed multipart body: {getattr(exc, 'detail', exc)}", "bad_request"
-        ) from exc
+        detail = str(getattr(exc, "detail", exc))
+        if detail.startswith("Too many files"):  # starlette stops counting parts at the limit
+            raise APIError(
+                413, f"too many image parts: the limit is {limit} instances per series", "image_too_large"
+            ) from exc
+        raise APIError(400, f"malformed multipart body: {detail}", "bad_request") from exc
     upload = form.get("image")
     if upload is None and isinstance(form.get("dicomweb"), str):
         return _multipart_ref(form)
@@ -304,9 +329,14 @@ async def _read_multipart(request: Request) -> tuple[bytes | DicomwebRef, Answer
     if any(not isinstance(v, str) for v in fields.values()):
         raise APIError(422, "only the 'image' field may be a file", "invalid_request")
     params = _validate(AnswerParams, fields)
-    data = await upload.read()
-    await upload.close()
-    return data, params
+    uploads = form.getlist("image")
+    if any(isinstance(u, str) for u in uploads):
+        raise APIError(422, "image: every 'image' part must be a file", "invalid_request")
+    parts = []
+    for part in uploads:  # several parts: the instances of one DICOM series
+        parts.append(await part.read())
+        await part.close()
+    return (parts if len(parts) > 1 else parts[0]), params
 
 
 async def _read_json(request: Request) -> tuple[bytes | DicomwebRef, AnswerParams]:
@@ -339,7 +369,9 @@ def _multipart_ref(form) -> tuple[DicomwebRef, AnswerParams]:  # starlette FormD
     except (ValueError, RecursionError) as exc:  # also too deep, or integers beyond the digit limit
         raise APIError(422, f"dicomweb: not valid JSON: {exc}", "invalid_request") from exc
     if not isinstance(ref, dict):
-        raise APIError(422, "dicomweb: a JSON object with study, series, instance", "invalid_request")
+        raise APIError(
+            422, "dicomweb: a JSON object with study, series and (optionally) instance", "invalid_request"
+        )
     return _validate(DicomwebRef, ref), _validate(AnswerParams, fields)
 
 
@@ -351,12 +383,17 @@ def _validate(model: type[M], data: dict) -> M:
 
 
 async def decode_input(
-    data: bytes | DicomwebRef, params: AnswerParams, svc: Service
-) -> tuple[DecodedImage, float, SourceInstance | None]:
+    data: bytes | list[bytes] | DicomwebRef, params: AnswerParams, svc: Service
+) -> tuple[DecodedImage, float, SourceInstance | SourceSeries | None]:
     """(DecodedImage, ms, SourceInstance | None): a PACS reference is fetched first, then decoded."""
     t = time.perf_counter()
     source, frame = None, params.frame
-    if isinstance(data, DicomwebRef):
+    if isinstance(data, DicomwebRef) and data.instance is None:  # a whole series: one volume
+        parts = await run_in_threadpool(fetch_series, svc.settings, data)
+        if params.store:
+            source = await run_in_threadpool(SourceSeries.of, data, parts)
+        data = parts if len(parts) > 1 else parts[0][1]
+    elif isinstance(data, DicomwebRef):
         frame = frame_index(data, params.frame)
         source = await run_in_threadpool(fetch_instance, svc.settings, data)
         data = source.part10
@@ -375,7 +412,11 @@ async def decode_input(
 
 
 async def _store(
-    svc: Service, source: SourceInstance, params: AnswerParams, result: Explanation
+    svc: Service,
+    source: SourceInstance | SourceSeries,
+    params: AnswerParams,
+    result: Explanation,
+    view: dict[str, str],
 ) -> StoredResult:
     """Write the explanation back to the PACS as DICOM (SR + heatmaps); the new UIDs."""
     exp = StoredExplanation(
@@ -386,7 +427,7 @@ async def _store(
         version=__version__,
         steps=[s.model_dump() for s in result.steps],
     )
-    return await run_in_threadpool(store_explanation, svc.settings, source, exp)
+    return await run_in_threadpool(store_explanation, svc.settings, source, exp, view)
 
 
 def resolve_k(params: AnswerParams, svc: Service) -> int:

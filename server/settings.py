@@ -65,6 +65,21 @@ class Settings(BaseSettings):
         ge=1024,
         description="largest inflated stream / declared pixel data of one file in bytes (413 beyond)",
     )
+    max_instances: int = Field(
+        1000,
+        ge=1,
+        description="most DICOM instances in one series: a zip or several image parts (413 beyond)",
+    )
+    max_series_bytes: int = Field(
+        1024 * 1024 * 1024,
+        ge=1024,
+        description="largest total of a series' instance files, uncompressed as a zip declares them (413 beyond)",
+    )
+    max_volume_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="largest assembled series volume, slices x rows x columns x bytes per voxel (413 beyond)",
+    )
     request_timeout_s: float = Field(60.0, gt=0, description="a request not answered by then gets 504")
     header_timeout_s: float = Field(
         10.0, gt=0, description="a connection that has not sent a complete request head by then is closed"

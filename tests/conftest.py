@@ -102,6 +102,18 @@ def encode_image(image_factory):
 
 
 @pytest.fixture(scope="session")
+def volumes():
+    """tests/fixtures/volumes.py: anisotropic sphere volumes (0.7 x 0.7 x 5 mm) and their measures."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+    import volumes as module
+
+    return module
+
+
+@pytest.fixture(scope="session")
 def hf_standins(tmp_path_factory):
     """Qwen3-VL-8B / Qwen3-1.7B / MedSigLIP-448 stand-ins in HF layout (tests/fixtures/hf_layout.py)."""
     import sys

@@ -18,7 +18,7 @@ from pydicom.data import get_testdata_file
 from server.errors import APIError
 from server.images import decode_image, sniff
 from server.logs import request_id_var
-from vital_core.imaging import ImagingSpec
+from vital_core.imaging import ImagingSpec, NiftiVolume
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,7 +82,7 @@ def test_imaging_fields_over_http(client, ask):
     data = nib.Nifti1Image(vol, np.diag([-1.0, -1.0, 1.0, 1.0])).to_bytes()  # LPS storage
     r = ask(client, data, axis="coronal", slice=8, window="bone", k=0)
     assert r.status_code == 200, r.text
-    assert r.json()["image"] == {"format": "nifti", "width": 12, "height": 6}
+    assert r.json()["image"] == {"format": "nifti", "width": 12, "height": 6, "axis": "coronal", "slice": 8}
     for fields, status in [
         ({"axis": "oblique"}, 422),
         ({"window": "liver"}, 422),
@@ -91,6 +91,34 @@ def test_imaging_fields_over_http(client, ask):
         ({"slice": 12}, 422),
     ]:
         check_error(ask(client, data, **fields), status)
+
+
+def test_anisotropic_nifti_is_served_with_square_pixels(client, ask, volumes):
+    """0.7 x 0.7 mm pixels, 5 mm slices: every plane is served round, the same pixels as the readers'."""
+    data = volumes.stored_nifti("LPS")
+    reader = NiftiVolume.load(data)
+    sizes = {"axial": (128, 112), "coronal": (128, 171), "sagittal": (112, 171)}  # width, height
+    for axis, (width, height) in sizes.items():
+        r = ask(client, data, axis=axis, k=0, max_new_tokens=2, **volumes.WINDOW)
+        assert r.status_code == 200, r.text
+        middle = {"axial": 12, "coronal": 56, "sagittal": 64}[axis]
+        assert r.json()["image"] == {
+            "format": "nifti",
+            "width": width,
+            "height": height,
+            "axis": axis,
+            "slice": middle,
+        }
+        spec = ImagingSpec(axis=axis, **volumes.WINDOW)
+        served = np.asarray(decode_image(data, spec=spec).image)  # what the route hands the model
+        assert np.array_equal(served, reader.image(spec).pixels)
+        assert abs(volumes.disc_aspect(served) - 1.0) <= 0.05, axis
+    tight = ask(
+        client,
+        nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.diag([0.01, 0.01, 50, 1])).to_bytes(),
+        axis="coronal",
+    )
+    assert check_error(tight, 413)["code"] == "image_too_large"  # 320,000 x 64 once square: refused
 
 
 def test_json_limits_and_base64(client, encode_image):
@@ -222,6 +250,30 @@ hdr.set_data_shape((400, 400, 400)); hdr.set_data_dtype(np.int16)
 c = zlib.compressobj(1, zlib.DEFLATED, 31); parts = [c.compress(hdr.binaryblock + bytes(4))]
 parts += [c.compress(zeros) for _ in range(123)] + [c.flush()]
 cases["nifti_gz_128MiB_last_slice"] = b"".join(parts)
+# zips of a series: a member of 512 MiB of zeros declared as 1 KiB (a bomb that lies), the same declaring
+# 3 GB per member (refused from the central directory), 2,000 instances of 1 x 1 pixels
+import struct, zipfile
+def sized(data, size):
+    out = bytearray(data)
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = 0
+        while (at := out.find(sig, at)) >= 0:
+            struct.pack_into("<I", out, at + off, size); at += 4
+    return bytes(out)
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zf.open("a.dcm", "w") as f:
+        for _ in range(512):
+            f.write(zeros)
+    zf.writestr("b.dcm", b"x")
+cases["zip_bomb_512MiB_declared_1KiB"] = sized(buf.getvalue(), 1024)
+cases["zip_declares_6GB"] = sized(buf.getvalue(), 3_000_000_000)
+buf = io.BytesIO()
+with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+    for k in range(2000):
+        ds = header(1, 1, 1); ds.PixelData = b"\0\0"
+        zf.writestr(f"{k}.dcm", part10(ds, dataset_bytes(ds)))
+cases["zip_2000_instances_1x1"] = buf.getvalue()
 
 for name in sys.argv[2:]:
     data = cases[name]
@@ -248,6 +300,9 @@ HOSTILE_CASES = {
     "png_6000x6000_grey": 200,
     "nifti_gz_declares_2GB": 413,
     "nifti_gz_128MiB_last_slice": 200,  # streamed to the slice, never held
+    "zip_bomb_512MiB_declared_1KiB": 400,  # inflated only to the declared size: the CRC fails
+    "zip_declares_6GB": 413,  # declared sizes summed before anything is inflated
+    "zip_2000_instances_1x1": 413,  # the entry count, before the directory is parsed
 }
 
 

@@ -381,6 +381,114 @@ def test_bad_references(pacs_client):
     )
 
 
+@pytest.fixture(scope="module")
+def series_on_pacs(orthanc, volumes) -> tuple[list[bytes], dict]:
+    """24 axial CT instances (shuffled, 0.7 x 0.7 x 5 mm) stored on the PACS, and their series reference."""
+    files = volumes.ct_series(seed=5)
+    for data in files:
+        requests.post(f"{orthanc.url}/instances", data=data, auth=AUTH, timeout=10).raise_for_status()
+    head = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+    return files, {"study": head.StudyInstanceUID, "series": head.SeriesInstanceUID}
+
+
+def test_series_by_uid_equals_uploading_the_zip(pacs_client, ask, series_on_pacs, monkeypatch):
+    """`dicomweb: {study, series}` retrieves every instance (WADO-RS) and assembles the one volume."""
+    import zipfile
+
+    files, ref = series_on_pacs
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, data in enumerate(files):
+            zf.writestr(f"{k}.dcm", data)
+    fields = {"question": Q, "k": 1, "max_new_tokens": 4}
+    for axis, size in (("coronal", (128, 171)), ("axial", (128, 112))):
+        by_uid = pacs_client.post("/answer", json={"dicomweb": ref, "axis": axis, **fields})
+        by_zip = ask(pacs_client, buf.getvalue(), axis=axis, **fields)
+        assert by_uid.status_code == by_zip.status_code == 200, by_uid.text
+        assert (
+            by_uid.json()["image"] == by_zip.json()["image"]
+            and by_uid.json()["answer"] == by_zip.json()["answer"]
+        )
+        image = by_uid.json()["image"]
+        assert (image["width"], image["height"], image["axis"], image["instances"]) == (*size, axis, 24)
+    assert "sop_instance_uid" in image  # the axial view of an axial series: one instance, named
+    form = pacs_client.post(
+        "/answer", files={"dicomweb": (None, json.dumps(ref))}, data={"question": Q, "k": "0"}
+    )
+    assert form.status_code == 200 and form.json()["image"]["instances"] == 24, form.text
+    unknown = {**ref, "series": "1.2.826.0.1.3680043.8.498.2"}
+    _err(pacs_client.post("/answer", json={"dicomweb": unknown, "question": Q}), 404, "dicomweb_not_found")
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": {**ref, "frame": 1}, "question": Q}),
+        422,
+        "invalid_request",
+    )
+    settings = pacs_client.app.state.service.settings
+    monkeypatch.setattr(settings, "max_instances", 10)  # bounded before any instance is retrieved
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": ref, "question": Q}),
+        413,
+        "image_too_large",
+        "more than 10",
+    )
+    monkeypatch.setattr(settings, "max_instances", 1000)
+    monkeypatch.setattr(settings, "max_series_bytes", 100_000)  # about 3 instances' worth
+    _err(
+        pacs_client.post("/answer", json={"dicomweb": ref, "question": Q}), 413, "image_too_large", "exceeds"
+    )
+
+
+def test_explain_on_a_series_view_stores_results_referencing_the_plane(pacs_client, orthanc, series_on_pacs):
+    """Coronal (a reformat): the SR names the series, plane, slice and geometry; axial: the one instance."""
+    import highdicom as hd
+    from dicomweb_client import DICOMwebClient
+
+    files, ref = series_on_pacs
+    uids = {str(pydicom.dcmread(io.BytesIO(f), stop_before_pixels=True).SOPInstanceUID) for f in files}
+    session = requests.Session()
+    session.auth = AUTH
+    wado = DICOMwebClient(f"{orthanc.url}/dicom-web", session=session)
+    orientations = {"coronal": ["1", "0", "0", "0", "0", "-1"], "axial": ["1", "0", "0", "0", "1", "0"]}
+    for axis, patient_orientation in (("coronal", ["L", "F"]), ("axial", ["L", "P"])):
+        body = {"dicomweb": ref, "question": Q, "k": 1, "max_new_tokens": 2, "store": True, "axis": axis}
+        r = pacs_client.post("/explain", json=body)
+        assert r.status_code == 200, r.text
+        stored, image = r.json()["stored"], r.json()["image"]
+        assert stored["study_instance_uid"] == ref["study"]
+        got = {
+            i["sop_instance_uid"]: wado.retrieve_instance(
+                ref["study"], i["series_instance_uid"], i["sop_instance_uid"]
+            )
+            for i in stored["instances"]
+        }
+        sr = got[stored["instances"][0]["sop_instance_uid"]]
+        hd.sr.ComprehensiveSR.from_dataset(sr)  # highdicom reads it back
+        box = next(
+            it
+            for it in _items(sr)
+            if it.ValueType == "CONTAINER" and it.ConceptNameCodeSequence[0].CodeValue == "source-series"
+        )
+        inside = {it.ConceptNameCodeSequence[0].CodeMeaning: it for it in box.ContentSequence}
+        assert ref["series"] == inside["Series Instance UID"].UID
+        assert inside["Plane"].TextValue == axis
+        assert inside["Slice index"].MeasuredValueSequence[0].NumericValue == image["slice"]
+        assert inside["Image Orientation (Patient)"].TextValue.split("\\") == orientations[axis]
+        evidence = {
+            it.ReferencedSOPInstanceUID
+            for st in sr.CurrentRequestedProcedureEvidenceSequence
+            for se in st.ReferencedSeriesSequence
+            for it in se.ReferencedSOPSequence
+        }
+        assert uids <= evidence  # every instance of the series is evidence
+        sc = got[stored["instances"][1]["sop_instance_uid"]]
+        sources = {it.ReferencedSOPInstanceUID for it in sc.SourceImageSequence}
+        assert list(sc.PatientOrientation) == patient_orientation
+        if axis == "coronal":  # a reformat: no single source image; the heatmap derives from the series
+            assert not (_image_refs(sr) & uids) and sources == uids
+        else:  # the acquired plane: the one instance served, as for an instance reference
+            assert _image_refs(sr) & uids == {image["sop_instance_uid"]} == sources
+
+
 @pytest.mark.parametrize("how", ["http-403", "silently-dropped"])
 def test_refused_store_is_502(pacs_client, dropped, how):
     src = _dataset("MR_small.dcm") if how == "http-403" else dropped

@@ -116,7 +116,8 @@ def test_nifti(client, ask):
     vol = np.random.default_rng(0).normal(size=(48, 40, 6)).astype(np.float32)
     data = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
     r = ask(client, data, max_new_tokens=2, slice=2)
-    assert r.status_code == 200 and r.json()["image"] == {"format": "nifti", "width": 48, "height": 40}
+    assert r.status_code == 200
+    assert r.json()["image"] == {"format": "nifti", "width": 48, "height": 40, "axis": "axial", "slice": 2}
     assert ask(client, gzip.compress(data), max_new_tokens=2).status_code == 200
     _err(ask(client, data, max_new_tokens=2, slice=9), 422, "invalid_request", "slice 9")
 

@@ -344,3 +344,71 @@ def test_ct_dicom_through_the_folder_reader_is_what_the_server_serves(tmp_path):
     (tmp_path / "badspec.csv").write_text("image,mask,target,modality,axis\nct.dcm,m.png,liver,CT,oblique\n")
     with pytest.raises(ValueError, match="badspec.csv:2: axis"):
         list(read_folder(tmp_path / "badspec.csv"))
+
+
+def test_anisotropic_volume_square_pixels_through_every_reader(tmp_path):
+    """0.7 x 0.7 mm pixels, 5 mm slices: every reader and the server show a sphere round, masks aligned."""
+    shape, spacing, radius = (64, 56, 16), (0.7, 0.7, 5.0), 15.0
+    axes = [
+        ((np.arange(n)[:, None] + (np.arange(k) + 0.5) / k - 0.5) - n // 2) * mm
+        for n, mm, k in zip(shape, spacing, (2, 2, 10))
+    ]  # (n, k) sub-voxel positions in mm: partial-volume voxels
+    d2 = axes[0][:, None, None, :, None, None] ** 2 + axes[1][None, :, None, None, :, None] ** 2
+    d2 = d2 + axes[2][None, None, :, None, None, :] ** 2
+    ct = ((d2 <= radius**2).mean(axis=(3, 4, 5)) * 1000.0).astype(np.float32)
+    seg = (ct >= 500).astype(np.uint8)
+    affine = np.diag([-0.7, -0.7, 5.0, 1.0])  # LPS storage of the RAS arrays, flipped to match
+    task = tmp_path / "Task09_Spleen"
+    for sub in ("imagesTr", "labelsTr"):
+        (task / sub).mkdir(parents=True)
+    (task / "dataset.json").write_text(
+        json.dumps({"modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"}})
+    )
+    _save(ct[::-1, ::-1].copy(), task / "imagesTr" / "s_0.nii.gz", affine)
+    _save(seg[::-1, ::-1].copy(), task / "labelsTr" / "s_0.nii.gz", affine)
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask,target,modality,axis,slice,window_center,window_width\n"
+        "Task09_Spleen/imagesTr/s_0.nii.gz,Task09_Spleen/labelsTr/s_0.nii.gz,spleen,CT,coronal,28,500,1000\n"
+    )
+    spec = ImagingSpec(axis="coronal", window_center=500.0, window_width=1000.0)
+    msd = next(r for r in read_msd(task, spec=spec, min_pixels=5) if r.extra["slice"] == "28")
+    (folder,) = list(write_pairs(read_folder(tmp_path / "pairs.csv"), tmp_path / "out"))
+    served = decode_image(
+        (task / "imagesTr" / "s_0.nii.gz").read_bytes(),
+        spec=ImagingSpec(axis="coronal", slice=28, window_center=500.0, window_width=1000.0),
+    )
+    images = [msd.image, np.asarray(Image.open(folder.image)), np.asarray(served.image)]
+    masks = [msd.mask, np.asarray(Image.open(folder.mask)) > 0]
+    for img in images:
+        assert img.shape == (114, 64) and np.array_equal(img, images[0])  # 16 · 5 / 0.7 = 114.3 rows
+        rows, cols = np.nonzero(img >= 128)
+        aspect = (rows.max() - rows.min() + 1) / (cols.max() - cols.min() + 1)
+        assert abs(aspect - 1.0) <= 0.05, aspect
+    for mask in masks:  # nearest-neighbour labels on the image's grid
+        assert mask.shape == images[0].shape
+        assert images[0][mask].mean() > 200 and images[0][~mask].mean() < 40
+
+
+def test_a_dicom_series_folder_or_zip_through_the_folder_reader_is_what_the_server_serves(tmp_path, volumes):
+    """`vital build-questions` readers take a series (a folder of instances, or a zip) like the server."""
+    import io
+    import zipfile
+
+    files = volumes.ct_series(seed=7)
+    (tmp_path / "ct").mkdir()
+    for k, data in enumerate(files):
+        (tmp_path / "ct" / f"IM{k:04d}").write_bytes(data)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for k, data in enumerate(files):
+            zf.writestr(f"IM{k:04d}", data)
+    (tmp_path / "ct.zip").write_bytes(buf.getvalue())
+    Image.fromarray(np.zeros((171, 128), np.uint8)).save(tmp_path / "m.png")  # the coronal view's size
+    (tmp_path / "pairs.csv").write_text(
+        "image,mask,target,modality,axis,slice\nct,m.png,liver,CT,coronal,50\nct.zip,m.png,liver,CT,coronal,50\n"
+    )
+    written = list(write_pairs(read_folder(tmp_path / "pairs.csv"), tmp_path / "out"))
+    served = decode_image(buf.getvalue(), spec=ImagingSpec(axis="coronal", slice=50))  # a zip upload
+    assert served.info["instances"] == "24" and (served.width, served.height) == (128, 171)
+    for rec in written:
+        assert np.asarray(Image.open(rec.image)).tobytes() == np.asarray(served.image).tobytes()

@@ -3,7 +3,8 @@
 Columns (header row required): `image`, `mask`, `target`, `modality` (required); `target_type`
 (inferred from the target when empty), `question`, `answer`, `question_type`, `split`, `case`
 (optional). Paths are relative to the CSV's folder or absolute. An image may be any file
-`vital_core.imaging` reads (PNG, JPEG, DICOM, NIfTI, ...); the optional columns `axis`, `slice`,
+`vital_core.imaging` reads (PNG, JPEG, DICOM, NIfTI, a zip of a DICOM series, ...) or a folder of one DICOM
+series' instances (assembled into one volume, as the server does with a zip); the optional columns `axis`, `slice`,
 `frame`, `window`, `window_center`, `window_width` are its `ImagingSpec` (a NIfTI mask is sliced like
 its image), and the same values in a request make the server produce the same image. A row with a `question` keeps it (its
 type classified by `vital_core.qtypes.classify_question` when `question_type` is empty); an `answer` is
@@ -48,7 +49,7 @@ def read_folder(csv_path: str | Path) -> Iterator[SourceRecord]:
                 raise ValueError(f"{where}: empty {name!r}")
         image, mask = base / row["image"], base / row["mask"]
         for name, path in (("image", image), ("mask", mask)):
-            if not path.is_file():
+            if not (path.is_file() or (name == "image" and path.is_dir())):  # a folder: a DICOM series
                 raise ValueError(f"{where}: {name} file not found: {path}")
         target = row["target"].lower()
         try:

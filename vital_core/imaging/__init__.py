@@ -1,12 +1,14 @@
 """The one imaging path: DICOM / NIfTI / PNG / JPEG / ... → the model's image, for training and serving alike.
 
 `load_model_image(bytes_or_path, ImagingSpec(...))` is the call; `docs/imaging.md` states the display
-convention (radiological), the window presets and the limits.
+convention (radiological), square pixels for anisotropic volumes (`view.py`), the window presets and the limits.
 """
 
 from vital_core.imaging.decode import SUPPORTED, decode_bytes, load_model_image, sniff
 from vital_core.imaging.nifti import NiftiVolume
+from vital_core.imaging.series import DicomSeries, decode_series
 from vital_core.imaging.spec import AXES, ImagingError, ImagingLimits, ImagingSpec, ModelImage
+from vital_core.imaging.view import square_pixels, square_shape
 from vital_core.imaging.windows import (
     DEFAULT_CT_PRESET,
     PERCENTILES,
@@ -20,6 +22,7 @@ from vital_core.imaging.windows import (
 
 __all__ = [
     "AXES",
+    "DicomSeries",
     "DEFAULT_CT_PRESET",
     "PERCENTILES",
     "SUPPORTED",
@@ -32,9 +35,12 @@ __all__ = [
     "NiftiVolume",
     "Window",
     "decode_bytes",
+    "decode_series",
     "load_model_image",
     "percentile_range",
     "render_grey",
     "sniff",
+    "square_pixels",
+    "square_shape",
     "to_uint8",
 ]

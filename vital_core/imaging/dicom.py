@@ -4,17 +4,18 @@ Order: Modality LUT (LUT sequence or Rescale Slope/Intercept) → the request's 
 VOI LUT sequence or Window Center/Width, else the CT preset / percentiles (`windows.choose_window`) →
 MONOCHROME1 inverted. Colour (RGB, YBR → RGB, PALETTE COLOR) is kept in colour. Multi-frame files
 decode only the requested frame. The deflated transfer syntax is inflated as a stream through a capped
-decompressor up to the requested frame, never whole.
+decompressor up to the requested frame, never whole. pydicom's warnings go to the log and
+`info["dicom_warnings"]`, never through `warnings.catch_warnings` (process-global; see `pydicom_log`).
 """
 
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Any
 
 import numpy as np
 
+from vital_core.imaging.pydicom_log import pydicom_messages, summary
 from vital_core.imaging.spec import ImagingError, ImagingLimits, ImagingSpec, ModelImage
 from vital_core.imaging.streams import CountingBytesIO, InflateStream
 from vital_core.imaging.windows import Window, render_grey, to_uint8
@@ -29,7 +30,7 @@ def is_dicom(head: bytes) -> bool:
     return len(head) >= 132 and bytes(head[128:132]) == b"DICM"
 
 
-def _attr(ds: Any, name: str, cast, default=None):
+def attr(ds: Any, name: str, cast, default=None):
     """An attribute as int/float, ImagingError(400) naming it when its value is not a number."""
     try:
         value = ds.get(name, None)
@@ -84,12 +85,9 @@ def _read_head(data: bytes) -> tuple[Any, Any, Any]:
     return head, meta, syntax
 
 
-def _deflated_frame(
-    data: bytes, meta: Any, spec: ImagingSpec, limits: ImagingLimits
-) -> tuple[Any, np.ndarray]:
-    """Inflate (capped) the header, check sizes, skip to the requested frame, decode just that frame."""
+def _deflated_head(data: bytes, meta: Any, limits: ImagingLimits) -> tuple[Any, InflateStream]:
+    """(header dataset, the inflating stream positioned at the pixel data element) of a deflated file."""
     from pydicom.filereader import read_dataset
-    from pydicom.pixels import pixel_array
 
     _, start = _meta(data)
     stream = InflateStream(memoryview(data)[start:], -15, limits.max_stream_bytes, "deflated DICOM dataset")
@@ -100,6 +98,32 @@ def _deflated_frame(
     except Exception as exc:
         raise ImagingError("unreadable", f"unreadable deflated DICOM: {exc}") from exc
     head.file_meta = meta
+    return head, stream
+
+
+def read_header(data: bytes, limits: ImagingLimits) -> Any:
+    """The header dataset of a Part-10 file, without pixel data (a deflated file is inflated, capped)."""
+    head, meta, syntax = _read_head(data)
+    return _deflated_head(data, meta, limits)[0] if syntax == DEFLATED else head
+
+
+def decode_frame(data: bytes, spec: ImagingSpec, limits: ImagingLimits) -> tuple[Any, np.ndarray, dict]:
+    """(header, decoded frame as stored, geometry) of the frame `spec.frame`; sizes checked first."""
+    head, meta, syntax = _read_head(data)
+    if syntax == DEFLATED:
+        head, arr = _deflated_frame(data, meta, spec, limits)
+        return head, arr, _geometry(head, spec, limits)
+    geo = _geometry(head, spec, limits)
+    return head, _decode_frame(data, head, geo), geo
+
+
+def _deflated_frame(
+    data: bytes, meta: Any, spec: ImagingSpec, limits: ImagingLimits
+) -> tuple[Any, np.ndarray]:
+    """Inflate (capped) the header, check sizes, skip to the requested frame, decode just that frame."""
+    from pydicom.pixels import pixel_array
+
+    head, stream = _deflated_head(data, meta, limits)
     geo = _geometry(head, spec, limits)
     element = bytes(stream.read(12))
     if len(element) < 8 or int.from_bytes(element[2:4] + element[:2], "little") not in PIXEL_TAGS:
@@ -136,16 +160,16 @@ def _deflated_frame(
 
 def _geometry(head: Any, spec: ImagingSpec, limits: ImagingLimits) -> dict[str, int]:
     """Rows, columns, frames, samples, bits from the header, checked against the limits (before decoding)."""
-    rows = _attr(head, "Rows", int, 0)
-    cols = _attr(head, "Columns", int, 0)
+    rows = attr(head, "Rows", int, 0)
+    cols = attr(head, "Columns", int, 0)
     if rows < 1 or cols < 1:
         raise ImagingError(
             "unreadable",
             "DICOM has no image (no Rows/Columns: a report, structure set or other non-image object?)",
         )
-    frames = _attr(head, "NumberOfFrames", int, 1)
-    samples = _attr(head, "SamplesPerPixel", int, 1)
-    bits = _attr(head, "BitsAllocated", int, 0)
+    frames = attr(head, "NumberOfFrames", int, 1)
+    samples = attr(head, "SamplesPerPixel", int, 1)
+    bits = attr(head, "BitsAllocated", int, 0)
     if frames < 1 or samples not in (1, 3, 4) or bits not in (1, 8, 16, 32, 64):
         raise ImagingError(
             "unreadable",
@@ -194,9 +218,9 @@ def _decode_frame(data: bytes, head: Any, geo: dict[str, int]) -> np.ndarray:
         raise ImagingError("unreadable", f"cannot decode DICOM pixel data: {exc}") from exc
 
 
-def _file_window(head: Any) -> Window | None:
-    centre = _attr(head, "WindowCenter", float)
-    width = _attr(head, "WindowWidth", float)
+def file_window(head: Any) -> Window | None:
+    centre = attr(head, "WindowCenter", float)
+    width = attr(head, "WindowWidth", float)
     if centre is None or width is None or width <= 0:
         return None
     func = str(head.get("VOILUTFunction", "") or "LINEAR").upper()
@@ -213,7 +237,7 @@ def _colour(arr: np.ndarray, head: Any, photometric: str) -> np.ndarray:
         return np.ascontiguousarray(arr)
     if arr.dtype.kind == "f":
         return to_uint8(arr, Window("colour", float(np.nanmin(arr)), float(np.nanmax(arr)) or 1.0))
-    stored = _attr(head, "BitsStored", int, arr.dtype.itemsize * 8) if photometric != "PALETTE COLOR" else 16
+    stored = attr(head, "BitsStored", int, arr.dtype.itemsize * 8) if photometric != "PALETTE COLOR" else 16
     top = float(2 ** min(max(stored, 1), arr.dtype.itemsize * 8) - 1)
     return to_uint8(arr, Window("colour", 0.0, top))
 
@@ -221,8 +245,8 @@ def _colour(arr: np.ndarray, head: Any, photometric: str) -> np.ndarray:
 def _grey(arr: np.ndarray, head: Any, spec: ImagingSpec) -> tuple[np.ndarray, dict[str, str]]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    slope = _attr(head, "RescaleSlope", float)
-    intercept = _attr(head, "RescaleIntercept", float)
+    slope = attr(head, "RescaleSlope", float)
+    intercept = attr(head, "RescaleIntercept", float)
     if head.get("ModalityLUTSequence"):
         values = apply_modality_lut(arr, head)
     elif (slope is not None and slope != 1.0) or (intercept is not None and intercept != 0.0):
@@ -242,23 +266,21 @@ def _grey(arr: np.ndarray, head: Any, spec: ImagingSpec) -> tuple[np.ndarray, di
             out, spec, file_window=Window("dicom_voi_lut", 0.0, float(2**bits - 1)), invert=invert
         )
     else:
-        pixels, info = render_grey(values, spec, modality, _file_window(head), invert)
+        pixels, info = render_grey(values, spec, modality, file_window(head), invert)
     if modality:
         info["modality"] = modality
     return pixels, info
 
 
 def decode_dicom(data: bytes, spec: ImagingSpec, limits: ImagingLimits) -> ModelImage:
-    """A DICOM Part-10 file → ModelImage (one frame; 400/413/415/422 as ImagingError)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on every odd value; refusals are ImagingErrors
-        head, meta, syntax = _read_head(data)
-        if syntax == DEFLATED:
-            head, arr = _deflated_frame(data, meta, spec, limits)
-            geo = _geometry(head, spec, limits)
-        else:
-            geo = _geometry(head, spec, limits)
-            arr = _decode_frame(data, head, geo)
+    """A DICOM Part-10 file → ModelImage (one frame; 400/413/415/422 as ImagingError).
+
+    pydicom's warnings about the file (odd values, VR mismatches) are kept with this decode, in
+    `info["dicom_warnings"]` and the log, without touching the process's warning filters
+    (`pydicom_log`: safe when requests decode in several threads at once).
+    """
+    with pydicom_messages() as messages:
+        head, arr, geo = decode_frame(data, spec, limits)
         try:
             photometric = str(head.get("PhotometricInterpretation", "") or "").upper()
             if arr.ndim == 3 or photometric == "PALETTE COLOR":
@@ -270,4 +292,6 @@ def decode_dicom(data: bytes, spec: ImagingSpec, limits: ImagingLimits) -> Model
         except Exception as exc:
             raise ImagingError("unreadable", f"cannot apply the DICOM's LUTs: {exc}") from exc
     info["frame"] = str(geo["frame"])
+    if messages:
+        info["dicom_warnings"] = summary(messages)
     return ModelImage(pixels, "dicom", info)

@@ -3,7 +3,9 @@
 Orientation: the voxel axes are matched to RAS+ (x → patient's right, y → anterior, z → superior) the
 way nibabel's `as_closest_canonical` does (`io_orientation` of the affine), then the slice is laid out
 for display: axial and coronal with the patient's right on the image's left (radiological) and anterior
-/ superior at the top; sagittal with anterior on the left and superior at the top. The server (one slice,
+/ superior at the top; sagittal with anterior on the left and superior at the top. Spacing: the view is
+then resampled to square pixels from the affine's voxel sizes (`view.square_pixels`: the coarser axis
+upsampled, linear for images, nearest neighbour for labels). The server (one slice,
 streamed) and the training readers (a whole volume in memory, `NiftiVolume`) share every step after the
 raw stored slice, so the same file gives the same bytes.
 """
@@ -18,6 +20,7 @@ import numpy as np
 
 from vital_core.imaging.spec import AXES, ImagingError, ImagingLimits, ImagingSpec, ModelImage
 from vital_core.imaging.streams import ByteStream, open_stream
+from vital_core.imaging.view import check_view, square_pixels
 from vital_core.imaging.windows import render_grey
 
 NIFTI1_MAGICS = (b"n+1\x00", b"ni1\x00")
@@ -43,6 +46,13 @@ class NiftiLayout:
     inter: float | None
     ornt: np.ndarray
     """(3, 2): for each stored axis, the RAS axis it runs along and +1/-1 (nibabel `io_orientation`)."""
+    zooms: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Voxel spacing in mm along each stored axis: the lengths of the affine's columns (0 = unknown)."""
+
+    @classmethod
+    def in_memory(cls, shape: tuple[int, int, int], dtype: np.dtype, affine: np.ndarray) -> NiftiLayout:
+        """The layout of an array already in memory (a DICOM series) with a RAS+ voxel-to-mm `affine`."""
+        return cls(tuple(shape), 1, np.dtype(dtype), 0, None, None, _orientation(affine), _zooms(affine, 3))
 
     @property
     def slab_bytes(self) -> int:
@@ -55,6 +65,22 @@ class NiftiLayout:
     def n_slices(self, axis: str) -> int:
         """Number of slices along `axis`."""
         return self.dims[self.stored_axis(axis)]
+
+    def view_axes(self, s: int) -> tuple[int, int]:
+        """(stored axis along the display rows, stored axis along the display columns) of a view across `s`."""
+        rest = [a for a in range(3) if a != s]
+        low, high = sorted(rest, key=lambda a: self.ornt[a, 0])
+        return high, low  # `to_display`: rows run along the higher RAS axis, columns along the lower
+
+    def view_shape(self, s: int) -> tuple[int, int]:
+        """(rows, columns) of a stored slice across `s` in display orientation, before resampling."""
+        r, c = self.view_axes(s)
+        return self.dims[r], self.dims[c]
+
+    def view_spacing(self, s: int) -> tuple[float, float]:
+        """(row, column) spacing in mm of a view across stored axis `s` (for `view.square_pixels`)."""
+        r, c = self.view_axes(s)
+        return self.zooms[r], self.zooms[c]
 
     def locate(self, spec: ImagingSpec) -> tuple[int, int, int, int]:
         """(stored axis, stored index, canonical index, frame) for a spec; 422 when out of range."""
@@ -109,9 +135,18 @@ def parse_header(stream: ByteStream) -> NiftiLayout:
     dims = (shape + (1, 1))[:3]
     ornt = _orientation(affine)
     offset = max(offset, len(head) + 4 if two else 352)
+    frames = shape[3] if len(shape) > 3 else 1
     return NiftiLayout(
-        dims, shape[3] if len(shape) > 3 else 1, dtype, offset, _finite(slope), _finite(inter), ornt
+        dims, frames, dtype, offset, _finite(slope), _finite(inter), ornt, _zooms(affine, len(shape))
     )
+
+
+def _zooms(affine: np.ndarray, ndim: int) -> tuple[float, float, float]:
+    """Voxel spacing per stored axis from the affine's column lengths; 0 (unknown) where not finite."""
+    with np.errstate(all="ignore"):
+        cols = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
+    out = tuple(float(v) if np.isfinite(v) and v > 0 else 0.0 for v in cols)
+    return out if ndim >= 3 else (out[0], out[1], 0.0)
 
 
 def _finite(v) -> float | None:
@@ -161,6 +196,7 @@ def _check_sizes(layout: NiftiLayout, s: int, frame: int, limits: ImagingLimits)
     rest = [layout.dims[a] for a in range(3) if a != s]
     limits.check_pixels(rest[1], rest[0], "NIfTI slice")
     limits.check_decoded(rest[0] * rest[1] * 8 + layout.slab_bytes, "NIfTI slice")
+    check_view(layout.view_shape(s), layout.view_spacing(s), limits, "NIfTI slice")
     limits.check_stream(layout.offset + (frame + 1) * nz * layout.slab_bytes, "NIfTI data up to this volume")
 
 
@@ -185,12 +221,25 @@ def read_stored_slice(stream: ByteStream, layout: NiftiLayout, s: int, i: int, f
     return out
 
 
-def render_slice(
-    stored2d: np.ndarray, layout: NiftiLayout, spec: ImagingSpec, s: int, index: int, frame: int
-) -> ModelImage:
-    """The one step both paths share: scale, orient for display, window → ModelImage."""
+def display_values(
+    stored2d: np.ndarray, layout: NiftiLayout, s: int, limits: ImagingLimits, what: str = "NIfTI slice"
+) -> np.ndarray:
+    """A stored slice across stored axis `s` → scaled values in display orientation with square pixels."""
     values = to_display(_scaled(stored2d, layout), layout, s)
-    pixels, info = render_grey(values, spec)
+    return square_pixels(values, layout.view_spacing(s), limits, what=what)
+
+
+def render_slice(
+    stored2d: np.ndarray,
+    layout: NiftiLayout,
+    spec: ImagingSpec,
+    s: int,
+    index: int,
+    frame: int,
+    limits: ImagingLimits,
+) -> ModelImage:
+    """The one step both paths share: scale, orient for display, square pixels, window → ModelImage."""
+    pixels, info = render_grey(display_values(stored2d, layout, s, limits), spec)
     info.update(axis=spec.axis, slice=str(index), frame=str(frame))
     return ModelImage(pixels, "nifti", info)
 
@@ -200,16 +249,18 @@ def decode_nifti(stream: ByteStream, spec: ImagingSpec, limits: ImagingLimits) -
     layout = parse_header(stream)
     s, i, index, frame = layout.locate(spec)
     _check_sizes(layout, s, frame, limits)
-    return render_slice(read_stored_slice(stream, layout, s, i, frame), layout, spec, s, index, frame)
+    stored = read_stored_slice(stream, layout, s, i, frame)
+    return render_slice(stored, layout, spec, s, index, frame, limits)
 
 
 class NiftiVolume:
     """One volume (frame) of a NIfTI file held in memory, for readers that take many slices of it."""
 
-    def __init__(self, layout: NiftiLayout, data: np.ndarray, frame: int):
+    def __init__(self, layout: NiftiLayout, data: np.ndarray, frame: int, limits: ImagingLimits):
         self.layout = layout
         self.data = data  # (nx, ny, nz) stored order, native byte order
         self.frame = frame
+        self.limits = limits  # for the square-pixel views (checked before each is allocated)
 
     @classmethod
     def load(
@@ -231,7 +282,7 @@ class NiftiVolume:
         stream.skip_to(layout.offset + frame * nz * layout.slab_bytes)
         raw = stream.read_exact(nz * layout.slab_bytes)
         data = _native(np.frombuffer(raw, layout.file_dtype).reshape((nx, ny, nz), order="F"))
-        return cls(layout, data, frame)
+        return cls(layout, data, frame, limits)
 
     def n_slices(self, axis: str = "axial") -> int:
         """Number of slices along `axis`."""
@@ -240,12 +291,17 @@ class NiftiVolume:
     def stored_slice(self, spec: ImagingSpec) -> tuple[np.ndarray, int, int]:
         """(stored 2-D slice, stored axis, canonical index) for spec.axis / spec.slice."""
         s, i, index, _ = self.layout.locate(ImagingSpec(axis=spec.axis, slice=spec.slice, frame=self.frame))
-        return np.take(self.data, i, axis=s), s, index
+        # basic indexing: a view (np.take would first copy the whole volume when it is not C-ordered)
+        return self.data[(slice(None),) * s + (i,)], s, index
 
     def values(self, axis: str, index: int) -> np.ndarray:
-        """Slice `index` along `axis`, scaled and in display orientation (for labels: no windowing)."""
+        """Slice `index` along `axis` of a label volume: scaled, in display orientation, square pixels by
+        nearest neighbour (label values kept; the same grid as `image`, so masks stay on their images)."""
         stored, s, _ = self.stored_slice(ImagingSpec(axis=axis, slice=index))
-        return to_display(_scaled(stored, self.layout), self.layout, s)
+        values = to_display(_scaled(stored, self.layout), self.layout, s)
+        return square_pixels(
+            values, self.layout.view_spacing(s), self.limits, labels=True, what="NIfTI label slice"
+        )
 
     def ras_counts(self, axis: str, values: np.ndarray | None = None) -> np.ndarray:
         """Per slice along `axis` (canonical order): how many voxels are non-zero (or equal `values`)."""
@@ -258,7 +314,17 @@ class NiftiVolume:
     def image(self, spec: ImagingSpec) -> ModelImage:
         """The model's image of one slice: the same bytes the server makes from the same file and spec."""
         stored, s, index = self.stored_slice(spec)
-        return render_slice(np.ascontiguousarray(stored), self.layout, spec, s, index, self.frame)
+        stored = np.ascontiguousarray(stored)
+        return render_slice(stored, self.layout, spec, s, index, self.frame, self.limits)
 
 
-__all__ = ["AXES", "NiftiLayout", "NiftiVolume", "decode_nifti", "is_nifti", "parse_header", "to_display"]
+__all__ = [
+    "AXES",
+    "NiftiLayout",
+    "NiftiVolume",
+    "decode_nifti",
+    "display_values",
+    "is_nifti",
+    "parse_header",
+    "to_display",
+]

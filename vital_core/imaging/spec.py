@@ -124,16 +124,37 @@ class ImagingLimits:
     max_stream_bytes: int = 512 * MIB
     """Largest amount a file may expand to or declare: inflated deflate/gzip streams, all frames of a DICOM,
     a NIfTI data block up to the requested volume."""
+    max_instances: int = 1000
+    """Most DICOM instances in one series (a zip or several parts); checked before any is parsed."""
+    max_series_bytes: int = 1024 * MIB
+    """Largest total size of a series' instance files (as sent, before decoding); checked first."""
+    max_volume_bytes: int = 512 * MIB
+    """Largest assembled volume (slices × rows × columns × bytes per voxel), checked from the headers
+    before any pixel is decoded."""
 
     def __post_init__(self) -> None:
-        for name in ("max_pixels", "max_decoded_bytes", "max_stream_bytes"):
+        for name in (
+            "max_pixels",
+            "max_decoded_bytes",
+            "max_stream_bytes",
+            "max_instances",
+            "max_series_bytes",
+            "max_volume_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
     @classmethod
     def local(cls) -> ImagingLimits:
         """Generous limits for trusted local datasets (training readers): large volumes are fine."""
-        return cls(max_pixels=400_000_000, max_decoded_bytes=4096 * MIB, max_stream_bytes=1 << 40)
+        return cls(
+            max_pixels=400_000_000,
+            max_decoded_bytes=4096 * MIB,
+            max_stream_bytes=1 << 40,
+            max_instances=100_000,
+            max_series_bytes=1 << 40,
+            max_volume_bytes=1 << 36,
+        )
 
     def check_pixels(self, width: int, height: int, what: str) -> None:
         """413 when a width × height output exceeds max_pixels."""
