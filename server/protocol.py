@@ -39,6 +39,15 @@ class AnswerParams(BaseModel):
     )
     window_width: float | None = Field(None, gt=0, allow_inf_nan=False, description="explicit window width")
     top_k: int = Field(5, ge=1, le=50, description="/explain: nearest reference patches per step")
+    region_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="/explain: a step's region keeps the pixels whose normalised heatmap value is at least "
+        "this fraction of its range (connected component of the peak); default: the model's "
+        "(index_builder.regions.DEFAULT_FRACTION)",
+    )
     store: bool = Field(
         False, description="/explain with a dicomweb reference: store an SR and heatmaps in the same study"
     )
@@ -107,11 +116,26 @@ class Heatmap(BaseModel):
     peak: tuple[int, int] = Field(..., description="(row, col) of the highest value")
 
 
+class RLEMask(BaseModel):
+    """A binary mask as COCO run-length encoding (`pycocotools.mask.decode` reads it as a dict)."""
+
+    size: tuple[int, int] = Field(..., description="[height, width] of the original image")
+    counts: str = Field(..., description="COCO compressed RLE counts (column-major runs), as a string")
+
+
 class ExplainStep(BaseModel):
     step: int
     sentence: str
     heatmap: Heatmap
     nearest: list[Patch]
+    box: tuple[int, int, int, int] = Field(
+        ...,
+        description="[x0, y0, x1, y1]: tight box of `mask` in pixel edges of the original image (x1, y1 "
+        "exclusive), after the square padding and resize the encoder applies are undone",
+    )
+    mask: RLEMask = Field(
+        ..., description="where the step looks: the heatmap's region on the original image (docs/api.md)"
+    )
 
 
 class StoredInstance(BaseModel):
@@ -131,6 +155,9 @@ class StoredResult(BaseModel):
 
 class ExplainResponse(AnswerResponse):
     steps: list[ExplainStep]
+    region_fraction: float = Field(
+        ..., description="the threshold the steps' regions used (fraction of each heatmap's range)"
+    )
     stored: StoredResult | None = Field(None, description="the new DICOM series, when store was asked")
 
 

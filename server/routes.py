@@ -240,7 +240,9 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
 
     def run() -> Explanation:  # on the model thread, when the job's turn comes
         started.append(time.perf_counter())
-        return explainer.explain(decoded.image, params.question, k, max_new, params.top_k)
+        return explainer.explain(
+            decoded.image, params.question, k, max_new, params.top_k, params.region_fraction
+        )
 
     result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
     for stage, ms in result.timings_ms.items():
@@ -261,6 +263,7 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
         batch_size=1,
         image=_image_info(decoded),
         steps=result.steps,
+        region_fraction=result.region_fraction,
         stored=stored,
     )
     return JSONResponse(body.model_dump())
