@@ -126,3 +126,18 @@ def region_from_grid(grid: np.ndarray, height: int, width: int, fraction: float 
     py = int(np.argmax(rows - r0 == seed[0]))
     px = int(np.argmax(cols - c0 == seed[1]))
     return Region(mask, tight_box(mask), (px, py), f)
+
+
+def cell_box(row: int, col: int, grid: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the original pixels under encoder-grid cell (row, col), clipped to the image
+    (empty, x0 == x1 or y0 == y1, for a cell wholly in the padding)."""
+    pad = SquarePad.of(height, width)
+    cell = pad.side / grid
+
+    def span(i: int, offset: int, size: int) -> tuple[int, int]:
+        lo = int(np.floor(i * cell)) - offset
+        hi = int(np.ceil((i + 1) * cell)) - offset
+        return min(max(lo, 0), size), min(max(hi, 0), size)
+
+    (x0, x1), (y0, y1) = span(col, pad.left, width), span(row, pad.top, height)
+    return x0, y0, x1, y1

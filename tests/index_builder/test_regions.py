@@ -89,3 +89,13 @@ def test_component_is_eight_connected():
     m[0, 0] = m[1, 1] = m[2, 2] = m[4, 0] = True
     c = component(m, (0, 0))
     assert c[2, 2] and not c[4, 0]
+
+
+def test_cell_box_undoes_the_padding():
+    from index_builder.regions import cell_box
+
+    # 200 wide x 120 high: side 200, pad 40 rows on top, 16 x 16 cells of 12.5 px
+    assert cell_box(0, 0, 16, 120, 200) == (0, 0, 13, 0)  # wholly in the top padding: empty
+    assert cell_box(4, 0, 16, 120, 200) == (0, 10, 13, 23)
+    assert cell_box(15, 15, 16, 120, 200) == (187, 120, 200, 120)  # bottom padding
+    assert cell_box(3, 3, 4, 64, 64) == (48, 48, 64, 64)
