@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,8 @@ class Explanation:
     timings_ms: dict[str, float]
     region_fraction: float = DEFAULT_FRACTION
     """The threshold of the steps' regions (index_builder.regions)."""
+    tokens: list[int] = field(default_factory=list)
+    """The answer's generated token ids."""
 
 
 def rle(mask: np.ndarray) -> RLEMask:
@@ -123,7 +125,7 @@ class Explainer:
                             **region_fields(region),
                         )
                     )
-        return Explanation(ans.text, ans.k, steps, timer.totals_ms(), fraction)
+        return Explanation(ans.text, ans.k, steps, timer.totals_ms(), fraction, list(ans.tokens))
 
     def warm_up(self, k: int, max_new_tokens: int = 2) -> float:
         """Explain one blank image at K = `k` (two answer tokens, one nearest patch): every part of the

@@ -24,7 +24,7 @@ from server.dicom_results import Explanation as StoredExplanation
 from server.dicomweb import SourceInstance, check_store, fetch_instance, frame_index, store_explanation
 from server.docs import key_matches
 from server.errors import APIError, describe_validation
-from server.explain import Explanation
+from server.explain import Explainer, Explanation
 from server.images import DecodedImage, decode_image, limits_from, spec_from
 from server.logs import request_id_var
 from server.protocol import (
@@ -235,22 +235,12 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
     check_store(params.store, isinstance(data, DicomwebRef), explain=True)
     decoded, decode_ms, source = await decode_input(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
-    engine, rid = svc.loaded_engine(), request_id_var.get()
-    queued, started = time.perf_counter(), []
-
-    def run() -> Explanation:  # on the model thread, when the job's turn comes
-        started.append(time.perf_counter())
-        return explainer.explain(
-            decoded.image, params.question, k, max_new, params.top_k, params.region_fraction
-        )
-
-    result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
-    for stage, ms in result.timings_ms.items():
-        svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+    rid = request_id_var.get()
+    result, queue_ms = await run_explanation(request, svc, explainer, decoded, params, k, max_new)
     stored = await _store(svc, source, params, result) if params.store else None
     timings = {
         "decode_image": decode_ms,
-        "queue": 1000 * (started[0] - queued),
+        "queue": queue_ms,
         **result.timings_ms,
         "total": 1000 * (time.perf_counter() - t0),
     }
@@ -267,6 +257,32 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
         stored=stored,
     )
     return JSONResponse(body.model_dump())
+
+
+async def run_explanation(
+    request: Request,
+    svc: Service,
+    explainer: Explainer,
+    decoded: DecodedImage,
+    params: AnswerParams,
+    k: int,
+    max_new: int,
+) -> tuple[Explanation, float]:
+    """One explanation as a job in the engine's queue (429, 504, drain as /answer); (result, queue ms).
+    Shared by /explain and /v1/chat/completions with `explain: true`."""
+    engine, rid = svc.loaded_engine(), request_id_var.get()
+    queued, started = time.perf_counter(), []
+
+    def run() -> Explanation:  # on the model thread, when the job's turn comes
+        started.append(time.perf_counter())
+        return explainer.explain(
+            decoded.image, params.question, k, max_new, params.top_k, params.region_fraction
+        )
+
+    result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
+    for stage, ms in result.timings_ms.items():
+        svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+    return result, 1000 * (started[0] - queued)
 
 
 def _image_info(decoded: DecodedImage) -> dict[str, int | str]:
