@@ -18,7 +18,7 @@ A constant grid (nothing stands out) gives the whole image.
 phantom's step masks (`vital eval grounding --fractions`, bench/results/regions-threshold.md).
 Connectivity is a geodesic dilation from the peak (a vectorised breadth-first search) at a working
 resolution of at most `MAX_WORK_SIDE` pixels per side of the padded square, mapped back to the original
-pixels by nearest neighbour, so a very large image costs no more than a 512-pixel one.
+pixels by nearest neighbour, so the threshold and connectivity of a very large image cost what a 256-pixel one does.
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from PIL import Image
 
 from index_builder.encoder import SquarePad
 
-DEFAULT_FRACTION = 0.5
+DEFAULT_FRACTION = 0.75
 """Default threshold: a pixel belongs to the region when its normalised heatmap value is >= this."""
-MAX_WORK_SIDE = 512
+MAX_WORK_SIDE = 256
 """Side of the padded square the threshold and connectivity run at (at most; smaller images run at theirs)."""
 
 

@@ -21,7 +21,7 @@ def test_region_lands_on_the_red_rectangle_of_a_non_square_image(colour_encoder,
     image, truth = red_roi(h, w, rows, cols)
     grid = colour_encoder.encode([image])[0]  # (G, G, D)
     query = grid.reshape(-1, grid.shape[-1])[int(np.argmax(grid[..., 0].numpy()))]  # a red cell
-    region = region_from_grid(heatmap_grid(query, grid), h, w)
+    region = region_from_grid(heatmap_grid(query, grid), h, w, 0.5)  # the geometry, not the default
     assert region.mask.shape == (h, w) and region.mask.dtype == bool
     assert region.box == tight_box(region.mask)
     assert truth[region.peak[1], region.peak[0]]

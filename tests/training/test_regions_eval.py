@@ -43,7 +43,7 @@ def test_scorer_sweep_picks_the_fraction_that_fits():
     yy, xx = np.mgrid[0:8, 0:8]
     cos = np.exp(-((yy - 3.5) ** 2 + (xx - 3.5) ** 2) / 4.0)  # a blob in the middle of an 8 x 8 grid
     truth = box_mask((12, 12, 20, 20), 32, 32)  # a tight middle square
-    scorer = RegionScorer(1, [0.1, 0.9])
+    scorer = RegionScorer(1, [0.1, 0.5, 0.9])
     scorer.add([cos], np.ones((8, 8, 2), np.float32), [truth])
     report = scorer.report()
     assert mark_best(report) not in (0.1,)  # a region of nearly the whole image is not the best fit
