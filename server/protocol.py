@@ -49,7 +49,8 @@ class AnswerParams(BaseModel):
         "(index_builder.regions.DEFAULT_FRACTION)",
     )
     store: bool = Field(
-        False, description="/explain with a dicomweb reference: store an SR and heatmaps in the same study"
+        False,
+        description="/explain with a dicomweb reference: store an SR, heatmaps and a step-region SEG in the same study",
     )
 
 
@@ -142,7 +143,9 @@ class StoredInstance(BaseModel):
     series_instance_uid: str
     sop_class_uid: str
     sop_instance_uid: str
-    kind: str = Field(..., description="sr, or heatmap (with its step)")
+    kind: str = Field(
+        ..., description="sr, heatmap (with its step), or seg (DICOM Segmentation: one segment per step)"
+    )
     step: int | None = None
 
 
@@ -150,7 +153,10 @@ class StoredResult(BaseModel):
     """What /explain wrote back to the PACS (store: true)."""
 
     study_instance_uid: str
-    instances: list[StoredInstance] = Field(..., description="the SR, then one heatmap per step")
+    instances: list[StoredInstance] = Field(
+        ...,
+        description="the SR, then one heatmap per step, then the step-region SEG (when the source allows)",
+    )
 
 
 class ExplainResponse(AnswerResponse):

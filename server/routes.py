@@ -404,6 +404,8 @@ async def _store(
         model=svc.loaded_model().config.name,
         version=__version__,
         steps=[s.model_dump() for s in result.steps],
+        frame=frame_index(source.ref, params.frame) or 0,
+        region_fraction=result.region_fraction,
     )
     return await run_in_threadpool(store_explanation, svc.settings, source, exp)
 
