@@ -35,6 +35,7 @@ from server.protocol import AnswerParams, DicomwebRef
 from server.routes import (
     arrived,
     decode_input,
+    plane_of,
     require_key,
     require_ready,
     resolve_k,
@@ -311,6 +312,7 @@ async def chat_completions(request: Request) -> Response:
     }
     if req.explain:
         vital["region_fraction"] = res.explanation.region_fraction
+        vital["plane"] = plane_of(decoded).model_dump()
         vital["steps"] = [
             {
                 "step": s.step,

@@ -159,8 +159,22 @@ class StoredResult(BaseModel):
     )
 
 
+class Plane(BaseModel):
+    """Which 2-D image of the source the steps' boxes and masks are on."""
+
+    frame: int | None = Field(
+        None, description="0-based frame of a multi-frame DICOM / volume of a 4-D NIfTI"
+    )
+    slice: int | None = Field(None, description="NIfTI: slice index along `axis` (RAS voxel order)")
+    axis: str | None = Field(None, description="NIfTI: axial, coronal or sagittal (shown radiologically)")
+
+
 class ExplainResponse(AnswerResponse):
     steps: list[ExplainStep]
+    plane: Plane = Field(
+        default_factory=Plane,
+        description="the frame / slice of the source the boxes and masks are on (all null for a 2-D image)",
+    )
     region_fraction: float = Field(
         ..., description="the threshold the steps' regions used (fraction of each heatmap's range)"
     )

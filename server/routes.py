@@ -34,6 +34,7 @@ from server.protocol import (
     ErrorResponse,
     ExplainResponse,
     JSONAnswerRequest,
+    Plane,
     StoredResult,
 )
 from server.service import Service
@@ -253,6 +254,7 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
         batch_size=1,
         image=_image_info(decoded),
         steps=result.steps,
+        plane=plane_of(decoded),
         region_fraction=result.region_fraction,
         stored=stored,
     )
@@ -283,6 +285,13 @@ async def run_explanation(
     for stage, ms in result.timings_ms.items():
         svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
     return result, 1000 * (started[0] - queued)
+
+
+def plane_of(decoded: DecodedImage) -> Plane:
+    """The frame / slice / axis the decoder took from a multi-frame DICOM or a NIfTI volume."""
+    info = decoded.info
+    as_int = lambda key: int(info[key]) if str(info.get(key, "")).isdigit() else None  # noqa: E731
+    return Plane(frame=as_int("frame"), slice=as_int("slice"), axis=info.get("axis"))
 
 
 def _image_info(decoded: DecodedImage) -> dict[str, int | str]:

@@ -99,3 +99,31 @@ def test_cell_box_undoes_the_padding():
     assert cell_box(4, 0, 16, 120, 200) == (0, 10, 13, 23)
     assert cell_box(15, 15, 16, 120, 200) == (187, 120, 200, 120)  # bottom padding
     assert cell_box(3, 3, 4, 64, 64) == (48, 48, 64, 64)
+
+
+def test_region_of_a_nifti_slice_lands_on_its_slice_and_the_radiological_side(colour_encoder):
+    """A RAS volume with a bright marker on the patient's left in axial slice 2 only, decoded by the one
+    imaging path: slice 2's region is on the image's right (radiological display: patient left on image
+    right) over the marker; slice 4 (no marker) has nothing that stands out."""
+    import nibabel as nib
+
+    from vital_core.imaging import ImagingLimits, ImagingSpec, decode_bytes
+
+    vol = np.zeros((40, 32, 6), np.float32)  # x: right -> left is low x; RAS identity affine
+    vol[3:11, 12:20, 2] = 100.0  # patient's left (low x in RAS+, +x = patient's right), slice z = 2
+    data = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
+
+    def region(index: int):
+        image = decode_bytes(data, ImagingSpec(slice=index, axis="axial"), ImagingLimits()).to_pil()
+        grid = colour_encoder.encode([image])[0]  # (G, G, D)
+        bright = grid.reshape(-1, grid.shape[-1])[int(np.argmax(grid[..., 0].numpy()))]
+        return image, region_from_grid(heatmap_grid(bright, grid), image.height, image.width, 0.5)
+
+    image, r = region(2)
+    assert (image.width, image.height) == (40, 32)
+    x0, y0, x1, y1 = r.box
+    assert x0 >= image.width // 2, r.box  # the image's right half
+    cols = 39 - np.arange(3, 11)  # where x = 3..10 is displayed (columns run patient right -> left)
+    assert r.mask[:, cols.min() : cols.max() + 1].sum() > 0.5 * r.mask.sum()
+    _, empty = region(4)
+    assert empty.mask.all()  # a blank slice: no region stands out

@@ -168,6 +168,7 @@ def test_explain_extras_carry_the_regions_of_explain(client, server):
     ref = r.json()
     assert resp.choices[0].message.content == ref["answer"]
     assert resp.vital["region_fraction"] == ref["region_fraction"] == 0.6 and resp.vital["k"] == 2
+    assert resp.vital["plane"] == ref["plane"] == {"frame": None, "slice": None, "axis": None}
     assert 0 < resp.usage.completion_tokens <= 4
     steps = resp.vital["steps"]
     assert [s["step"] for s in steps] == [1, 2]

@@ -240,6 +240,26 @@ def test_explain_regions_on_a_non_square_image(client, ask, encode_image, tiny_m
         _err(r, 422, "invalid_request", "region_fraction")
 
 
+def test_explain_plane_of_a_volume_slice_and_a_dicom_frame(client, ask, encode_image):
+    """The boxes and masks say which 2-D image of the source they are on: a NIfTI slice (its own, non-square
+    size) and a multi-frame DICOM's frame; a plain image has none."""
+    vol = np.zeros((48, 40, 6), np.float32)
+    vol[5:12, 10:20, :] = 50.0
+    nii = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
+    body = ask(client, nii, route="/explain", k=1, max_new_tokens=2, slice=3, axis="coronal").json()
+    assert body["plane"] == {"frame": 0, "slice": 3, "axis": "coronal"}
+    h, w = body["image"]["height"], body["image"]["width"]
+    assert (w, h) == (48, 6) and body["steps"][0]["mask"]["size"] == [h, w]  # coronal: x by z
+    x0, y0, x1, y1 = body["steps"][0]["box"]
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    dcm = Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes()
+    framed = ask(client, dcm, route="/explain", k=1, max_new_tokens=2, frame=1).json()
+    assert framed["plane"] == {"frame": 1, "slice": None, "axis": None}
+    assert framed["steps"][0]["mask"]["size"] == [100, 100]
+    png = ask(client, encode_image(1), route="/explain", k=1, max_new_tokens=2).json()
+    assert png["plane"] == {"frame": None, "slice": None, "axis": None}
+
+
 def test_explain_disabled_and_unavailable(tiny_bundle, tmp_path, ask, encode_image, wait_ready):
     app = create_app(Settings(bundle=tiny_bundle, explain=False))
     with TestClient(app) as c:
