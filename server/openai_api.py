@@ -150,7 +150,7 @@ class ChatCompletion(BaseModel):
     vital: dict[str, Any] = Field(
         ...,
         description="k, request_id, batch_size, timings_ms, image; with explain: true also steps (step, "
-        "sentence, peak, box, mask) and region_fraction",
+        "sentence, peak, box, mask), region_fraction and plane (frame / slice / axis)",
     )
 
 
@@ -339,12 +339,8 @@ class _ExplainedAnswer:
 
     def __init__(self, explanation, queue_ms: float):  # server.explain.Explanation
         self.explanation = explanation
-        self.text, self.tokens, self.k, self.batch_size = (
-            explanation.answer,
-            explanation.tokens,
-            explanation.k,
-            1,
-        )
+        self.text, self.tokens, self.k = explanation.answer, explanation.tokens, explanation.k
+        self.batch_size = 1
         self.timings_ms = {"queue": queue_ms, **explanation.timings_ms}
 
 
