@@ -1,4 +1,5 @@
-"""index_builder: the frozen medical vision encoder, adaptive ROI features, feature store, FAISS patch index, heatmaps.
+"""index_builder: the frozen medical vision encoder, adaptive ROI features, feature store, FAISS patch index, heatmaps
+and the regions (mask + box on the original image) read from them.
 
 Public names load on first use (PEP 562): `vital --help` and the CLI registration do not import
 torch or faiss.
@@ -28,6 +29,9 @@ _LAZY = {
     "cosine_grid": "index_builder.heatmap",
     "heatmap": "index_builder.heatmap",
     "visual_queries": "index_builder.heatmap",
+    "Region": "index_builder.regions",
+    "RegionError": "index_builder.regions",
+    "region_from_grid": "index_builder.regions",
     "QualityRow": "index_builder.quality",
     "choose": "index_builder.quality",
     "grid_search": "index_builder.quality",
@@ -72,6 +76,7 @@ if TYPE_CHECKING:
     from index_builder.heatmap import Heatmap, cosine_grid, heatmap, visual_queries
     from index_builder.index_build import build_patch_index
     from index_builder.quality import QualityRow, choose, grid_search, sample_quality
+    from index_builder.regions import Region, RegionError, region_from_grid
     from index_builder.roi import (
         ROIError,
         ROIParams,
@@ -115,6 +120,8 @@ __all__ = [
     "ROIParams",
     "ROIPlan",
     "ROIResult",
+    "Region",
+    "RegionError",
     "SampleError",
     "SampleRef",
     "StoreError",
@@ -138,6 +145,7 @@ __all__ = [
     "preprocess",
     "read_corpus",
     "read_manifest",
+    "region_from_grid",
     "sample_quality",
     "square_pad",
     "visual_queries",

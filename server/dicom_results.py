@@ -1,15 +1,20 @@
-"""An explanation as DICOM objects (highdicom): a Comprehensive SR and one Secondary Capture per heatmap.
+"""An explanation as DICOM objects (highdicom): a Comprehensive SR, one Secondary Capture per heatmap and
+one Segmentation with a segment per latent step (where the step looks: /explain's region mask).
 
-Both go into the source's study as two new series (Modality is a series attribute: SR and OT cannot
+They go into the source's study as new series (Modality is a series attribute: SR, OT and SEG cannot
 share one). The SR holds the question, the answer, K, the model, each latent step's sentence, and
-IMAGE references to the source instance and to each step's heatmap; for a view of a series, also the
-series, the plane, the slice and the plane's geometry (a reformatted plane references no single image).
+IMAGE references to the source instance, to each step's heatmap and to the SEG; for a view of a series,
+also the series, the plane, the slice and the plane's geometry (a reformatted plane references no single
+image, and gets no SEG: its masks are on the reformatted grid, not on any instance's). The SEG is binary,
+one segment per step, on the source's own pixel grid: highdicom copies the source's Image Plane geometry
+(pixel spacing, orientation, position) where it has one and references the source instance (and frame).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import logging
 from dataclasses import dataclass
 
 import highdicom as hd
@@ -21,6 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+log = logging.getLogger("vital.pacs")
 MANUFACTURER = "VITAL"
 SCHEME = "99VITAL"  # private coding scheme (PS3.16 §8.2: "99" prefix) for concepts DICOM has no code for
 ROOT = Code("18748-4", "LN", "Diagnostic imaging report")
@@ -34,6 +40,9 @@ STEP = Code("latent-step", SCHEME, "Latent step")
 STEP_NUMBER = Code("step-number", SCHEME, "Step number")
 SENTENCE = Code("step-sentence", SCHEME, "Step sentence")
 HEATMAP = Code("heatmap", SCHEME, "Step heatmap")
+REGIONS = Code("step-regions", SCHEME, "Latent step regions (segmentation)")
+REGION_CATEGORY = Code("model-explanation", SCHEME, "Model explanation")
+REGION_TYPE = Code("step-region", SCHEME, "Region a latent step looks at")
 EMPTY = "(empty)"  # TEXT values are type 1: a tiny model may say nothing
 NO_UNITS = Code("1", "UCUM", "no units")
 _AXES = {0: ("L", "R"), 1: ("P", "A"), 2: ("H", "F")}  # + / - direction letters per patient axis
@@ -102,13 +111,16 @@ class Explanation:
     k: int
     model: str
     version: str
-    steps: list[dict]  # ExplainStep dicts: step, sentence, heatmap.png_base64
+    steps: list[dict]  # ExplainStep dicts: step, sentence, heatmap.png_base64, mask (COCO RLE)
+    frame: int = 0  # 0-based frame of a multi-frame source the steps are about
+    region_fraction: float | None = None  # the regions' threshold, recorded in the SEG
 
 
 def build_results(
     source: Dataset, exp: Explanation, view: SeriesView | None = None
-) -> tuple[hd.sr.ComprehensiveSR, list[hd.sc.SCImage]]:
-    """The SR and the heatmap images for `exp` about the `source` instance (not yet stored).
+) -> tuple[hd.sr.ComprehensiveSR, list[hd.sc.SCImage], hd.seg.Segmentation | None]:
+    """The SR, the heatmap images and the step-region SEG (None without steps or masks, or for a
+    reformatted plane of a series) for `exp` about the `source` instance (not yet stored).
 
     With a series `view`: the SR also holds a 'Source series' container (series UID, plane, slice, the
     plane's geometry) and lists every instance as evidence; `source` is the instance shown when the view
@@ -126,6 +138,12 @@ def build_results(
         _heatmap_image(source, step, sc_series, i + 1, common, view) for i, step in enumerate(exp.steps)
     ]
     reformat = view is not None and view.served is None
+    seg = None
+    if not reformat:
+        try:
+            seg = step_segmentation(source, exp, common)
+        except (ValueError, AttributeError, TypeError) as exc:  # highdicom cannot map this source's frames
+            log.warning("no step-region SEG for %s: %s", source.get("SOPInstanceUID"), exc)
     root = hd.sr.ContainerContentItem(name=ROOT, template_id=None)
     items = [
         hd.sr.TextContentItem(QUESTION, exp.question, relationship_type="CONTAINS"),
@@ -135,6 +153,7 @@ def build_results(
         hd.sr.TextContentItem(ALGORITHM_VERSION, exp.version, relationship_type="HAS OBS CONTEXT"),
         *([] if reformat else [_image_ref(SOURCE, source)]),
         *([] if view is None else [view.content()]),
+        *([_image_ref(REGIONS, seg)] if seg is not None else []),
     ]
     for step, sc in zip(exp.steps, heatmaps, strict=True):
         box = hd.sr.ContainerContentItem(name=STEP, relationship_type="CONTAINS")
@@ -149,7 +168,11 @@ def build_results(
         items.append(box)
     root.ContentSequence = hd.sr.ContentSequence(items, is_root=False)
     sr = hd.sr.ComprehensiveSR(
-        evidence=[*(view.instances if view is not None else [source]), *heatmaps],
+        evidence=[
+            *(view.instances if view is not None else [source]),
+            *heatmaps,
+            *([seg] if seg is not None else []),
+        ],
         content=root,
         series_instance_uid=generate_uid(),
         series_number=_series_number(source, 1),
@@ -160,7 +183,70 @@ def build_results(
         coding_schemes=[CodingSchemeIdentificationItem(SCHEME, name="VITAL concepts")],
         **common,
     )
-    return sr, heatmaps
+    return sr, heatmaps, seg
+
+
+def step_masks(source: Dataset, exp: Explanation) -> np.ndarray | None:
+    """uint8 [F, H, W, S]: each step's region (COCO RLE decoded) on the source's pixel grid, on frame
+    `exp.frame` of F (the other frames empty); None when there are no steps or a mask is not the source's
+    size (its pixels would not map onto the source's)."""
+    from pycocotools import mask as coco_mask
+
+    masks = [s.get("mask") for s in exp.steps]
+    if not masks or any(m is None for m in masks):
+        return None
+    rows, cols = int(source.Rows), int(source.Columns)
+    frames = int(source.get("NumberOfFrames") or 1)
+    if any(tuple(m["size"]) != (rows, cols) for m in masks) or not 0 <= exp.frame < frames:
+        return None
+    if frames > 1 and "FrameOfReferenceUID" not in source:
+        return None  # highdicom maps SEG frames of a multi-frame source through its plane geometry
+    out = np.zeros((frames, rows, cols, len(masks)), dtype=np.uint8)  # (F, H, W, S)
+    for i, m in enumerate(masks):
+        out[exp.frame, :, :, i] = coco_mask.decode({"size": list(m["size"]), "counts": m["counts"].encode()})
+    return out
+
+
+def step_segmentation(source: Dataset, exp: Explanation, common: dict) -> hd.seg.Segmentation | None:
+    """A binary DICOM Segmentation of the steps' regions, one segment per step (None: see `step_masks`)."""
+    pixels = step_masks(source, exp)
+    if pixels is None:
+        return None
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=exp.model[:64],
+        family=Code("123109", "DCM", "Artificial Intelligence"),
+        version=exp.version[:64],
+        parameters={"region_fraction": str(exp.region_fraction)} if exp.region_fraction is not None else None,
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1,
+            segment_label=f"latent step {int(step['step'])}"[:64],
+            segmented_property_category=REGION_CATEGORY,
+            segmented_property_type=REGION_TYPE,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=generate_uid(),
+            tracking_id=f"VITAL step {int(step['step'])}",
+        )
+        for i, step in enumerate(exp.steps)
+    ]
+    return hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=_series_number(source, 3),
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        device_serial_number="0",
+        series_description="VITAL explanation (step regions)",
+        content_label="VITAL_REGIONS",
+        omit_empty_frames=False,  # keep the frame-by-frame match with the source (frames with no region stay)
+        content_description="where each latent step looks (/explain regions)",
+        **{k: v for k, v in common.items() if k != "specific_character_set"},
+    )
 
 
 def _image_ref(name: Code, ds: Dataset) -> hd.sr.ImageContentItem:

@@ -234,7 +234,8 @@ def check_store(store: bool, by_reference: bool, *, explain: bool) -> None:
 def store_explanation(
     settings: Settings, source: SourceInstance | SourceSeries, exp: Explanation, view: dict | None = None
 ) -> StoredResult:
-    """Build the SR and heatmap images for `exp` (an Explanation) and STOW them into the source's study.
+    """Build the SR, the heatmap images and the step-region SEG for `exp` (an Explanation) and STOW them
+    into the source's study.
 
     For a series, `view` is the served image's info: a view in the acquired plane references its one
     instance (as an uploaded instance would); a reformatted plane references the series, with the plane,
@@ -252,23 +253,27 @@ def store_explanation(
     else:
         base = source.dataset
     try:
-        sr, heatmaps = build_results(base, exp, plane)
+        sr, heatmaps, seg = build_results(base, exp, plane)
     except Exception as exc:  # highdicom refuses sources that lack attributes it must copy
         raise APIError(
             422, f"cannot build DICOM results from this source instance: {exc}", "dicom_build_failed"
         ) from exc
-    datasets = [*heatmaps, sr]
-    store_instances(settings, source.ref.study, datasets)
+    extra = [seg] if seg is not None else []
+    store_instances(settings, source.ref.study, [*heatmaps, *extra, sr])
+
+    def kind(ds) -> str:
+        return "sr" if ds is sr else "seg" if ds is seg else "heatmap"
+
     return StoredResult(
         study_instance_uid=source.ref.study,
         instances=[
             StoredInstance(
-                kind="sr" if ds is sr else "heatmap",
-                step=None if ds is sr else int(ds.InstanceNumber),
+                kind=kind(ds),
+                step=int(ds.InstanceNumber) if kind(ds) == "heatmap" else None,
                 series_instance_uid=str(ds.SeriesInstanceUID),
                 sop_class_uid=str(ds.SOPClassUID),
                 sop_instance_uid=str(ds.SOPInstanceUID),
             )
-            for ds in [sr, *heatmaps]
+            for ds in [sr, *heatmaps, *extra]
         ],
     )

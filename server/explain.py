@@ -12,16 +12,19 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
+from pycocotools import mask as coco_mask
 
 from index_builder.encoder import PatchEncoderLike, load_bundle_encoder
 from index_builder.heatmap import heatmap, visual_queries
-from server.protocol import ExplainStep, Heatmap, Patch
+from index_builder.regions import DEFAULT_FRACTION, Region, region_from_grid
+from server.protocol import ExplainStep, Heatmap, Patch, RLEMask
 from server.settings import Settings
 from vital_core.bundle import load_scaffold
 from vital_core.heads import Scaffold
@@ -45,6 +48,21 @@ class Explanation:
     k: int
     steps: list[ExplainStep]
     timings_ms: dict[str, float]
+    region_fraction: float = DEFAULT_FRACTION
+    """The threshold of the steps' regions (index_builder.regions)."""
+    tokens: list[int] = field(default_factory=list)
+    """The answer's generated token ids."""
+
+
+def rle(mask: np.ndarray) -> RLEMask:
+    """A binary mask [H, W] as COCO compressed RLE (pycocotools writes it; counts as a string)."""
+    enc = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))  # column-major, as COCO wants
+    return RLEMask(size=(int(enc["size"][0]), int(enc["size"][1])), counts=enc["counts"].decode("ascii"))
+
+
+def region_fields(region: Region) -> dict:
+    """`box` and `mask` of an ExplainStep from a step's region."""
+    return {"box": tuple(int(v) for v in region.box), "mask": rle(region.mask)}
 
 
 class Explainer:
@@ -63,9 +81,18 @@ class Explainer:
         self.index = index
 
     def explain(
-        self, image: Image.Image, question: str, k: int, max_new_tokens: int, top_k: int
+        self,
+        image: Image.Image,
+        question: str,
+        k: int,
+        max_new_tokens: int,
+        top_k: int,
+        region_fraction: float | None = None,
     ) -> Explanation:
-        """Answer, then decode/project/search each latent h_1..h_K (runs on the model thread)."""
+        """Answer, then decode/project/search each latent h_1..h_K, with each step's region on the image
+        (`region_fraction`: index_builder.regions' threshold, default DEFAULT_FRACTION). Runs on the model
+        thread."""
+        fraction = DEFAULT_FRACTION if region_fraction is None else region_fraction
         timer = StageTimer(self.model.device)
         ans = self.model.answer([image], [question], k=k, max_new_tokens=max_new_tokens, timer=timer)[0]
         steps: list[ExplainStep] = []
@@ -78,6 +105,7 @@ class Explainer:
                 nearest = self.index.search(queries.numpy(), top_k) if self.index is not None else None
                 for i, q in enumerate(queries):
                     hm = heatmap(q, grid, image)
+                    region = region_from_grid(hm.grid, image.height, image.width, fraction)
                     hits = nearest[i] if nearest is not None else []
                     steps.append(
                         ExplainStep(
@@ -94,9 +122,10 @@ class Explainer:
                                 )
                                 for h in hits
                             ],
+                            **region_fields(region),
                         )
                     )
-        return Explanation(answer=ans.text, k=ans.k, steps=steps, timings_ms=timer.totals_ms())
+        return Explanation(ans.text, ans.k, steps, timer.totals_ms(), fraction, list(ans.tokens))
 
     def warm_up(self, k: int, max_new_tokens: int = 2) -> float:
         """Explain one blank image at K = `k` (two answer tokens, one nearest patch): every part of the

@@ -36,10 +36,12 @@ from server.routes import (
     arrived,
     decode_input,
     image_info,
+    plane_of,
     require_key,
     require_ready,
     resolve_k,
     resolve_max_new_tokens,
+    run_explanation,
     service_of,
 )
 
@@ -115,6 +117,14 @@ class ChatCompletionRequest(BaseModel):
         None,
         description="VITAL: instead of an image part, an instance on the PACS (study/series/instance/frame)",
     )
+    explain: bool = Field(
+        False,
+        description="VITAL: also explain each latent step (as /explain): `vital.steps` carries each step's "
+        "sentence, heatmap peak, box and mask (COCO RLE) on the original image; not with stream",
+    )
+    region_fraction: float | None = Field(
+        None, gt=0, le=1, allow_inf_nan=False, description="VITAL, with explain: the region threshold"
+    )
 
 
 class Usage(BaseModel):
@@ -141,7 +151,11 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage
-    vital: dict[str, Any] = Field(..., description="k, request_id, batch_size, timings_ms, image")
+    vital: dict[str, Any] = Field(
+        ...,
+        description="k, request_id, batch_size, timings_ms, image; with explain: true also steps (step, "
+        "sentence, peak, box, mask), region_fraction and plane (frame / slice / axis)",
+    )
 
 
 class ModelCard(BaseModel):
@@ -259,7 +273,11 @@ async def chat_completions(request: Request) -> Response:
         prompt_tokens = await run_in_threadpool(count_prompt_tokens, svc.model, decoded.image, question)
         rid = request_id_var.get()
         engine, timeout = svc.loaded_engine(), svc.settings.request_timeout_s
-        if req.stream:  # answer tokens go to `tokens` while the batch decodes; the result ends the stream
+        if req.explain:  # one explanation job in the same queue (429, 504, drain), as /explain
+            explainer = await svc.get_explainer()  # 404/503 when not configured
+            exp, queue_ms = await run_explanation(request, svc, explainer, decoded, params, k, max_new)
+            res = _ExplainedAnswer(exp, queue_ms)
+        elif req.stream:  # answer tokens go to `tokens` while the batch decodes; the result ends the stream
             tokens: asyncio.Queue = asyncio.Queue()
             job = asyncio.create_task(
                 engine.submit(
@@ -296,6 +314,19 @@ async def chat_completions(request: Request) -> Response:
         "timings_ms": {k_: round(v, 3) for k_, v in timings.items()},
         "image": image_info(decoded),
     }
+    if req.explain:
+        vital["region_fraction"] = res.explanation.region_fraction
+        vital["plane"] = plane_of(decoded).model_dump()
+        vital["steps"] = [
+            {
+                "step": s.step,
+                "sentence": s.sentence,
+                "peak": list(s.heatmap.peak),
+                "box": list(s.box),
+                "mask": s.mask.model_dump(),
+            }
+            for s in res.explanation.steps
+        ]
     body = ChatCompletion(
         id=cid,
         created=created,
@@ -305,6 +336,16 @@ async def chat_completions(request: Request) -> Response:
         choices=[Choice(message=AssistantMessage(content=res.text), finish_reason=finish)],
     )
     return JSONResponse(body.model_dump())
+
+
+class _ExplainedAnswer:
+    """An explanation in the shape the chat reply reads from an engine result (text, tokens, k, timings)."""
+
+    def __init__(self, explanation, queue_ms: float):  # server.explain.Explanation
+        self.explanation = explanation
+        self.text, self.tokens, self.k = explanation.answer, explanation.tokens, explanation.k
+        self.batch_size = 1
+        self.timings_ms = {"queue": queue_ms, **explanation.timings_ms}
 
 
 def _usage(prompt: int, completion: int) -> Usage:
@@ -428,6 +469,13 @@ def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:
     """The /answer parameters this request means (with the server's limits checked)."""
     if req.stop:
         raise _bad("stop sequences are not supported", "stop")
+    if req.explain and req.stream:
+        raise _bad(
+            "explain: true cannot stream (the steps come with the whole answer); send stream: false",
+            "explain",
+        )
+    if req.region_fraction is not None and not req.explain:
+        raise _bad("region_fraction needs explain: true", "region_fraction")
     limit = svc.settings.max_new_tokens
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     name = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
@@ -441,6 +489,7 @@ def _params(req: ChatCompletionRequest, question: str, svc) -> AnswerParams:
             frame=req.frame,
             slice=req.slice,
             axis=req.axis,
+            region_fraction=req.region_fraction,
         )
     except ValidationError as exc:  # the question's length is the only check left to fail here
         raise _bad(describe_validation(exc.errors()), "messages") from exc

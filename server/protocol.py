@@ -39,8 +39,18 @@ class AnswerParams(BaseModel):
     )
     window_width: float | None = Field(None, gt=0, allow_inf_nan=False, description="explicit window width")
     top_k: int = Field(5, ge=1, le=50, description="/explain: nearest reference patches per step")
+    region_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="/explain: a step's region keeps the pixels whose normalised heatmap value is at least "
+        "this fraction of its range (connected component of the peak); default: the model's "
+        "(index_builder.regions.DEFAULT_FRACTION)",
+    )
     store: bool = Field(
-        False, description="/explain with a dicomweb reference: store an SR and heatmaps in the same study"
+        False,
+        description="/explain with a dicomweb reference: store an SR, heatmaps and a step-region SEG in the same study",
     )
 
 
@@ -121,18 +131,35 @@ class Heatmap(BaseModel):
     peak: tuple[int, int] = Field(..., description="(row, col) of the highest value")
 
 
+class RLEMask(BaseModel):
+    """A binary mask as COCO run-length encoding (`pycocotools.mask.decode` reads it as a dict)."""
+
+    size: tuple[int, int] = Field(..., description="[height, width] of the original image")
+    counts: str = Field(..., description="COCO compressed RLE counts (column-major runs), as a string")
+
+
 class ExplainStep(BaseModel):
     step: int
     sentence: str
     heatmap: Heatmap
     nearest: list[Patch]
+    box: tuple[int, int, int, int] = Field(
+        ...,
+        description="[x0, y0, x1, y1]: tight box of `mask` in pixel edges of the original image (x1, y1 "
+        "exclusive), after the square padding and resize the encoder applies are undone",
+    )
+    mask: RLEMask = Field(
+        ..., description="where the step looks: the heatmap's region on the original image (docs/api.md)"
+    )
 
 
 class StoredInstance(BaseModel):
     series_instance_uid: str
     sop_class_uid: str
     sop_instance_uid: str
-    kind: str = Field(..., description="sr, or heatmap (with its step)")
+    kind: str = Field(
+        ..., description="sr, heatmap (with its step), or seg (DICOM Segmentation: one segment per step)"
+    )
     step: int | None = None
 
 
@@ -140,11 +167,31 @@ class StoredResult(BaseModel):
     """What /explain wrote back to the PACS (store: true)."""
 
     study_instance_uid: str
-    instances: list[StoredInstance] = Field(..., description="the SR, then one heatmap per step")
+    instances: list[StoredInstance] = Field(
+        ...,
+        description="the SR, then one heatmap per step, then the step-region SEG (when the source allows)",
+    )
+
+
+class Plane(BaseModel):
+    """Which 2-D image of the source the steps' boxes and masks are on."""
+
+    frame: int | None = Field(
+        None, description="0-based frame of a multi-frame DICOM / volume of a 4-D NIfTI"
+    )
+    slice: int | None = Field(None, description="NIfTI: slice index along `axis` (RAS voxel order)")
+    axis: str | None = Field(None, description="NIfTI: axial, coronal or sagittal (shown radiologically)")
 
 
 class ExplainResponse(AnswerResponse):
     steps: list[ExplainStep]
+    plane: Plane = Field(
+        default_factory=Plane,
+        description="the frame / slice of the source the boxes and masks are on (all null for a 2-D image)",
+    )
+    region_fraction: float = Field(
+        ..., description="the threshold the steps' regions used (fraction of each heatmap's range)"
+    )
     stored: StoredResult | None = Field(None, description="the new DICOM series, when store was asked")
 
 

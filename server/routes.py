@@ -32,7 +32,7 @@ from server.dicomweb import (
 )
 from server.docs import key_matches
 from server.errors import APIError, describe_validation
-from server.explain import Explanation
+from server.explain import Explainer, Explanation
 from server.images import DecodedImage, decode_image, limits_from, spec_from
 from server.logs import request_id_var
 from server.protocol import (
@@ -42,6 +42,7 @@ from server.protocol import (
     ErrorResponse,
     ExplainResponse,
     JSONAnswerRequest,
+    Plane,
     StoredResult,
 )
 from server.service import Service
@@ -243,20 +244,12 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
     check_store(params.store, isinstance(data, DicomwebRef), explain=True)
     decoded, decode_ms, source = await decode_input(data, params, svc)
     k, max_new = resolve_k(params, svc), resolve_max_new_tokens(params, svc)
-    engine, rid = svc.loaded_engine(), request_id_var.get()
-    queued, started = time.perf_counter(), []
-
-    def run() -> Explanation:  # on the model thread, when the job's turn comes
-        started.append(time.perf_counter())
-        return explainer.explain(decoded.image, params.question, k, max_new, params.top_k)
-
-    result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
-    for stage, ms in result.timings_ms.items():
-        svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+    rid = request_id_var.get()
+    result, queue_ms = await run_explanation(request, svc, explainer, decoded, params, k, max_new)
     stored = await _store(svc, source, params, result, decoded.info) if params.store else None
     timings = {
         "decode_image": decode_ms,
-        "queue": 1000 * (started[0] - queued),
+        "queue": queue_ms,
         **result.timings_ms,
         "total": 1000 * (time.perf_counter() - t0),
     }
@@ -269,6 +262,8 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
         batch_size=1,
         image=image_info(decoded),
         steps=result.steps,
+        plane=plane_of(decoded),
+        region_fraction=result.region_fraction,
         stored=stored,
     )
     return JSONResponse(body.model_dump())
@@ -277,6 +272,39 @@ async def explain(request: Request, _: Authorized, svc: ReadyService) -> JSONRes
 VIEW_FIELDS = ("axis", "slice", "instances", "sop_instance_uid")
 """Which view of a volume was served (NIfTI, DICOM series): plane, slice index, and for a series the
 number of instances and, when the plane is the acquired one, the SOPInstanceUID of the instance shown."""
+
+
+async def run_explanation(
+    request: Request,
+    svc: Service,
+    explainer: Explainer,
+    decoded: DecodedImage,
+    params: AnswerParams,
+    k: int,
+    max_new: int,
+) -> tuple[Explanation, float]:
+    """One explanation as a job in the engine's queue (429, 504, drain as /answer); (result, queue ms).
+    Shared by /explain and /v1/chat/completions with `explain: true`."""
+    engine, rid = svc.loaded_engine(), request_id_var.get()
+    queued, started = time.perf_counter(), []
+
+    def run() -> Explanation:  # on the model thread, when the job's turn comes
+        started.append(time.perf_counter())
+        return explainer.explain(
+            decoded.image, params.question, k, max_new, params.top_k, params.region_fraction
+        )
+
+    result = await engine.submit_call(run, rid, svc.settings.request_timeout_s, arrived(request))
+    for stage, ms in result.timings_ms.items():
+        svc.metrics.stage_latency.labels(stage).observe(ms / 1000.0)
+    return result, 1000 * (started[0] - queued)
+
+
+def plane_of(decoded: DecodedImage) -> Plane:
+    """The frame / slice / axis the decoder took from a multi-frame DICOM or a NIfTI volume."""
+    info = decoded.info
+    as_int = lambda key: int(info[key]) if str(info.get(key, "")).isdigit() else None  # noqa: E731
+    return Plane(frame=as_int("frame"), slice=as_int("slice"), axis=info.get("axis"))
 
 
 def image_info(decoded: DecodedImage) -> dict[str, int | str]:
@@ -426,6 +454,8 @@ async def _store(
         model=svc.loaded_model().config.name,
         version=__version__,
         steps=[s.model_dump() for s in result.steps],
+        frame=frame_index(source.ref, params.frame) or 0,
+        region_fraction=result.region_fraction,
     )
     return await run_in_threadpool(store_explanation, svc.settings, source, exp, view)
 

@@ -13,7 +13,10 @@ targets). Per step: pointing accuracy (the heatmap's peak cell is a mask cell), 
 heatmap (cells above mean + std of the grid) with the mask cells, IoU of the top-|M| cells (as many cells
 as the mask has), and the active fraction (share of cells above mean + std; smaller = more focused); also
 pointing of the plain cosine map (`cosine_grid`, the paper's) and each map's correlation with the
-previous step's (do the steps look at different places?). docs/evaluation.md has the details.
+previous step's (do the steps look at different places?). Regions (`training.eval.regions`): each step's
+/explain region (`index_builder.regions`: mask and box on the original image) against its step mask — IoU,
+Dice, box IoU, Acc@0.5 — beside two saliency floors, and optionally a sweep of the region threshold.
+docs/evaluation.md has the details.
 """
 
 from __future__ import annotations
@@ -129,17 +132,25 @@ def grounding_from_predictions(
     out: Path | None = None,
     scaffold: Any = None,
     tokenizer: Any = None,
+    fractions: Sequence[float] | None = None,
+    region_fraction: float | None = None,
 ) -> dict[str, Any]:
     """Per-step grounding over predictions of five-tuple samples that kept their latents (same K for all).
 
     With the `scaffold` and `tokenizer`, each step's latent is also read back as a sentence (the /explain
-    decoder) and scored on whether it names the structure its reference sentence names (`names_hop`)."""
+    decoder) and scored on whether it names the structure its reference sentence names (`names_hop`).
+    `report["regions"]` scores the steps' regions at `region_fraction` (default: /explain's) against the
+    step masks beside the floors; with `fractions` it also sweeps those thresholds and flags the best."""
     from index_builder.heatmap import cosine_grid, heatmap, heatmap_grid, visual_queries
+    from index_builder.regions import DEFAULT_FRACTION, check_fraction
+    from training.eval.regions import RegionScorer, mark_best
 
     preds = [p for p in preds if p.latents is not None and p.sample is not None and p.k >= 1]
     if not preds:
         raise ValueError("grounding needs predictions with latents of five-tuple samples and K >= 1")
     k = preds[0].k
+    fraction = check_fraction(DEFAULT_FRACTION if region_fraction is None else region_fraction)
+    scorer = RegionScorer(k, [*(fractions or ()), fraction])
     rows: list[list[dict[str, float]]] = []
     chance = []
     pairs: dict[str, list[float]] = {"differ": [], "same": []}
@@ -152,10 +163,11 @@ def grounding_from_predictions(
         queries = visual_queries(vp, lat)  # (b, K, D)
         said = _decode(scaffold, tokenizer, lat) if scaffold is not None else None  # b lists of K sentences
         for i, p in enumerate(chunk):
-            masks = [_mask(m) for m in step_mask_paths(p.sample, k)]
+            masks = [_mask(m, images[i].size) for m in step_mask_paths(p.sample, k)]
             cells = [mask_cells(m, encoder.grid) for m in masks]
             chance.append(float(cells[-1].mean()))
             maps = [heatmap_grid(q, grids[i]) for q in queries[i]]
+            scorer.add(maps, np.asarray(grids[i]), masks)
             raw = [cosine_grid(q, grids[i]) for q in queries[i]]
             row = []
             for s, (cos, rc) in enumerate(zip(maps, raw)):
@@ -174,6 +186,9 @@ def grounding_from_predictions(
                 for s, q in enumerate(queries[i]):
                     (out / f"{p.item.id}-step{s + 1}.png").write_bytes(heatmap(q, grids[i], images[i]).png)
     per_step = [{"step": s + 1, **{m: _mean([r[s][m] for r in rows]) for m in rows[0][0]}} for s in range(k)]
+    regions = scorer.report(fraction)
+    if fractions:
+        mark_best(regions)
     return {
         "k": k,
         "n": len(rows),
@@ -182,6 +197,7 @@ def grounding_from_predictions(
         # map correlation of consecutive steps whose masks differ / are the same structure
         "prev_cosine_differing_masks": {"n": len(pairs["differ"]), "mean": _mean(pairs["differ"])},
         "prev_cosine_same_mask": {"n": len(pairs["same"]), "mean": _mean(pairs["same"])},
+        "regions": regions,
     }
 
 
@@ -218,9 +234,13 @@ def _names_hop(said: str, sample: Any, step: int) -> float:
     return float(name is not None and re.search(rf"\b{re.escape(name)}\b", said.lower()) is not None)
 
 
-def _mask(path: Path) -> np.ndarray:
+def _mask(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """bool [H, W] of a mask file; with `size` (W, H) resized (nearest) to its image's size."""
     with Image.open(path) as im:
-        return np.asarray(im.convert("L")) > 127
+        im = im.convert("L")
+        if size is not None and im.size != tuple(size):
+            im = im.resize(size, Image.Resampling.NEAREST)
+        return np.asarray(im) > 127
 
 
 def step_mask_paths(sample: Any, k: int) -> list[Path]:
@@ -270,6 +290,10 @@ def grounding_table(report: dict[str, Any], title: str = "") -> str:
             f"Heatmap correlation of consecutive steps whose masks differ: {d['mean']:.3f} (n = {d['n']} pairs); "
             f"same mask: {same['mean'] if same['mean'] is not None else '–'} (n = {same['n']}).",
         ]
+    if report.get("regions"):
+        from training.eval.regions import regions_table
+
+        lines += ["", regions_table(report["regions"]).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 

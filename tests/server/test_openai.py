@@ -144,6 +144,50 @@ def test_max_tokens_auto_k_and_dicom(client, server, png):
     )
 
 
+def test_explain_extras_carry_the_regions_of_explain(client, server):
+    """`explain: true`: vital.steps carries each step's box and COCO RLE mask, the same as /explain's for
+    the same image (a non-square one: the regions are on its own 200 x 120 pixels); not with stream."""
+    from pycocotools import mask as coco_mask
+
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(phantom_png(7))).resize((200, 120)).save(buf, format="PNG")
+    data = buf.getvalue()
+    resp = client.chat.completions.create(
+        model=MODEL,
+        messages=user(data_uri(data)),
+        max_tokens=4,
+        extra_body={"k": 2, "explain": True, "region_fraction": 0.6},
+    )
+    r = httpx.post(
+        f"{server}/explain",
+        files={"image": ("img", data)},
+        data={"question": QUESTION, "k": "2", "max_new_tokens": "4", "region_fraction": "0.6"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=60,
+    )
+    ref = r.json()
+    assert resp.choices[0].message.content == ref["answer"]
+    assert resp.vital["region_fraction"] == ref["region_fraction"] == 0.6 and resp.vital["k"] == 2
+    assert resp.vital["plane"] == ref["plane"] == {"frame": None, "slice": None, "axis": None}
+    assert 0 < resp.usage.completion_tokens <= 4
+    steps = resp.vital["steps"]
+    assert [s["step"] for s in steps] == [1, 2]
+    for s, e in zip(steps, ref["steps"]):
+        assert (s["box"], s["mask"], s["sentence"]) == (e["box"], e["mask"], e["sentence"])
+        m = coco_mask.decode({"size": s["mask"]["size"], "counts": s["mask"]["counts"].encode()})
+        assert m.shape == (120, 200) and m.any()
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model=MODEL, messages=user(data_uri(data)), stream=True, extra_body={"explain": True}
+        )
+    assert _error(exc)["param"] == "explain"
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model=MODEL, messages=user(data_uri(data)), extra_body={"region_fraction": 0.5}
+        )
+    assert _error(exc)["param"] == "region_fraction"
+
+
 def test_same_engine_batches_chat_with_answer(server, png):
     """Concurrent /v1 and /answer requests go through the one queue: they can share a batch."""
     chat = openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)

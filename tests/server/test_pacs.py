@@ -279,7 +279,7 @@ def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
     stored = body["stored"]
     assert stored["study_instance_uid"] == src.StudyInstanceUID
     kinds = [(i["kind"], i["step"]) for i in stored["instances"]]
-    assert kinds == [("sr", None), ("heatmap", 1), ("heatmap", 2)]
+    assert kinds == [("sr", None), ("heatmap", 1), ("heatmap", 2), ("seg", None)]
     session = requests.Session()
     session.auth = AUTH
     wado = DICOMwebClient(f"{orthanc.url}/dicom-web", session=session)
@@ -307,7 +307,7 @@ def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
     }
     assert src.SOPInstanceUID in evidence
     assert 2 in [n.MeasuredValueSequence[0].NumericValue for n in _items(sr) if n.ValueType == "NUM"]
-    for info in stored["instances"][1:]:
+    for info in stored["instances"][1:3]:
         sc = got[info["sop_instance_uid"]]
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.Manufacturer == "VITAL"
         assert sc.StudyInstanceUID == src.StudyInstanceUID and sc.SeriesInstanceUID != sr.SeriesInstanceUID
@@ -317,6 +317,42 @@ def test_explain_stores_sr_and_heatmaps_in_the_study(pacs_client, orthanc):
         buf = io.BytesIO()
         sc.save_as(buf, enforce_file_format=True)
         assert decode_image(buf.getvalue(), max_pixels=10**7).format == "dicom"
+    _check_seg(got[stored["instances"][3]["sop_instance_uid"]], src, body, wado)
+
+
+def _check_seg(seg: pydicom.Dataset, src: pydicom.Dataset, body: dict, wado) -> None:
+    """The step-region SEG: re-read by highdicom and pydicom, one segment per step, found by QIDO, and its
+    frames are /explain's masks on the source's own pixels."""
+    import highdicom as hd
+    import numpy as np
+    from pycocotools import mask as coco_mask
+
+    buf = io.BytesIO()
+    seg.save_as(buf, enforce_file_format=True)
+    raw = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    assert raw.Modality == "SEG" and raw.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    assert raw.SegmentationType == "BINARY" and raw.StudyInstanceUID == src.StudyInstanceUID
+    assert raw.FrameOfReferenceUID == src.FrameOfReferenceUID  # the source's geometry, copied
+    assert [
+        float(v) for v in raw.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing
+    ] == [float(v) for v in src.PixelSpacing]
+    back = hd.seg.segread(io.BytesIO(buf.getvalue()))
+    assert back.number_of_segments == len(body["steps"]) == 2
+    assert [back.get_segment_description(n).segment_label for n in (1, 2)] == [
+        "latent step 1",
+        "latent step 2",
+    ]
+    arr = back.get_pixels_by_source_instance(
+        source_sop_instance_uids=[src.SOPInstanceUID], segment_numbers=[1, 2], ignore_spatial_locations=True
+    )  # (1, H, W, 2)
+    assert arr.shape == (1, src.Rows, src.Columns, 2)
+    for i, step in enumerate(body["steps"]):
+        m = coco_mask.decode({"size": step["mask"]["size"], "counts": step["mask"]["counts"].encode()})
+        assert m.any() and np.array_equal(arr[0, :, :, i], m)
+    found = wado.search_for_instances(
+        study_instance_uid=src.StudyInstanceUID, search_filters={"Modality": "SEG"}
+    )
+    assert seg.SOPInstanceUID in {r["00080018"]["Value"][0] for r in found}
 
 
 def _items(ds: pydicom.Dataset) -> list:
@@ -575,3 +611,35 @@ def test_compose_pacs_profile_wires_orthanc_to_vital():
     assert (
         vital["environment"]["VITAL_DICOMWEB_USERNAME"] in orthanc["environment"]["ORTHANC__REGISTERED_USERS"]
     )
+
+
+def test_seg_only_where_the_masks_map_onto_the_source():
+    """No SEG (the SR and heatmaps still build) when a mask is not the source's size, or for a multi-frame
+    source without plane geometry; a frame beyond the source's is refused the same way."""
+    import base64
+
+    import numpy as np
+    from PIL import Image
+
+    from server.dicom_results import Explanation, build_results
+    from server.explain import rle
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(buf, format="PNG")
+    png = base64.b64encode(buf.getvalue()).decode()
+
+    def explanation(shape, frame=0):
+        m = np.zeros(shape, bool)
+        m[2:5, 3:9] = True
+        step = {"step": 1, "sentence": "s", "heatmap": {"png_base64": png}, "mask": rle(m).model_dump()}
+        return Explanation("q", "a", 1, "vital-tiny", "0.1.0", [step], frame=frame, region_fraction=0.75)
+
+    ct = _dataset("CT_small.dcm")
+    sr, heatmaps, seg = build_results(ct, explanation((128, 128)))
+    assert seg is not None and seg.NumberOfFrames == 1 and len(heatmaps) == 1
+    assert seg.SegmentSequence[0].SegmentAlgorithmName == "vital-tiny"
+    assert build_results(ct, explanation((64, 128)))[2] is None
+    assert build_results(ct, explanation((128, 128), frame=1))[2] is None
+    mf = _dataset(MULTIFRAME)
+    sr, heatmaps, seg = build_results(mf, explanation((mf.Rows, mf.Columns), frame=1))
+    assert seg is None and len(heatmaps) == 1 and sr.Modality == "SR"

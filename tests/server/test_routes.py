@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 
+from index_builder.regions import DEFAULT_FRACTION
 from server import Settings, create_app
 
 
@@ -195,6 +196,71 @@ def test_explain(client, ask, encode_image, tiny_model):
     assert k0["steps"] == []
 
 
+def _peak_pixel(peak: tuple[int, int], g: int, h: int, w: int) -> tuple[float, float]:
+    """(x, y) in the original image of the centre of heatmap cell `peak` (square pad + resize undone)."""
+    side = max(h, w)
+    r, c = peak
+    return (c + 0.5) * side / g - (side - w) // 2, (r + 0.5) * side / g - (side - h) // 2
+
+
+def _decode_mask(m: dict) -> np.ndarray:
+    from pycocotools import mask as coco_mask
+
+    return coco_mask.decode({"size": m["size"], "counts": m["counts"].encode()})
+
+
+def test_explain_regions_on_a_non_square_image(client, ask, encode_image, tiny_model):
+    """A 200 x 120 image: each step's mask decodes (pycocotools) to the original [h, w], its box is the
+    mask's tight box, and a tight region (fraction 0.9) sits where the heatmap's peak cell maps back to."""
+    h, w, g = 120, 200, tiny_model.config.encoder.grid
+    data = encode_image(5, size=(h, w))
+    q = "Where is the lesion?"
+    body = ask(client, data, q, route="/explain", k=3, max_new_tokens=2).json()
+    assert body["region_fraction"] == pytest.approx(DEFAULT_FRACTION) and len(body["steps"]) == 3
+    tight = ask(client, data, q, route="/explain", k=3, max_new_tokens=2, region_fraction=0.9).json()
+    low = ask(client, data, q, route="/explain", k=3, max_new_tokens=2, region_fraction=0.2).json()
+    assert (tight["region_fraction"], low["region_fraction"]) == (0.9, 0.2)
+    inside = 0
+    for step, hi, lo in zip(body["steps"], tight["steps"], low["steps"]):
+        assert step["heatmap"]["peak"] == hi["heatmap"]["peak"]
+        masks = [_decode_mask(s["mask"]) for s in (hi, step, lo)]
+        for s, mask in zip((hi, step, lo), masks):
+            assert s["mask"]["size"] == [h, w] and isinstance(s["mask"]["counts"], str)
+            assert mask.shape == (h, w) and mask.any()
+            rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+            assert s["box"] == [cols[0], rows[0], cols[-1] + 1, rows[-1] + 1]
+        # a lower threshold grows the region around the same peak
+        assert (masks[1] >= masks[0]).all() and (masks[2] >= masks[1]).all()
+        x, y = _peak_pixel(step["heatmap"]["peak"], g, h, w)
+        if 0 <= x < w and 0 <= y < h:  # a peak in the padding rows has no original pixel
+            inside += 1
+            assert masks[0][int(y), int(x)], (step["heatmap"]["peak"], (x, y), hi["box"])
+    assert inside, "no step's peak fell inside the image: the test image does not exercise the mapping"
+    for bad in (0, 1.5, "nan"):
+        r = ask(client, data, route="/explain", k=1, max_new_tokens=2, region_fraction=bad)
+        _err(r, 422, "invalid_request", "region_fraction")
+
+
+def test_explain_plane_of_a_volume_slice_and_a_dicom_frame(client, ask, encode_image):
+    """The boxes and masks say which 2-D image of the source they are on: a NIfTI slice (its own, non-square
+    size) and a multi-frame DICOM's frame; a plain image has none."""
+    vol = np.zeros((48, 40, 6), np.float32)
+    vol[5:12, 10:20, :] = 50.0
+    nii = nib.Nifti1Image(vol, np.eye(4)).to_bytes()
+    body = ask(client, nii, route="/explain", k=1, max_new_tokens=2, slice=3, axis="coronal").json()
+    assert body["plane"] == {"frame": 0, "slice": 3, "axis": "coronal"}
+    h, w = body["image"]["height"], body["image"]["width"]
+    assert (w, h) == (48, 6) and body["steps"][0]["mask"]["size"] == [h, w]  # coronal: x by z
+    x0, y0, x1, y1 = body["steps"][0]["box"]
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    dcm = Path(get_testdata_file("SC_rgb_rle_2frame.dcm")).read_bytes()
+    framed = ask(client, dcm, route="/explain", k=1, max_new_tokens=2, frame=1).json()
+    assert framed["plane"] == {"frame": 1, "slice": None, "axis": None}
+    assert framed["steps"][0]["mask"]["size"] == [100, 100]
+    png = ask(client, encode_image(1), route="/explain", k=1, max_new_tokens=2).json()
+    assert png["plane"] == {"frame": None, "slice": None, "axis": None}
+
+
 def test_explain_disabled_and_unavailable(tiny_bundle, tmp_path, ask, encode_image, wait_ready):
     app = create_app(Settings(bundle=tiny_bundle, explain=False))
     with TestClient(app) as c:
@@ -219,9 +285,9 @@ def test_explain_is_warmed_before_ready(tiny_bundle, ask, encode_image, wait_rea
     calls = []
     real = Explainer.explain
 
-    def counted(self, image, question, k, max_new_tokens, top_k):
+    def counted(self, image, question, k, max_new_tokens, top_k, *rest):
         calls.append((image.size, k, top_k))
-        return real(self, image, question, k, max_new_tokens, top_k)
+        return real(self, image, question, k, max_new_tokens, top_k, *rest)
 
     monkeypatch.setattr(Explainer, "explain", counted)
     with TestClient(create_app(Settings(bundle=tiny_bundle))) as c:

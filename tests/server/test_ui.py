@@ -70,6 +70,31 @@ def _phantom(tmp_path: Path) -> tuple[Path, bytes]:
     return path, buf.getvalue()
 
 
+def _check_region(d, canvas, step: dict) -> None:
+    """The canvas over the heatmap shows the step's region: the page's own COCO RLE decoding gives the
+    area pycocotools gives and the mask's own box is /explain's box, and the box's corner is drawn where the square pad puts
+    the original pixel."""
+    from pycocotools import mask as coco_mask
+
+    assert canvas.is_displayed()
+    m = coco_mask.decode({"size": step["mask"]["size"], "counts": step["mask"]["counts"].encode()})
+    assert canvas.get_attribute("data-box") == ",".join(str(v) for v in step["box"])
+    assert int(canvas.get_attribute("data-mask-area")) == int(m.sum()) > 0
+    assert canvas.get_attribute("data-mask-box") == canvas.get_attribute(
+        "data-box"
+    )  # decoded the right way up
+    h, w = step["mask"]["size"]
+    side = max(h, w)
+    x0, y0 = step["box"][0] + (side - w) // 2, step["box"][1] + (side - h) // 2
+    r, g, b, a = d.execute_script(
+        "return Array.from(arguments[0].getContext('2d').getImageData(arguments[1], arguments[2], 1, 1).data)",
+        canvas,
+        x0,
+        y0 + 2,
+    )
+    assert a > 0 and g > r and g > b, (r, g, b, a)  # the green box's left edge
+
+
 @pytest.mark.slow
 def test_viewer_in_chromium(browser, live_server, tmp_path):
     from selenium.webdriver.common.by import By
@@ -136,6 +161,12 @@ def test_viewer_in_chromium(browser, live_server, tmp_path):
         ]
         assert len(rows) == 5
         assert d.find_elements(By.CSS_SELECTOR, "#strip button")[i].get_attribute("class") == "selected"
+        _check_region(d, el(By.ID, "region"), step)
+    toggle = el(By.ID, "show-region")
+    toggle.click()  # the region toggles off and back on
+    assert not el(By.ID, "region").is_displayed() and el(By.ID, "region-info").text == ""
+    toggle.click()
+    assert el(By.ID, "region").is_displayed() and "region: box" in el(By.ID, "region-info").text
     thumbs[0].click()  # the strip selects a step too
     assert el(By.ID, "step-number").text == "1"
     shot = tmp_path / "vital-ui.png"

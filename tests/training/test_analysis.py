@@ -80,12 +80,25 @@ def test_collapse_and_grounding_commands(random_bundle, phantom_dir, tmp_path):
     assert c["n"] == 6 and len(c["matrix"]) == 4 and all(abs(c["matrix"][i][i] - 1) < 1e-4 for i in range(4))
     assert (tmp_path / "c" / "collapse.png").stat().st_size > 0 and (tmp_path / "c" / "collapse.md").is_file()
     assert (
-        main(["eval", "grounding", *common, "--k", "3", "--out", str(tmp_path / "g"), "--examples", "1"]) == 0
+        main(
+            ["eval", "grounding", *common, "--k", "3", "--out", str(tmp_path / "g"), "--examples", "1"]
+            + ["--fractions", "0.3,0.7"]
+        )
+        == 0
     )
     g = json.loads((tmp_path / "g" / "grounding.json").read_text())
     assert g["n"] == 6 and [r["step"] for r in g["per_step"]] == [1, 2, 3]
     assert all(0 <= r["pointing"] <= 1 and 0 <= r["iou"] <= 1 for r in g["per_step"])
     assert 0 < g["chance_pointing"] < 1 and len(list((tmp_path / "g" / "examples").glob("*.png"))) == 3
+    regions = g["regions"]
+    assert [r["step"] for r in regions["per_step"]] == [1, 2, 3] and set(regions["floors"]) == {
+        "deviant_patch",
+        "centred_box",
+    }
+    assert all(0 <= r["iou"] <= r["dice"] <= 1 for r in regions["per_step"])
+    assert len(regions["sweep"]) == 3 and sum(s["best"] for s in regions["sweep"]) == 1
+    assert "deviant-patch IoU" in (tmp_path / "g" / "grounding.md").read_text()
+    assert main(["eval", "grounding", *common, "--fractions", "0.5,1.5"]) == 2
     assert main(["eval", "collapse", *common, "--k", "1"]) == 2
 
 

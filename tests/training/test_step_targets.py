@@ -154,6 +154,7 @@ def test_grounding_scores_each_step_against_its_own_mask(tmp_path: Path) -> None
     """A projector whose steps point at two different structures scores 100% against the step masks and
     0% against the single sample mask; the heatmap cosine between the steps is low."""
     from index_builder.heatmap import contrast_grid
+    from index_builder.regions import DEFAULT_FRACTION
     from training.analysis import grounding_from_predictions, step_mask_paths
     from training.eval.evaluate import Prediction
     from training.eval.items import BenchItem
@@ -193,3 +194,16 @@ def test_grounding_scores_each_step_against_its_own_mask(tmp_path: Path) -> None
     assert grounding_from_predictions([no_steps], vp, Encoder())["per_step"][1]["pointing"] == 0.0
     cc = contrast_grid(torch.eye(d)[2], grid)
     assert np.unravel_index(np.argmax(cc), cc.shape) == (3, 3)
+    # regions: each step's mask lands on its own structure, well above both saliency floors
+    regions = report["regions"]
+    assert regions["fraction"] == DEFAULT_FRACTION and regions["n"] == 1
+    floors = regions["floors"]
+    assert floors["centred_box"]["median_size"] == [0.25, 0.25]  # the 4 x 4 structures of a 16 x 16 image
+    for r, dev, cen in zip(
+        regions["per_step"], floors["deviant_patch"]["per_step"], floors["centred_box"]["per_step"]
+    ):
+        assert r["iou"] > 0.3 and r["dice"] > 0.45 and r["box_iou"] > 0.3
+        assert r["iou"] > dev["iou"] and r["iou"] > cen["iou"] == 0.0
+    swept = grounding_from_predictions([pred], vp, Encoder(), fractions=[0.2, 0.9])["regions"]
+    assert [s["fraction"] for s in swept["sweep"]] == sorted([0.2, DEFAULT_FRACTION, 0.9])
+    assert sum(s["best"] for s in swept["sweep"]) == 1

@@ -121,7 +121,32 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--out", help="output folder (JSON, markdown, PNG)")
         if name == "grounding":
             p.add_argument("--examples", type=int, default=2, help="save per-step heatmap PNGs of N samples")
+            p.add_argument(
+                "--region-fraction",
+                type=float,
+                help="threshold of the steps' regions (fraction of the heatmap's range, (0, 1]; default: "
+                "/explain's, index_builder.regions.DEFAULT_FRACTION)",
+            )
+            p.add_argument(
+                "--fractions",
+                help="comma-separated region thresholds to sweep (mean IoU vs the step masks per threshold, "
+                "best flagged), e.g. 0.3,0.4,0.5,0.6,0.7",
+            )
         p.set_defaults(func=run_collapse if name == "collapse" else run_grounding)
+
+
+def _fractions(text: str | None, single: float | None) -> list[float] | None:
+    """--fractions as floats in (0, 1] (and --region-fraction checked); CLIError otherwise."""
+    from index_builder.regions import RegionError, check_fraction
+
+    try:
+        if single is not None:
+            check_fraction(single)
+        if not text:
+            return None
+        return [check_fraction(float(v)) for v in text.split(",") if v.strip()]
+    except (RegionError, ValueError) as exc:
+        raise CLIError(f"--fractions/--region-fraction: {exc}") from exc
 
 
 def _load(bundle: str, device: str, scaffold: bool = False) -> Any:
@@ -370,6 +395,7 @@ def run_grounding(args: argparse.Namespace) -> int:
     from training.analysis import encoder_for, grounding_from_predictions, grounding_table
     from training.eval.evaluate import predict
 
+    fractions = _fractions(args.fractions, args.region_fraction)
     samples = _samples(args)
     model = _load(args.bundle, args.device, scaffold=True)
     encoder = encoder_for(model.config, args.bundle, device=args.device)
@@ -385,6 +411,8 @@ def run_grounding(args: argparse.Namespace) -> int:
         out=out / "examples" if out else None,
         scaffold=model.scaffold,
         tokenizer=model.tokenizer,
+        fractions=fractions,
+        region_fraction=args.region_fraction,
     )
     report.update(bundle=str(args.bundle), split=args.split)
     table = grounding_table(report, f"grounding: {Path(args.bundle).name}, K={args.k}")

@@ -163,11 +163,12 @@ def markdown_table(report: dict, title: str = "") -> str:
         lines += [
             f"grounding against the reference boxes (n = {g['n']}):",
             "",
-            "| step | n | pointing | heatmap-box IoU |",
-            "|---|---|---|---|",
+            "| step | n | pointing | heatmap-box IoU | region-box IoU | region Acc@0.5 |",
+            "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| h{r['step']} | {r['n']} | {_pct(r['pointing'])} | {_pct(r['box_iou'])} |"
+            f"| h{r['step']} | {r['n']} | {_pct(r['pointing'])} | {_pct(r['box_iou'])} | "
+            f"{_pct(r.get('region_box_iou'))} | {_pct(r.get('region_acc50'))} |"
             for r in g["per_step"]
         ]
         lines.append("")

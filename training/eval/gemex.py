@@ -221,16 +221,22 @@ def load_thinkvg(path: Path, split: str = "train", image_dir: Path | None = None
 # ---- grounding ---------------------------------------------------------------------------------------
 
 
+def boxes_on_image(boxes: Sequence[Box], frame: tuple[int, int] | None, size: tuple[int, int]) -> np.ndarray:
+    """Boxes in `frame` pixels -> [N, 4] (x1, y1, x2, y2) in pixels of the image of `size` (W, H)."""
+    w, h = size
+    fw, fh = frame or size
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # (N, 4)
+    return np.clip(b, 0, [fw, fh, fw, fh]) * [w / fw, h / fh, w / fw, h / fh]  # (N, 4) image pixels
+
+
 def boxes_on_grid(
     boxes: Sequence[Box], frame: tuple[int, int] | None, size: tuple[int, int], grid: int
 ) -> np.ndarray:
     """Boxes in `frame` pixels -> [N, 4] (x1, y1, x2, y2) in cell units of the encoder's square-padded G x G grid."""
     w, h = size
-    fw, fh = frame or size
     side = max(w, h)
     left, top = (side - w) // 2, (side - h) // 2
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # (N, 4)
-    b = np.clip(b, 0, [fw, fh, fw, fh]) * [w / fw, h / fh, w / fw, h / fh]  # image pixels
+    b = boxes_on_image(boxes, frame, size)  # (N, 4) image pixels
     return (b + [left, top, left, top]) * (grid / side)  # (N, 4) grid units
 
 
@@ -261,10 +267,22 @@ def step_box_grounding(cos: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"pointing": float(hit), "box_iou": max((box_iou(hb, b) for b in gt), default=0.0)}
 
 
+def region_box_grounding(cos: np.ndarray, gt: np.ndarray, size: tuple[int, int]) -> dict[str, float]:
+    """IoU (best over the reference boxes, image pixels [N, 4]) of /explain's region box for a heatmap
+    [G, G] on an image of `size` (W, H) (`index_builder.regions` at its default threshold), and Acc@0.5."""
+    from index_builder.regions import region_from_grid
+
+    w, h = size
+    rb = np.asarray(region_from_grid(cos, h, w).box, dtype=np.float64)
+    iou = max((box_iou(rb, b) for b in gt), default=0.0)
+    return {"region_box_iou": iou, "region_acc50": float(iou >= 0.5)}
+
+
 def grounding_per_item(
     preds: Sequence[Any], vp: Any, encoder: Any, batch: int = 16
 ) -> list[list[dict] | None]:
-    """Per prediction with boxes and latents: per step k = 1..K {step, pointing, box_iou}; None otherwise."""
+    """Per prediction with boxes and latents: per step k = 1..K {step, pointing, box_iou, region_box_iou,
+    region_acc50}; None otherwise."""
     import torch
     import torch.nn.functional as F
 
@@ -282,15 +300,22 @@ def grounding_per_item(
             with torch.inference_mode():
                 q = F.normalize(vp(p.latents[1 : p.k + 1].to(device)).float(), dim=-1).cpu()  # (K, D)
             gt = boxes_on_grid(p.item.boxes, p.item.box_frame, images[j].size, encoder.grid)
+            px = boxes_on_image(p.item.boxes, p.item.box_frame, images[j].size)
+            maps = [heatmap_grid(qs, grids[j]) for qs in q]
             out[i] = [
-                {"step": s + 1, **step_box_grounding(heatmap_grid(qs, grids[j]), gt)}
-                for s, qs in enumerate(q)
+                {
+                    "step": s + 1,
+                    **step_box_grounding(cos, gt),
+                    **region_box_grounding(cos, px, images[j].size),
+                }
+                for s, cos in enumerate(maps)
             ]
     return out
 
 
 def grounding_summary(per_item: Sequence[list[dict] | None]) -> dict[str, Any] | None:
-    """Mean pointing and box IoU per step over the items that have grounding (None when none have)."""
+    """Mean pointing, box IoU and (where scored) region box IoU and Acc@0.5 per step over the items that
+    have grounding (None when none have)."""
     rows = [r for r in per_item if r]
     if not rows:
         return None
@@ -302,7 +327,11 @@ def grounding_summary(per_item: Sequence[list[dict] | None]) -> dict[str, Any] |
             {
                 "step": s + 1,
                 "n": len(vals),
-                **{m: round(float(np.mean([v[m] for v in vals])), 4) for m in ("pointing", "box_iou")},
+                **{
+                    m: round(float(np.mean([v[m] for v in vals])), 4)
+                    for m in ("pointing", "box_iou", "region_box_iou", "region_acc50")
+                    if all(m in v for v in vals)
+                },
             }
         )
     return {"n": len(rows), "per_step": steps}

@@ -1,11 +1,11 @@
-// VITAL viewer: ask /explain about an image and show, per latent step, the sentence, the heatmap and the
-// nearest reference patches. Plain JS, no build step, no network beyond this server.
+// VITAL viewer: ask /explain about an image and show, per latent step, the sentence, the heatmap with the
+// step's region (box and mask outline, toggled) and the nearest reference patches. Plain JS, no build step, no network beyond this server.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const api = (path) => new URL("../" + path, window.location.href).toString(); // the app serves /ui/
 const KEY_STORE = "vital.apiKey";
-const state = { file: null, steps: [], previewUrl: null };
+const state = { file: null, steps: [], previewUrl: null, current: 0 };
 
 function headers() {
   const key = $("api-key").value.trim();
@@ -59,13 +59,91 @@ function setFile(file) {
   }
 }
 
+// COCO compressed RLE (the `counts` string pycocotools writes; maskApi.c rleFrString) -> run lengths.
+function rleCounts(text) {
+  const counts = [];
+  let p = 0;
+  while (p < text.length) {
+    let x = 0, k = 0, more = true;
+    while (more) {
+      const c = text.charCodeAt(p) - 48;
+      x |= (c & 0x1f) << (5 * k);
+      more = (c & 0x20) !== 0;
+      p++;
+      k++;
+      if (!more && (c & 0x10)) x |= -1 << (5 * k);
+    }
+    if (counts.length > 2) x += counts[counts.length - 2];
+    counts.push(x);
+  }
+  return counts;
+}
+
+// A step's mask as a Uint8Array [h * w] in row-major order (COCO runs are column-major, starting with 0s).
+function decodeMask(mask) {
+  const [h, w] = mask.size;
+  const out = new Uint8Array(h * w);
+  let pos = 0, value = 0;
+  for (const run of rleCounts(mask.counts)) {
+    for (let i = 0; i < run; i++, pos++) out[(pos % h) * w + Math.floor(pos / h)] = value;
+    value = 1 - value;
+  }
+  return out;
+}
+
+// The step's region over the heatmap: its box and its mask's outline, drawn on the encoder's square view
+// (the heatmap is the image zero-padded to a centred square, so the original pixels sit at an offset).
+function drawRegion(step) {
+  const canvas = $("region");
+  const show = $("show-region").checked && step.mask && step.box;
+  canvas.hidden = !show;
+  $("region-info").textContent = "";
+  if (!show) return;
+  const [h, w] = step.mask.size;
+  const side = Math.max(h, w), top = Math.floor((side - h) / 2), left = Math.floor((side - w) / 2);
+  canvas.width = side;
+  canvas.height = side;
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, side, side);
+  const m = decodeMask(step.mask);
+  const img = ctx.createImageData(side, side);
+  let area = 0;
+  const tight = [w, h, 0, 0]; // the decoded mask's own box, for the page's readers (and its test)
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (!m[y * w + x]) continue;
+      area++;
+      tight[0] = Math.min(tight[0], x);
+      tight[1] = Math.min(tight[1], y);
+      tight[2] = Math.max(tight[2], x + 1);
+      tight[3] = Math.max(tight[3], y + 1);
+      const edge = x === 0 || y === 0 || x === w - 1 || y === h - 1 ||
+        !m[y * w + x - 1] || !m[y * w + x + 1] || !m[(y - 1) * w + x] || !m[(y + 1) * w + x];
+      if (!edge) continue;
+      const o = 4 * ((y + top) * side + x + left);
+      img.data.set([255, 255, 255, 255], o); // mask outline: white
+    }
+  }
+  ctx.putImageData(img, 0, 0);
+  const [x0, y0, x1, y1] = step.box;
+  ctx.strokeStyle = "rgb(0, 255, 0)"; // box: green, on the pixel edges it names
+  ctx.lineWidth = Math.max(1, side / 160);
+  ctx.strokeRect(x0 + left, y0 + top, x1 - x0, y1 - y0);
+  canvas.dataset.box = step.box.join(",");
+  canvas.dataset.maskArea = String(area);
+  canvas.dataset.maskBox = tight.join(",");
+  $("region-info").textContent = `region: box [${step.box.join(", ")}] px, ${area} px of mask`;
+}
+
 function showStep(index) {
   const step = state.steps[index];
   if (!step) return;
+  state.current = index;
   $("step-slider").value = String(index + 1);
   $("step-number").textContent = String(step.step);
   $("heatmap").src = "data:image/png;base64," + step.heatmap.png_base64;
   $("peak").textContent = `peak at patch (${step.heatmap.peak[0]}, ${step.heatmap.peak[1]})`;
+  drawRegion(step);
   $("step-sentence").textContent = step.sentence || "(empty)";
   const body = $("nearest").querySelector("tbody");
   body.replaceChildren();
@@ -173,6 +251,10 @@ function init() {
     if (e.dataTransfer.files.length) setFile(e.dataTransfer.files[0]);
   });
   $("step-slider").addEventListener("input", (e) => showStep(Number(e.target.value) - 1));
+  $("show-region").addEventListener("change", () => {
+    const step = state.steps[state.current];
+    if (step) drawRegion(step);
+  });
   $("ask-form").addEventListener("submit", ask);
   loadInfo();
 }

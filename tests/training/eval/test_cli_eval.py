@@ -71,6 +71,10 @@ def test_vital_eval_layouts_predictions_and_rescore(
     grounding = json.loads(g.read_text())["grounding"]
     assert grounding["n"] == 4 and [s["step"] for s in grounding["per_step"]] == [1, 2]
     assert all(0 <= s["pointing"] <= 1 and 0 <= s["box_iou"] <= 1 for s in grounding["per_step"])
+    assert all(
+        0 <= s["region_box_iou"] <= 1 and s["region_acc50"] in (0, 0.25, 0.5, 0.75, 1)
+        for s in grounding["per_step"]
+    )
     rows = [json.loads(x) for x in (tmp_path / "gemex.predictions.jsonl").read_text().splitlines()]
     assert all(len(r["grounding"]) == 2 and r["boxes"] for r in rows)
     assert main(["eval", "rescore", str(tmp_path / "gemex.predictions.jsonl")]) == 0

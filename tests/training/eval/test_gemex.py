@@ -70,3 +70,18 @@ def test_pointing_and_heatmap_box_iou():
     assert half["pointing"] == 1.0 and half["box_iou"] == pytest.approx(0.5)  # best of the two boxes
     miss = step_box_grounding(cos, np.array([[0.0, 0.0, 2.0, 2.0]]))
     assert miss == {"pointing": 0.0, "box_iou": 0.0}
+
+
+def test_region_box_against_reference_boxes_in_image_pixels():
+    """/explain's region box (index_builder.regions), on the 200 x 100 image's own pixels, against boxes
+    given in a 224 x 224 frame."""
+    from training.eval.gemex import boxes_on_image, region_box_grounding
+
+    px = boxes_on_image([(112, 0, 224, 224)], (224, 224), (200, 100))
+    assert px.tolist() == [[100.0, 0.0, 200.0, 100.0]]
+    cos = np.zeros((8, 8), dtype=np.float32)
+    cos[2:6, 4:8] = 1.0  # the right half of the content rows (rows 2-5 of 8 hold the image: 50 px pad on top)
+    hit = region_box_grounding(cos, px, (200, 100))
+    assert hit["region_box_iou"] > 0.7 and hit["region_acc50"] == 1.0
+    left = region_box_grounding(cos, boxes_on_image([(0, 0, 100, 224)], (224, 224), (200, 100)), (200, 100))
+    assert left == {"region_box_iou": 0.0, "region_acc50": 0.0}
