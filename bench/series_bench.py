@@ -5,9 +5,12 @@ slices, shuffled files and InstanceNumbers), zips it, then in a fresh subprocess
 the server runs for a zip upload: unzip (`archive.read_zip`), headers + per-instance decode + assembly
 (`DicomSeries.load`), and one reformatted view per plane (`DicomSeries.image`); the peak-RSS growth is
 VmHWM minus VmRSS before the zip was read. Optionally (`--http`) the same zip goes through `/answer` of the
-committed vital-tiny bundle in-process and its `timings_ms` give the time to the first latent step.
+committed vital-tiny bundle in-process and its `timings_ms` give the time to the first latent step. With
+`--dicomweb`, the series is stored into a real Orthanc (Debian's orthanc + orthanc-dicomweb, a temporary
+instance on a free loopback port) and retrieved by `{study, series}`: the WADO-RS retrieve alone
+(`server.dicomweb.fetch_series`, the server's code) and `/answer` with the reference.
 
-    python bench/series_bench.py --instances 300 --runs 3 --http --out bench/results/series-zip
+    python bench/series_bench.py --instances 300 --runs 3 --http --dicomweb --out bench/results/series-zip
 """
 
 from __future__ import annotations
@@ -120,11 +123,117 @@ def http_timings(data: bytes, runs: int) -> list[dict]:
     return out[1:]
 
 
+def _orthanc(tmp: Path):
+    """A throw-away Orthanc with DICOMweb on a free loopback port (no auth): (process, base URL)."""
+    import shutil
+    import socket
+
+    import requests
+
+    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    plugins = [
+        p
+        for d in ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
+        for p in Path(d).glob("libOrthancDicomWeb.so*")
+    ]
+    if not Path(binary).exists() or not plugins:
+        raise SystemExit(
+            "--dicomweb needs Debian's orthanc and orthanc-dicomweb (make test-deps installs them)"
+        )
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = {
+        "Name": "VITAL-bench",
+        "StorageDirectory": str(tmp / "db"),
+        "IndexDirectory": str(tmp / "db"),
+        "HttpPort": port,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": False,
+        "HttpCompressionEnabled": False,
+        "Plugins": [str(plugins[0])],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (tmp / "orthanc.json").write_text(json.dumps(config))
+    log = open(tmp / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen([binary, str(tmp / "orthanc.json")], stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if requests.get(f"{url}/system", timeout=1).ok:
+                return proc, url
+        except requests.ConnectionError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit(f"Orthanc did not start; see {tmp / 'orthanc.log'}")
+
+
+def dicomweb_timings(files: list[bytes], runs: int) -> dict:
+    """Store the series into Orthanc, then per run: the WADO-RS retrieve alone, and /answer by reference."""
+    import tempfile
+
+    import pydicom
+    import requests
+    from fastapi.testclient import TestClient
+
+    from server import Settings, create_app
+    from server.dicomweb import fetch_series
+    from server.protocol import DicomwebRef
+
+    head = pydicom.dcmread(io.BytesIO(files[0]), stop_before_pixels=True)
+    ref = {"study": str(head.StudyInstanceUID), "series": str(head.SeriesInstanceUID)}
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = _orthanc(Path(tmp))
+        try:
+            t = time.perf_counter()
+            for data in files:
+                requests.post(f"{url}/instances", data=data, timeout=30).raise_for_status()
+            store_ms = 1000 * (time.perf_counter() - t)
+            bundle = Path(__file__).resolve().parents[1] / "bundles" / "vital-tiny"
+            settings = Settings(
+                bundle=bundle, dicomweb_url=f"{url}/dicom-web", max_series_bytes=sum(map(len, files)) + 2**20
+            )
+            retrieve = []
+            for _ in range(runs):
+                t = time.perf_counter()
+                parts = fetch_series(settings, DicomwebRef(**ref))
+                retrieve.append({"ms": 1000 * (time.perf_counter() - t), "instances": len(parts)})
+            out = []
+            with TestClient(create_app(settings)) as client:
+                while client.get("/ready").status_code != 200:
+                    time.sleep(0.05)
+                for _ in range(runs + 1):  # the first is a warm-up
+                    t = time.perf_counter()
+                    r = client.post(
+                        "/answer",
+                        json={
+                            "dicomweb": ref,
+                            "question": "Where is the liver?",
+                            "axis": "coronal",
+                            "k": 4,
+                            "max_new_tokens": 4,
+                        },
+                    )
+                    wall = 1000 * (time.perf_counter() - t)
+                    r.raise_for_status()
+                    out.append({"wall_ms": wall, **r.json()["timings_ms"], "image": r.json()["image"]})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return {"store_ms": store_ms, "retrieve": retrieve, "answer": out[1:]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--instances", type=int, default=300)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--http", action="store_true", help="also time /answer on the committed bundle")
+    ap.add_argument(
+        "--dicomweb",
+        action="store_true",
+        help="also time retrieval from a real Orthanc and /answer by reference",
+    )
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = ap.parse_args(argv)
 
@@ -150,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.http:
         result["http"] = http_timings(buf.getvalue(), args.runs)
+    if args.dicomweb:
+        result["dicomweb"] = dicomweb_timings(files, args.runs)
     zpath.unlink()
     text = json.dumps(result, indent=1)
     print(text)
