@@ -135,10 +135,12 @@ def test_region_of_a_multiframe_dicom_lands_on_its_frame_and_the_radiological_si
     towards the patient's left: radiological display) over the disc; frames 1 and 3 hold nothing there.
 
     The region rule and its geometry are tested here on a heatmap with a known peak (the stand-in colour
-    encoder's brightest cell): the committed tiny bundle's own heatmaps on this image do not reliably find
-    the disc (its steps' peaks often sit at the padded square's edge), so they cannot test the side.
-    tests/server/test_pacs.py checks that /explain serves the frame asked for and that its boxes and masks
-    are this function's output on that frame's grid.
+    encoder's brightest cell). The committed tiny bundle's own heatmaps cannot test the side on this image:
+    its regions sit mostly at the image's top-right corner (boxes near [40, 0, 64, 31]) whether the disc is
+    on the patient's left or, moved to 1/4 of the width, on the patient's right (11 of 12 steps over three
+    questions at K = 4), so a box "on the right" would pass for the wrong reason. tests/server/test_pacs.py
+    checks that /explain serves the frame asked for and that its boxes and masks are this function's output
+    on that frame's grid.
     """
     from vital_core.imaging import ImagingLimits, ImagingSpec, decode_bytes
 
