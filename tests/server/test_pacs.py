@@ -643,3 +643,65 @@ def test_seg_only_where_the_masks_map_onto_the_source():
     mf = _dataset(MULTIFRAME)
     sr, heatmaps, seg = build_results(mf, explanation((mf.Rows, mf.Columns), frame=1))
     assert seg is None and len(heatmaps) == 1 and sr.Modality == "SR"
+
+
+def test_explain_on_frame_2_of_a_multiframe_stores_a_seg_on_source_frame_2(pacs_client, orthanc, volumes):
+    """An Enhanced CT of 3 frames (plane geometry in functional groups) on the PACS, explained at DICOM frame
+    2: the response's plane is 0-based frame 1, every step's box and mask are `index_builder.regions`' output
+    on that frame's heatmap grid (the side the region lands on is tested with a known peak in
+    tests/index_builder/test_regions.py), and the SEG re-read from Orthanc maps each segment onto source
+    frame 2 with exactly /explain's mask, frames 1 and 3 empty."""
+    import highdicom as hd
+    import numpy as np
+    from dicomweb_client import DICOMwebClient
+    from pycocotools import mask as coco_mask
+
+    from index_builder.regions import region_from_grid
+
+    data, _ = volumes.enhanced_ct(frames=3, marker_frame=1, rows=48, cols=64)
+    src = pydicom.dcmread(io.BytesIO(data))
+    orthanc.upload(src)
+    ask = {"question": Q, "k": 2, "max_new_tokens": 4, **volumes.FRAMES_WINDOW}
+    r = pacs_client.post("/explain", json={"dicomweb": _ref(src, frame=2), **ask, "store": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["plane"] == {"frame": 1, "slice": None, "axis": None}
+    other = pacs_client.post("/explain", json={"dicomweb": _ref(src, frame=1), **ask}).json()
+    assert (
+        other["plane"]["frame"] == 0
+        and other["steps"][0]["heatmap"]["grid"] != body["steps"][0]["heatmap"]["grid"]
+    )
+    masks = []
+    for step in body["steps"]:
+        m = coco_mask.decode({"size": step["mask"]["size"], "counts": step["mask"]["counts"].encode()})
+        region = region_from_grid(
+            np.array(step["heatmap"]["grid"]), src.Rows, src.Columns, body["region_fraction"]
+        )
+        assert tuple(step["box"]) == region.box and np.array_equal(m.astype(bool), region.mask)
+        masks.append(m)
+    seg_info = body["stored"]["instances"][-1]
+    assert seg_info["kind"] == "seg"
+    session = requests.Session()
+    session.auth = AUTH
+    wado = DICOMwebClient(f"{orthanc.url}/dicom-web", session=session)
+    seg = wado.retrieve_instance(
+        src.StudyInstanceUID, seg_info["series_instance_uid"], seg_info["sop_instance_uid"]
+    )
+    refs = {
+        (
+            f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID,
+            int(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber),
+        )
+        for f in seg.PerFrameFunctionalGroupsSequence
+    }
+    assert refs == {(src.SOPInstanceUID, n) for n in (1, 2, 3)}
+    buf = io.BytesIO()
+    seg.save_as(buf, enforce_file_format=True)
+    back = hd.seg.segread(io.BytesIO(buf.getvalue()))
+    assert back.number_of_segments == len(body["steps"]) == 2
+    for frame in (1, 2, 3):
+        arr = back.get_pixels_by_source_frame(
+            src.SOPInstanceUID, source_frame_numbers=[frame], segment_numbers=[1, 2]
+        )  # (1, H, W, 2)
+        for i, m in enumerate(masks):
+            assert np.array_equal(arr[0, :, :, i], m if frame == 2 else np.zeros_like(m)), (frame, i)
