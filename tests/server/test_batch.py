@@ -48,8 +48,9 @@ def served_model(tiny_bundle):
 
 
 @pytest.fixture
-def folder(tmp_path, encode_image, series) -> Path:
-    """PNG, JPEG, a DICOM file, a zipped series, a series subfolder, a nested PNG, and a note (not an item)."""
+def folder(tmp_path, encode_image, series, volumes) -> Path:
+    """PNG, JPEG, a DICOM file, a NIfTI, a zipped series, a series subfolder, a nested PNG, and a note (not an
+    item)."""
     d = tmp_path / "in"
     (d / "ct-series").mkdir(parents=True)
     (d / "nested" / "deeper").mkdir(parents=True)
@@ -58,6 +59,7 @@ def folder(tmp_path, encode_image, series) -> Path:
     (d / "nested" / "deeper" / "c.png").write_bytes(encode_image(2, (128, 64)))
     (d / "ct.dcm").write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
     (d / "series.zip").write_bytes(_zip(series))
+    (d / "sphere.nii").write_bytes(volumes.stored_nifti("LPS"))
     for k, data in enumerate(series):
         (d / "ct-series" / f"IM{k:04d}").write_bytes(data)
     (d / "README.txt").write_text("not an image")
@@ -66,7 +68,8 @@ def folder(tmp_path, encode_image, series) -> Path:
 
 def test_folder_items_are_files_zips_and_series_folders(folder):
     items = {it.id: it for it in from_folder(folder, QUESTION)}
-    assert sorted(items) == ["a.png", "b.jpg", "ct-series", "ct.dcm", "nested/deeper/c.png", "series.zip"]
+    want = ["a.png", "b.jpg", "ct-series", "ct.dcm", "nested/deeper/c.png", "series.zip", "sphere.nii"]
+    assert sorted(items) == want
     parts = items["ct-series"].load()
     assert isinstance(parts, list) and len(parts) == 24  # one item: the whole series
 
@@ -76,7 +79,7 @@ def test_batch_answers_equal_the_answer_route(client, ask, folder, tiny_bundle, 
     argv = ["batch", str(folder), "--question", QUESTION, "--bundle", str(tiny_bundle), "--out", str(out)]
     assert main([*argv, "--batch-size", "3", "--max-new-tokens", str(MAX_NEW), "--no-progress"]) == 0
     rows = {r["id"]: r for r in _lines(out)}
-    assert len(rows) == 6 and all(r["error"] is None for r in rows.values()), rows
+    assert len(rows) == 7 and all(r["error"] is None for r in rows.values()), rows
     assert {r["batch_size"] for r in rows.values()} & {2, 3}  # items really went through in batches
     for rid, row in rows.items():
         if rid == "ct-series":  # a folder is sent as the parts of one multipart request
