@@ -28,6 +28,7 @@ from server.errors import APIError
 from server.explain import Explainer
 from server.images import DecodedImage, decode_image
 from server.routes import image_info
+from server.settings import Settings
 from vital_core.imaging import ImagingSpec
 from vital_core.model import VitalModel
 from vital_core.prefix_cache import PrefixCache
@@ -121,49 +122,91 @@ def resolve_k(question: str, k: int | str | None, model: VitalModel) -> int:
     return int(k)
 
 
-def run_batch(
-    model: VitalModel,
-    items: Sequence[BatchItem],
-    out: Path,
-    options: BatchOptions,
-    *,
-    runner: StaticRunner | None = None,
-    prefix_cache: PrefixCache | None = None,
-    explainer: Explainer | None = None,
-) -> BatchStats:
-    """Answer (or explain) every item not yet in `out`, appending one JSON line per item."""
-    from tqdm import tqdm
+@dataclass
+class Answerer:
+    """What answers: the model as `vital serve` loads it, its step runner and prefix cache, and the /explain
+    pipeline when asked. One per process (or per Ray actor)."""
 
-    t0 = time.perf_counter()
+    model: VitalModel
+    runner: StaticRunner | None = None
+    prefix_cache: PrefixCache | None = None
+    explainer: Explainer | None = None
+
+    @classmethod
+    def load(cls, settings: Settings, explain: bool = False) -> Answerer:
+        """Load the bundle of `settings` as the server does (`server.app.default_loader`, the K settings, the
+        engine's runner and prefix cache; `server.explain.load_explainer` with `explain`)."""
+        from server.app import apply_k_settings, default_loader
+        from server.engine import make_prefix_cache, make_runner
+        from server.explain import load_explainer
+
+        device = settings.resolved_device()
+        model = default_loader(settings, device)
+        apply_k_settings(model, settings)
+        return cls(
+            model,
+            make_runner(model, settings.step_mode, settings.static_cache_bytes),
+            make_prefix_cache(model, settings.prefix_cache_bytes),
+            load_explainer(model, settings, device) if explain else None,
+        )
+
+    def answer_items(
+        self, items: Sequence[BatchItem], options: BatchOptions
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One batch: decode every item, answer the decoded ones; (a record per item in input order, the
+        number of model calls). Used by the local loop and by each Ray actor alike."""
+        chunk = [_Work(it, resolve_k(it.question, options.k, self.model)) for it in items]
+        for w in chunk:
+            _decode(w, options.spec)
+        live = [w for w in chunk if not w.record]
+        if self.explainer is not None:
+            for w in live:
+                _explain(w, self.explainer, options)
+            calls = len(live)
+        else:
+            calls = _answer(self.model, live, options, self.runner, self.prefix_cache)
+        return [w.record for w in chunk], calls
+
+
+def pending(
+    items: Sequence[BatchItem], out: Path, options: BatchOptions
+) -> tuple[list[BatchItem], BatchStats]:
+    """The items not yet in `out` (at most `options.limit`), and the run's stats so far."""
     done = done_ids(out)
     todo = [it for it in items if it.id not in done]
     stats = BatchStats(items=len(items), skipped=len(items) - len(todo))
     if options.limit is not None:
         todo = todo[: options.limit]
     out.parent.mkdir(parents=True, exist_ok=True)
-    with (
-        out.open("a", encoding="utf-8") as f,
-        tqdm(total=len(todo), unit="item", disable=not options.progress, desc="vital batch") as bar,
-    ):
+    return todo, stats
+
+
+def append_records(f: IO[str], records: Sequence[dict[str, Any]], stats: BatchStats) -> None:
+    """Write one line per record and flush (a kill loses at most the batch in flight); count them."""
+    for record in records:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        stats.errors += record["error"] is not None
+        stats.answered += record["error"] is None
+
+
+def progress_bar(total: int, options: BatchOptions):  # tqdm.tqdm
+    """The run's progress bar (stderr; off with `progress=False`)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", disable=not options.progress, desc="vital batch")
+
+
+def run_batch(answerer: Answerer, items: Sequence[BatchItem], out: Path, options: BatchOptions) -> BatchStats:
+    """Answer (or explain) every item not yet in `out`, appending one JSON line per item."""
+    t0 = time.perf_counter()
+    todo, stats = pending(items, out, options)
+    with out.open("a", encoding="utf-8") as f, progress_bar(len(todo), options) as bar:
         for start in range(0, len(todo), options.batch_size):
-            chunk = [
-                _Work(it, resolve_k(it.question, options.k, model))
-                for it in todo[start : start + options.batch_size]
-            ]
-            for w in chunk:
-                _decode(w, options.spec)
-            live = [w for w in chunk if not w.record]
-            if explainer is not None:
-                for w in live:
-                    _explain(w, explainer, options)
-                    stats.model_calls += 1
-            else:
-                stats.model_calls += _answer(model, live, options, runner, prefix_cache)
-            for w in chunk:
-                _write(f, w)
-                stats.errors += w.record["error"] is not None
-                stats.answered += w.record["error"] is None
-                bar.update(1)
+            records, calls = answerer.answer_items(todo[start : start + options.batch_size], options)
+            stats.model_calls += calls
+            append_records(f, records, stats)
+            bar.update(len(records))
     stats.seconds = time.perf_counter() - t0
     return stats
 
@@ -176,7 +219,7 @@ def _decode(w: _Work, spec: ImagingSpec) -> None:
     t = time.perf_counter()
     failed: tuple[str, str] | None = None
     try:
-        w.decoded = decode_image(w.item.load(), spec=spec, limits=w.item.limits)
+        w.decoded = decode_image(w.item.load(), spec=spec, limits=w.item.limits())
     except APIError as exc:
         failed = (exc.code, exc.message)
     except OSError as exc:
@@ -262,8 +305,3 @@ def _error(w: _Work, code: str, message: str) -> dict[str, Any]:
         "timings_ms": {"decode_image": round(w.decode_ms, 3)},
         "error": {"code": code, "message": message},
     }
-
-
-def _write(f: IO[str], w: _Work) -> None:
-    f.write(json.dumps(w.record, ensure_ascii=False) + "\n")
-    f.flush()

@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     """Read the input, load the bundle as the server does, answer every item not yet in --out."""
     from pydantic import ValidationError
 
-    from server.batch import BatchOptions, run_batch
+    from server import explain as explain_mod
+    from server.batch import Answerer, BatchOptions, run_batch
     from server.batch_inputs import BatchInputError
     from server.settings import Settings
     from vital_core.imaging import ImagingError, ImagingSpec
@@ -91,7 +92,10 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"invalid settings: {exc}") from exc
     if not (Path(settings.bundle) / "vital.yaml").is_file():
         raise CLIError(f"no bundle at {settings.bundle} (vital.yaml missing); give --bundle DIR")
-    model, runner, cache, explainer = _load(settings, args.explain)
+    if args.explain and (reason := explain_mod.unavailable_reason(settings, loaded=False)):
+        raise CLIError(f"--explain: {reason[2]}")
+    answerer = Answerer.load(settings, args.explain)
+    model = answerer.model
     k = _k(args.k, model.config.latent.k_max)
     limit = min(model.config.latent.max_new_tokens, settings.max_new_tokens)
     max_new = limit if args.max_new_tokens is None else args.max_new_tokens
@@ -108,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.no_progress,
     )
-    stats = run_batch(model, items, args.out, options, runner=runner, prefix_cache=cache, explainer=explainer)
+    stats = run_batch(answerer, items, args.out, options)
     rate = stats.written / stats.seconds if stats.seconds else 0.0
     print(
         f"{stats.items} items: {stats.skipped} already in {args.out}, {stats.answered} answered, "
@@ -148,22 +152,3 @@ def _k(value: str | None, k_max: int) -> int | str | None:
     if not 0 <= k <= k_max:
         raise CLIError(f'--k must be between 0 and {k_max}, or "auto"')
     return k
-
-
-def _load(settings, explain: bool):
-    """The model as `vital serve` loads it, its step runner and prefix cache, and the explainer if asked."""
-    from server import explain as explain_mod
-    from server.app import apply_k_settings, default_loader
-    from server.engine import make_prefix_cache, make_runner
-
-    device = settings.resolved_device()
-    if explain:
-        reason = explain_mod.unavailable_reason(settings, loaded=False)
-        if reason:
-            raise CLIError(f"--explain: {reason[2]}")
-    model = default_loader(settings, device)
-    apply_k_settings(model, settings)
-    runner = make_runner(model, settings.step_mode, settings.static_cache_bytes)
-    cache = make_prefix_cache(model, settings.prefix_cache_bytes)
-    explainer = explain_mod.load_explainer(model, settings, device) if explain else None
-    return model, runner, cache, explainer

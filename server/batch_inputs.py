@@ -1,16 +1,17 @@
 """What `vital batch` answers: items from a five-tuple manifest, a folder of images, or a list of DICOMweb UIDs.
 
-An item is an id, a question, and a way to get its image bytes (read only when the item's turn comes, so a
-folder of thousands of series is never held in memory). Loading an item's bytes may fail (unreadable file, PACS
+An item is plain data: an id, a question, and where its image is (an absolute path, or a DICOMweb reference and
+the PACS URL); its bytes are read only when its turn comes, so a folder of thousands of series is never held in
+memory, and an item can travel to another process (a Ray actor) as a row. Loading an item's bytes may fail (unreadable file, PACS
 refusal): that is the item's error, recorded in the output; it never stops the run. What is wrong with the input
 as a whole (no such file, no items, duplicate ids) is a `BatchInputError` before anything runs.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,17 +30,35 @@ class BatchInputError(ValueError):
 
 @dataclass
 class BatchItem:
-    """One image and question to answer."""
+    """One image and question to answer: plain data (it travels to Ray actors as a row), read when its turn comes."""
 
     id: str
     """Unique within the input; the key that resume skips by."""
     question: str
-    load: Callable[[], ImageSource]
-    """Reads the image bytes (raises for an unreadable item)."""
-    limits: ImagingLimits | None = None
-    """Decoding limits: local data gets `ImagingLimits.local()`; PACS data the server's."""
+    source: str
+    """An absolute path (a file, or a folder of one DICOM series), or `study/series[/instance]` with `pacs`."""
+    pacs: str | None = None
+    """DICOMweb base URL `source` is retrieved from; None for a local path."""
     error: tuple[str, str] | None = None
     """(code, message) known before loading (a malformed manifest row); the item is then only recorded."""
+
+    def load(self) -> ImageSource:
+        """The image bytes (raises OSError for an unreadable file, APIError for a PACS failure)."""
+        if self.pacs is not None:
+            return _retrieve(self.pacs, self.source)
+        path = Path(self.source)
+        if path.is_dir():  # a folder of one series' instances, as `load_model_image(folder)` reads it
+            parts = [(p.name, p.read_bytes()) for p in series_files(path)]
+            return parts if len(parts) != 1 else parts[0][1]  # one instance: one file, as the server does
+        return path.read_bytes()
+
+    def limits(self) -> ImagingLimits:
+        """Decoding limits: local data is trusted (`ImagingLimits.local()`); PACS data gets the server's."""
+        if self.pacs is None:
+            return ImagingLimits.local()
+        from server.images import limits_from
+
+        return limits_from(_pacs_settings(self.pacs))
 
 
 def from_manifest(path: Path) -> list[BatchItem]:
@@ -68,11 +87,9 @@ def from_manifest(path: Path) -> list[BatchItem]:
             row.get("id") if isinstance(row.get("id"), str) and row["id"].strip() else f"{path.name}:{lineno}"
         )
         problem = row.get("_error") or _row_problem(row)
-        image = base / row["image"] if not problem else base
-        item = BatchItem(sid, str(row.get("question") or ""), _file_loader(image), ImagingLimits.local())
-        if problem:
-            item.error = ("invalid_item", f"{path}:{lineno}: {problem}")
-        items.append(item)
+        image = os.path.normpath(base / row["image"]) if not problem else str(base)
+        error = ("invalid_item", f"{path}:{lineno}: {problem}") if problem else None
+        items.append(BatchItem(sid, str(row.get("question") or ""), image, error=error))
     return _checked(items, str(path))
 
 
@@ -97,14 +114,14 @@ def from_folder(folder: Path, question: str, exclude: tuple[Path, ...] = ()) -> 
         for entry in sorted(d.iterdir()):
             if entry.name.startswith(".") or Path(os.path.abspath(entry)) in skip:
                 continue
-            rel = entry.relative_to(folder).as_posix()
+            rel, where = entry.relative_to(folder).as_posix(), os.path.abspath(entry)
             if entry.is_dir():
                 if _holds_dicom(entry):
-                    items.append(BatchItem(rel, question, _series_loader(entry), ImagingLimits.local()))
+                    items.append(BatchItem(rel, question, where))
                 else:
                     visit(entry)
             elif entry.is_file() and not entry.name.lower().endswith(SKIPPED_SUFFIXES):
-                items.append(BatchItem(rel, question, _file_loader(entry), ImagingLimits.local()))
+                items.append(BatchItem(rel, question, where))
 
     visit(folder)
     return _checked(items, str(folder))
@@ -123,70 +140,66 @@ def _holds_dicom(folder: Path) -> bool:
     return False
 
 
-def _file_loader(path: Path) -> Callable[[], ImageSource]:
-    """A file's bytes; a folder (a manifest row naming a series folder) is read as one series."""
-
-    def load() -> ImageSource:
-        return _series_loader(path)() if path.is_dir() else path.read_bytes()
-
-    return load
-
-
-def _series_loader(folder: Path) -> Callable[[], ImageSource]:
-    def load() -> ImageSource:
-        parts = [(p.name, p.read_bytes()) for p in series_files(folder)]
-        return (
-            parts if len(parts) != 1 else parts[0][1]
-        )  # one instance: decoded as one file, as the server does
-
-    return load
-
-
 def from_uids(path: Path, question: str, pacs_url: str | None) -> list[BatchItem]:
     """Items of a text file of DICOMweb references, one per line: `study/series` (the whole series as one
     volume) or `study/series/instance`; blank lines and `#` comments skipped. Retrieved from `pacs_url` with
-    the server's DICOMweb client (`server.dicomweb`: the same bounds and error mapping as the server)."""
+    the server's DICOMweb client (`server.dicomweb`: the same bounds, credentials and error mapping as the
+    server's, from the same VITAL_* settings)."""
     if not pacs_url:
         raise BatchInputError("a UID list needs --pacs URL (the DICOMweb server to retrieve from)")
-    from pydantic import ValidationError
-
-    from server.dicomweb import fetch_instance, fetch_series
-    from server.errors import describe_validation
-    from server.images import limits_from
-    from server.protocol import DicomwebRef
-    from server.settings import Settings
-
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise BatchInputError(f"cannot read UID list {path}: {exc}") from exc
-    settings = Settings(dicomweb_url=pacs_url)
     items = []
     for lineno, line in enumerate(lines, 1):
         text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        parts = text.split("/")
-        item = BatchItem(text, question, lambda: b"", limits_from(settings))
-        try:
-            if len(parts) not in (2, 3):
-                raise ValueError("expected study/series or study/series/instance")
-            ref = DicomwebRef(study=parts[0], series=parts[1], instance=parts[2] if len(parts) == 3 else None)
-        except ValidationError as exc:
-            item.error = ("invalid_item", f"{path}:{lineno}: {describe_validation(exc.errors())}")
-        except ValueError as exc:
-            item.error = ("invalid_item", f"{path}:{lineno}: {exc}")
-        else:
-            if ref.instance is None:
-                item.load = lambda ref=ref: _series_parts(fetch_series(settings, ref))
-            else:
-                item.load = lambda ref=ref: fetch_instance(settings, ref).part10
-        items.append(item)
+        if text:
+            problem = _ref_problem(text)
+            error = ("invalid_item", f"{path}:{lineno}: {problem}") if problem else None
+            items.append(BatchItem(text, question, text, pacs=pacs_url, error=error))
     return _checked(items, str(path))
 
 
-def _series_parts(parts: list[tuple[str, bytes]]) -> ImageSource:
-    return parts if len(parts) > 1 else parts[0][1]  # as the /answer route hands a retrieved series over
+def _ref(text: str):  # server.protocol.DicomwebRef
+    from server.protocol import DicomwebRef
+
+    parts = text.split("/")
+    if len(parts) not in (2, 3):
+        raise ValueError("expected study/series or study/series/instance")
+    return DicomwebRef(study=parts[0], series=parts[1], instance=parts[2] if len(parts) == 3 else None)
+
+
+def _ref_problem(text: str) -> str | None:
+    from pydantic import ValidationError
+
+    from server.errors import describe_validation
+
+    try:
+        _ref(text)
+    except ValidationError as exc:  # before ValueError: pydantic's error is one
+        return describe_validation(exc.errors())
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _pacs_settings(url: str):  # server.settings.Settings
+    from server.settings import Settings
+
+    return Settings(dicomweb_url=url)
+
+
+def _retrieve(url: str, text: str) -> ImageSource:
+    """WADO-RS retrieve of one reference, handed over as the /answer route hands it to the decoder."""
+    from server.dicomweb import fetch_instance, fetch_series
+
+    settings, ref = _pacs_settings(url), _ref(text)
+    if ref.instance is not None:
+        return fetch_instance(settings, ref).part10
+    parts = fetch_series(settings, ref)
+    return parts if len(parts) > 1 else parts[0][1]
 
 
 def _checked(items: list[BatchItem], where: str) -> list[BatchItem]:

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from server.batch import BatchOptions, run_batch
+from server.batch import Answerer, BatchOptions, run_batch
 from server.batch_inputs import from_folder, from_manifest, from_uids
 from vital_core.cli import main
 
@@ -37,14 +37,11 @@ def series(volumes) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def served_model(tiny_bundle):
-    """The bundle loaded as `vital serve` / `vital batch` load it."""
-    from server.app import apply_k_settings, default_loader
+def answerer(tiny_bundle):
+    """The bundle loaded as `vital serve` and `vital batch` load it."""
     from server.settings import Settings
 
-    model = default_loader(Settings(bundle=tiny_bundle), "cpu")
-    apply_k_settings(model, Settings(bundle=tiny_bundle))
-    return model
+    return Answerer.load(Settings(bundle=tiny_bundle, device="cpu"))
 
 
 @pytest.fixture
@@ -95,7 +92,7 @@ def test_batch_answers_equal_the_answer_route(client, ask, folder, tiny_bundle, 
     assert rows["series.zip"]["image"]["instances"] == 24  # the zip is one volume, not 24 items
 
 
-def test_resume_skips_finished_items_and_cuts_a_torn_line(served_model, tmp_path, encode_image):
+def test_resume_skips_finished_items_and_cuts_a_torn_line(answerer, tmp_path, encode_image):
     d = tmp_path / "data"
     (d / "images").mkdir(parents=True)
     with (d / "manifest.jsonl").open("w") as f:
@@ -105,26 +102,26 @@ def test_resume_skips_finished_items_and_cuts_a_torn_line(served_model, tmp_path
     items = from_manifest(d / "manifest.jsonl")
     out = tmp_path / "out.jsonl"
     opts = dict(max_new_tokens=MAX_NEW, batch_size=2, progress=False)
-    first = run_batch(served_model, items, out, BatchOptions(limit=3, **opts))
+    first = run_batch(answerer, items, out, BatchOptions(limit=3, **opts))
     assert (first.answered, first.skipped) == (3, 0)
     kept = out.read_text()
     with out.open("a") as f:  # a run killed while writing item s3's line
         f.write('{"id": "s3", "question": "Where')
-    second = run_batch(served_model, items, out, BatchOptions(**opts))
+    second = run_batch(answerer, items, out, BatchOptions(**opts))
     assert (second.skipped, second.answered, second.errors) == (3, 3, 0)
     assert second.model_calls == 2  # items s3-s5 only: two batches of at most 2
     text = out.read_text()
     assert text.startswith(kept)  # finished lines untouched, the torn one gone
     ids = [r["id"] for r in _lines(out)]
     assert ids == [f"s{i}" for i in range(6)]
-    third = run_batch(served_model, items, out, BatchOptions(**opts))
+    third = run_batch(answerer, items, out, BatchOptions(**opts))
     assert (third.skipped, third.written, third.model_calls) == (6, 0, 0)
-    alone = run_batch(served_model, items[4:5], tmp_path / "alone.jsonl", BatchOptions(**opts))
+    alone = run_batch(answerer, items[4:5], tmp_path / "alone.jsonl", BatchOptions(**opts))
     assert alone.answered == 1  # batched and alone give the same answer
     assert _lines(tmp_path / "alone.jsonl")[0]["answer"] == _lines(out)[4]["answer"]
 
 
-def test_bad_items_are_recorded_and_the_run_goes_on(served_model, tmp_path, encode_image, series):
+def test_bad_items_are_recorded_and_the_run_goes_on(answerer, tmp_path, encode_image, series):
     d = tmp_path / "bad"
     d.mkdir()
     good = encode_image(0)
@@ -138,7 +135,7 @@ def test_bad_items_are_recorded_and_the_run_goes_on(served_model, tmp_path, enco
     (d / "4-good.png").write_bytes(encode_image(1))
     out = tmp_path / "out.jsonl"
     stats = run_batch(
-        served_model,
+        answerer,
         from_folder(d, QUESTION),
         out,
         BatchOptions(max_new_tokens=4, batch_size=4, progress=False),
@@ -152,7 +149,7 @@ def test_bad_items_are_recorded_and_the_run_goes_on(served_model, tmp_path, enco
     assert rows["3-mixed.zip"]["answer"] is None
 
 
-def test_manifest_rows_without_a_question_or_image_are_recorded(tmp_path, served_model, encode_image, series):
+def test_manifest_rows_without_a_question_or_image_are_recorded(tmp_path, answerer, encode_image, series):
     (tmp_path / "x.png").write_bytes(encode_image(3, (64, 64)))
     (tmp_path / "ct").mkdir()
     for k, data in enumerate(series):
@@ -166,7 +163,7 @@ def test_manifest_rows_without_a_question_or_image_are_recorded(tmp_path, served
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
     out = tmp_path / "out.jsonl"
-    run_batch(served_model, from_manifest(manifest), out, BatchOptions(max_new_tokens=4, progress=False))
+    run_batch(answerer, from_manifest(manifest), out, BatchOptions(max_new_tokens=4, progress=False))
     got = {r["id"]: r["error"] for r in _lines(out)}
     assert got["ok"] is None and got["series-folder"] is None
     assert {r["id"]: r.get("image") for r in _lines(out)}["series-folder"]["instances"] == 24
@@ -175,13 +172,13 @@ def test_manifest_rows_without_a_question_or_image_are_recorded(tmp_path, served
     assert "invalid JSON" in got["m.jsonl:5"]["message"]
 
 
-def test_uid_list_lines_are_items_and_pacs_failures_are_recorded(tmp_path, served_model):
+def test_uid_list_lines_are_items_and_pacs_failures_are_recorded(tmp_path, answerer):
     uids = tmp_path / "uids.txt"
     uids.write_text("# study/series[/instance]\n1.2.3/1.2.3.4\n1.2.3/1.2.3.4/1.2.3.4.5\nnot a uid\n\n")
     items = from_uids(uids, QUESTION, "http://127.0.0.1:9")  # nothing listens on port 9
     assert [it.id for it in items] == ["1.2.3/1.2.3.4", "1.2.3/1.2.3.4/1.2.3.4.5", "not a uid"]
     out = tmp_path / "out.jsonl"
-    stats = run_batch(served_model, items, out, BatchOptions(progress=False))
+    stats = run_batch(answerer, items, out, BatchOptions(progress=False))
     got = {r["id"]: r["error"] for r in _lines(out)}
     assert stats.errors == 3
     assert got["1.2.3/1.2.3.4"]["code"] == "pacs_unreachable"

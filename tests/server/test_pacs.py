@@ -579,8 +579,7 @@ def test_compose_pacs_profile_wires_orthanc_to_vital():
 
 def test_vital_batch_uid_list_equals_answer_by_uid(pacs_client, orthanc, tiny_bundle, tmp_path, monkeypatch):
     """`vital batch` on a UID list retrieves with the server's client and answers as /answer does by UID."""
-    from server.app import default_loader
-    from server.batch import BatchOptions, run_batch
+    from server.batch import Answerer, BatchOptions, run_batch
     from server.batch_inputs import from_uids
     from server.settings import Settings
 
@@ -591,7 +590,7 @@ def test_vital_batch_uid_list_equals_answer_by_uid(pacs_client, orthanc, tiny_bu
     lines = ["/".join(r.values()) for r in refs] + [f"{ct.StudyInstanceUID}/{ct.SeriesInstanceUID}/1.2.3.999"]
     uids = tmp_path / "uids.txt"
     uids.write_text("# study/series[/instance]\n" + "\n".join(lines) + "\n")
-    model = default_loader(Settings(bundle=tiny_bundle), "cpu")
+    model = Answerer.load(Settings(bundle=tiny_bundle, device="cpu"))
     out = tmp_path / "out.jsonl"
     items = from_uids(uids, Q, f"{orthanc.url}/dicom-web")
     stats = run_batch(model, items, out, BatchOptions(k=2, max_new_tokens=4, batch_size=2, progress=False))
