@@ -1,5 +1,6 @@
 """`vital batch`: answer (or explain) every item of a manifest, a folder of images or a DICOMweb UID list,
-locally, writing JSONL (docs/scaling.md). Only light modules are imported at registration."""
+locally or on a Ray cluster (--ray), writing JSONL (docs/scaling.md). Only light modules are imported
+at registration."""
 
 from __future__ import annotations
 
@@ -50,6 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5, help="nearest patches per step with --explain (default 5)")
     p.add_argument("--limit", type=int, help="answer at most N not-yet-done items, then stop")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run on a Ray cluster (e.g. 10.0.0.1:6379, or auto) via Ray Data, one model per actor; "
+        "needs the optional extra: pip install -e '.[ray]'",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        help="actors (models) with --ray (default: the cluster's GPUs, one each; 1 without GPUs)",
+    )
     p.set_defaults(func=run)
 
 
@@ -69,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--limit must be non-negative")
     if args.top_k < 1:
         raise CLIError("--top-k must be at least 1")
+    if args.ray_actors is not None and (args.ray is None or args.ray_actors < 1):
+        raise CLIError("--ray-actors needs --ray ADDRESS and must be at least 1")
     if args.out.is_dir():
         raise CLIError(f"--out {args.out} is a folder; give a JSONL file")
     try:
@@ -94,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"no bundle at {settings.bundle} (vital.yaml missing); give --bundle DIR")
     if args.explain and (reason := explain_mod.unavailable_reason(settings, loaded=False)):
         raise CLIError(f"--explain: {reason[2]}")
-    answerer = Answerer.load(settings, args.explain)
-    model = answerer.model
+    # With --ray the driver still reads the bundle's config (K range, token cap); the actors load the weights.
+    answerer = Answerer.load(settings, args.explain) if args.ray is None else None
+    model = answerer.model if answerer is not None else _config_only(settings)
     k = _k(args.k, model.config.latent.k_max)
     limit = min(model.config.latent.max_new_tokens, settings.max_new_tokens)
     max_new = limit if args.max_new_tokens is None else args.max_new_tokens
@@ -112,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.no_progress,
     )
-    stats = run_batch(answerer, items, args.out, options)
+    if answerer is not None:
+        stats = run_batch(answerer, items, args.out, options)
+    else:
+        stats = _run_on_ray(args, settings, items, options)
     rate = stats.written / stats.seconds if stats.seconds else 0.0
     print(
         f"{stats.items} items: {stats.skipped} already in {args.out}, {stats.answered} answered, "
@@ -152,3 +170,41 @@ def _k(value: str | None, k_max: int) -> int | str | None:
     if not 0 <= k <= k_max:
         raise CLIError(f'--k must be between 0 and {k_max}, or "auto"')
     return k
+
+
+def _run_on_ray(args: argparse.Namespace, settings, items, options):
+    """Connect to the cluster and run there: one actor per GPU (or --ray-actors), each with one model."""
+    from server.batch_ray import run_batch_ray
+
+    ray = _connect(args.ray)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    if gpus and settings.device == "auto":
+        settings = settings.model_copy(update={"device": "cuda"})
+    actors = args.ray_actors or max(1, gpus)
+    return run_batch_ray(settings, items, args.out, options, actors=actors, explain=args.explain)
+
+
+def _connect(address: str):
+    """`ray.init(address=...)` for --ray (never for a local run: an inherited RAY_ADDRESS must not matter)."""
+    try:
+        import ray
+    except ImportError:
+        raise CLIError("--ray needs Ray, the optional extra: pip install -e '.[ray]'") from None
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except Exception as exc:  # ConnectionError, an auth token mismatch, a bad address, ...
+        raise CLIError(f"--ray {address}: cannot connect to the Ray cluster: {exc}") from exc
+    return ray
+
+
+def _config_only(settings):
+    """The bundle's config with the deployment's K settings, without the weights (a --ray driver loads no
+    model: its actors do), as `.config` like a loaded model's."""
+    from types import SimpleNamespace
+
+    from server.app import apply_k_settings
+    from vital_core.bundle import read_config
+
+    model = SimpleNamespace(config=read_config(settings.bundle))
+    apply_k_settings(model, settings)
+    return model

@@ -207,6 +207,7 @@ def test_explain_gives_the_explain_routes_answer_and_steps(client, ask, tiny_bun
         (["batch", "{uids}", "--question", "q", "--out", "o.jsonl"], "needs --pacs URL"),
         (["batch", "{folder}", "--question", "q", "--out", "o.jsonl", "--batch-size", "0"], "--batch-size"),
         (["batch", "{folder}", "--question", "q", "--out", "o.jsonl", "--bundle", "/nope"], "no bundle at"),
+        (["batch", "{folder}", "--question", "q", "--out", "o.jsonl", "--ray-actors", "2"], "needs --ray"),
     ],
 )
 def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
