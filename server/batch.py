@@ -3,7 +3,8 @@
 Each item goes through what `/answer` runs: `server.images.decode_image` (the one imaging path, with the route's
 spec), then `VitalModel.answer` with the server's step runner and image-prefix cache (`server.engine`), in
 batches that share K (as the engine batches). `--explain` runs the `/explain` pipeline (`server.explain`)
-item by item. One JSON line per item, written and flushed once its batch is done, in input order:
+item by item. One JSON line per item, written and flushed once its batch is done, in input order (with
+`--ray`, `server/batch_ray.py`, in completion order):
 
     {"id", "question", "answer", "k", "image": {format, width, height[, axis, slice, ...]},
      "timings_ms": {"decode_image", "model", <stages>}, "batch_size", "error": null}

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from server import explain as explain_mod
-    from server.batch import Answerer, BatchOptions, run_batch
+    from server.batch import Answerer, run_batch
     from server.batch_inputs import BatchInputError
     from server.settings import Settings
     from vital_core.imaging import ImagingError, ImagingSpec
@@ -108,27 +108,11 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"no bundle at {settings.bundle} (vital.yaml missing); give --bundle DIR")
     if args.explain and (reason := explain_mod.unavailable_reason(settings, loaded=False)):
         raise CLIError(f"--explain: {reason[2]}")
-    # With --ray the driver still reads the bundle's config (K range, token cap); the actors load the weights.
-    answerer = Answerer.load(settings, args.explain) if args.ray is None else None
-    model = answerer.model if answerer is not None else _config_only(settings)
-    k = _k(args.k, model.config.latent.k_max)
-    limit = min(model.config.latent.max_new_tokens, settings.max_new_tokens)
-    max_new = limit if args.max_new_tokens is None else args.max_new_tokens
-    if not 1 <= max_new <= settings.max_new_tokens:
-        raise CLIError(
-            f"--max-new-tokens must be between 1 and {settings.max_new_tokens} (VITAL_MAX_NEW_TOKENS)"
-        )
-    options = BatchOptions(
-        k=k,
-        max_new_tokens=max_new,
-        spec=spec,
-        batch_size=args.batch_size,
-        top_k=args.top_k,
-        limit=args.limit,
-        progress=not args.no_progress,
-    )
-    if answerer is not None:
-        stats = run_batch(answerer, items, args.out, options)
+    # K and the token cap are checked against the bundle's config before any weights load (with --ray the
+    # driver loads none: its actors do).
+    options = _options(args, _config_only(settings).config, settings, spec)
+    if args.ray is None:
+        stats = run_batch(Answerer.load(settings, args.explain), items, args.out, options)
     else:
         stats = _run_on_ray(args, settings, items, options)
     rate = stats.written / stats.seconds if stats.seconds else 0.0
@@ -137,6 +121,27 @@ def run(args: argparse.Namespace) -> int:
         f"{stats.errors} errors, in {stats.seconds:.1f} s ({rate:.2f} items/s)"
     )
     return 0
+
+
+def _options(args: argparse.Namespace, config, settings, spec):  # -> server.batch.BatchOptions
+    """The run's options; K and the token cap checked against the bundle and the deployment as the server does."""
+    from server.batch import BatchOptions
+
+    limit = min(config.latent.max_new_tokens, settings.max_new_tokens)
+    max_new = limit if args.max_new_tokens is None else args.max_new_tokens
+    if not 1 <= max_new <= settings.max_new_tokens:
+        raise CLIError(
+            f"--max-new-tokens must be between 1 and {settings.max_new_tokens} (VITAL_MAX_NEW_TOKENS)"
+        )
+    return BatchOptions(
+        k=_k(args.k, config.latent.k_max),
+        max_new_tokens=max_new,
+        spec=spec,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        limit=args.limit,
+        progress=not args.no_progress,
+    )
 
 
 def _items(args: argparse.Namespace):
@@ -174,8 +179,12 @@ def _k(value: str | None, k_max: int) -> int | str | None:
 
 def _run_on_ray(args: argparse.Namespace, settings, items, options):
     """Connect to the cluster and run there: one actor per GPU (or --ray-actors), each with one model."""
+    from server.batch import pending
     from server.batch_ray import run_batch_ray
 
+    todo, stats = pending(items, args.out, options)
+    if not todo:  # nothing left: no cluster needed
+        return stats
     ray = _connect(args.ray)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus and settings.device == "auto":
@@ -190,6 +199,7 @@ def _connect(address: str):
         import ray
     except ImportError:
         raise CLIError("--ray needs Ray, the optional extra: pip install -e '.[ray]'") from None
+    _check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False)
     except Exception as exc:  # ConnectionError, an auth token mismatch, a bad address, ...
@@ -197,9 +207,25 @@ def _connect(address: str):
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT address must accept a TCP connection: `ray.init` would otherwise wait for it for many
+    minutes (measured: over 10 min for a closed port, and it ignores SIGTERM meanwhile)."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit():
+        return  # auto, local, or an address form Ray resolves itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise CLIError(
+            f"--ray {address}: nothing accepts connections there ({exc}); is the cluster up?"
+        ) from exc
+
+
 def _config_only(settings):
-    """The bundle's config with the deployment's K settings, without the weights (a --ray driver loads no
-    model: its actors do), as `.config` like a loaded model's."""
+    """The bundle's config with the deployment's K settings, without the weights, as `.config` like a loaded
+    model's (what `apply_k_settings` edits)."""
     from types import SimpleNamespace
 
     from server.app import apply_k_settings

@@ -208,10 +208,29 @@ def test_explain_gives_the_explain_routes_answer_and_steps(client, ask, tiny_bun
         (["batch", "{folder}", "--question", "q", "--out", "o.jsonl", "--batch-size", "0"], "--batch-size"),
         (["batch", "{folder}", "--question", "q", "--out", "o.jsonl", "--bundle", "/nope"], "no bundle at"),
         (["batch", "{folder}", "--question", "q", "--out", "o.jsonl", "--ray-actors", "2"], "needs --ray"),
+        (
+            ["batch", "{folder}", "--question", "q", "--out", "o.jsonl", "--bundle", "{bundle}", "--k", "99"],
+            "--k",
+        ),
+        (["batch", "{manifest}", "--question", "q", "--out", "o.jsonl"], "drop --question"),
     ],
 )
-def test_cli_errors_are_clear(argv, message, tmp_path, capsys):
+def test_cli_errors_are_clear(argv, message, tmp_path, capsys, tiny_bundle):
     (tmp_path / "uids.txt").write_text("1.2/1.3\n")
-    argv = [a.format(folder=tmp_path, uids=tmp_path / "uids.txt") for a in argv]
+    (tmp_path / "m.jsonl").write_text("{}\n")
+    names = {"folder": tmp_path, "uids": tmp_path / "uids.txt", "manifest": tmp_path / "m.jsonl"}
+    argv = [a.format(bundle=tiny_bundle, **names) for a in argv]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_ray_address_that_accepts_nothing_is_a_clear_error(tmp_path, tiny_bundle, encode_image, capsys):
+    pytest.importorskip(
+        "ray", reason="Ray is not installed: it is the optional extra (pip install -e '.[ray]')"
+    )
+    (tmp_path / "a.png").write_bytes(encode_image(0, (64, 64)))
+    out = tmp_path / "out.jsonl"
+    argv = ["batch", str(tmp_path), "--question", "q", "--bundle", str(tiny_bundle), "--out", str(out)]
+    assert main([*argv, "--ray", "127.0.0.1:1", "--no-progress"]) == 2  # no minutes-long wait in ray.init
+    assert "nothing accepts connections" in capsys.readouterr().err
+    assert not out.exists() or out.read_text() == ""
