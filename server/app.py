@@ -59,6 +59,16 @@ def default_loader(settings: Settings, device: str) -> VitalModel:
     return load_bundle(settings.bundle, device=device, dtype=settings.dtype, scaffold=False)
 
 
+def apply_k_settings(model: VitalModel, settings: Settings) -> None:
+    """The deployment's K overrides (VITAL_K_DEFAULT, VITAL_K_MAX) on a loaded model's config."""
+    latent = model.config.latent
+    if settings.k_default is not None:
+        latent.k_default = settings.k_default
+    if settings.k_max is not None:
+        latent.k_max = settings.k_max
+    latent.k_default = min(latent.k_default, latent.k_max)
+
+
 def create_app(
     settings: Settings | None = None, *, loader: Callable[[Settings, str], VitalModel] | None = None
 ) -> FastAPI:
@@ -112,11 +122,7 @@ async def _load(service: Service, load: Callable[[Settings, str], VitalModel]) -
         t0 = time.perf_counter()
         model = await asyncio.to_thread(load, s, service.device)
         cfg = model.config
-        if s.k_default is not None:
-            cfg.latent.k_default = s.k_default
-        if s.k_max is not None:
-            cfg.latent.k_max = s.k_max
-        cfg.latent.k_default = min(cfg.latent.k_default, cfg.latent.k_max)
+        apply_k_settings(model, s)
         service.model = model
         service.engine = Engine(
             model,

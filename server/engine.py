@@ -89,6 +89,21 @@ class Result:
     batch_size: int
 
 
+def make_runner(model: VitalModel, step_mode: str, static_cache_bytes: int | None) -> StaticRunner | None:
+    """The latent/decode step runner of a `step_mode` (None: the dynamic cache), as the server runs it."""
+    if step_mode == "dynamic":
+        return None
+    mode = "graphs" if step_mode == "graphs" else "eager"
+    return StaticRunner(model.core, mode=mode, max_bytes=static_cache_bytes)
+
+
+def make_prefix_cache(model: VitalModel, prefix_cache_bytes: int) -> PrefixCache | None:
+    """The image-prefix KV cache the server keeps (None when its budget is 0)."""
+    if not prefix_cache_bytes:
+        return None
+    return PrefixCache(prefix_cache_bytes, f"{model.device}:{model.core.dtype}")
+
+
 class Engine:
     """Owns the model's worker thread and the request queue."""
 
@@ -107,18 +122,8 @@ class Engine:
     ):
         self.model = model
         # issue 16: static-cache steps (CUDA graphs where asked and available) and the image-prefix cache
-        self.runner = (
-            StaticRunner(
-                model.core, mode="graphs" if step_mode == "graphs" else "eager", max_bytes=static_cache_bytes
-            )
-            if step_mode != "dynamic"
-            else None
-        )
-        self.prefix_cache = (
-            PrefixCache(prefix_cache_bytes, f"{model.device}:{model.core.dtype}")
-            if prefix_cache_bytes
-            else None
-        )
+        self.runner = make_runner(model, step_mode, static_cache_bytes)
+        self.prefix_cache = make_prefix_cache(model, prefix_cache_bytes)
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0

@@ -41,5 +41,5 @@ def test_help_lists_every_subcommand():
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    for command in ("serve", "train", "eval", "bench", "build-index", "bundle"):
+    for command in ("serve", "batch", "train", "eval", "bench", "build-index", "bundle"):
         assert command in out.stdout

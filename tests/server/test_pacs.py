@@ -705,3 +705,29 @@ def test_explain_on_frame_2_of_a_multiframe_stores_a_seg_on_source_frame_2(pacs_
         )  # (1, H, W, 2)
         for i, m in enumerate(masks):
             assert np.array_equal(arr[0, :, :, i], m if frame == 2 else np.zeros_like(m)), (frame, i)
+
+
+def test_vital_batch_uid_list_equals_answer_by_uid(pacs_client, orthanc, tiny_bundle, tmp_path, monkeypatch):
+    """`vital batch` on a UID list retrieves with the server's client and answers as /answer does by UID."""
+    from server.batch import Answerer, BatchOptions, run_batch
+    from server.batch_inputs import from_uids
+    from server.settings import Settings
+
+    monkeypatch.setenv("VITAL_DICOMWEB_USERNAME", AUTH[0])  # credentials as for `vital serve`
+    monkeypatch.setenv("VITAL_DICOMWEB_PASSWORD", AUTH[1])
+    ct, mr = _dataset("CT_small.dcm"), _dataset("MR_small.dcm")
+    refs = [_ref(ct), _ref(mr), {"study": ct.StudyInstanceUID, "series": ct.SeriesInstanceUID}]
+    lines = ["/".join(r.values()) for r in refs] + [f"{ct.StudyInstanceUID}/{ct.SeriesInstanceUID}/1.2.3.999"]
+    uids = tmp_path / "uids.txt"
+    uids.write_text("# study/series[/instance]\n" + "\n".join(lines) + "\n")
+    model = Answerer.load(Settings(bundle=tiny_bundle, device="cpu"))
+    out = tmp_path / "out.jsonl"
+    items = from_uids(uids, Q, f"{orthanc.url}/dicom-web")
+    stats = run_batch(model, items, out, BatchOptions(k=2, max_new_tokens=4, batch_size=2, progress=False))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == lines and (stats.answered, stats.errors) == (3, 1)
+    for ref, row in zip(refs, rows):
+        want = pacs_client.post("/answer", json={"dicomweb": ref, "question": Q, "k": 2, "max_new_tokens": 4})
+        assert want.status_code == 200, want.text
+        assert (row["answer"], row["k"], row["image"]) == (want.json()["answer"], 2, want.json()["image"])
+    assert rows[3]["error"]["code"] == "dicomweb_not_found", rows[3]

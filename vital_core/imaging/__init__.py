@@ -4,7 +4,7 @@
 convention (radiological), square pixels for anisotropic volumes (`view.py`), the window presets and the limits.
 """
 
-from vital_core.imaging.decode import SUPPORTED, decode_bytes, load_model_image, sniff
+from vital_core.imaging.decode import SUPPORTED, decode_bytes, load_model_image, series_files, sniff
 from vital_core.imaging.nifti import NiftiVolume
 from vital_core.imaging.series import DicomSeries, decode_series
 from vital_core.imaging.spec import AXES, ImagingError, ImagingLimits, ImagingSpec, ModelImage
@@ -39,6 +39,7 @@ __all__ = [
     "load_model_image",
     "percentile_range",
     "render_grey",
+    "series_files",
     "sniff",
     "square_pixels",
     "square_shape",

@@ -51,7 +51,7 @@ def load_model_image(
         )
         return decode_series([_named(s) for s in source], spec, limits)
     if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
-        files = sorted(p for p in Path(source).rglob("*") if p.is_file() and _instance_name(p.name))
+        files = series_files(source)
         return decode_series([_named(p) for p in files], spec, limits or ImagingLimits.local())
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -64,6 +64,12 @@ def load_model_image(
             data = f.read()
         return decode_bytes(data, spec, limits)
     return decode_bytes(source, spec, limits or ImagingLimits())
+
+
+def series_files(folder: str | os.PathLike) -> list[Path]:
+    """The instance files of a DICOM series folder (recursive, sorted; hidden files, macOS forks and
+    DICOMDIR left out): what `load_model_image(folder)` assembles into one volume."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and _instance_name(p.name))
 
 
 def _instance_name(name: str) -> bool:
