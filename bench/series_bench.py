@@ -98,29 +98,37 @@ def write_series(n: int, size: int = 512, seed: int = 0) -> list[bytes]:
     return [out[i] for i in rng.permutation(n)]
 
 
-def http_timings(data: bytes, runs: int) -> list[dict]:
-    """`timings_ms` of /answer (coronal, K = 4) for the zip, on the committed bundle, in-process."""
+def answer_runs(settings, runs: int, **request) -> list[dict]:
+    """`timings_ms` of `runs` warm /answer calls (after one warm-up) on an in-process app; `request` is
+    TestClient.post's body (files/data or json)."""
     from fastapi.testclient import TestClient
 
-    from server import Settings, create_app
+    from server import create_app
 
-    bundle = Path(__file__).resolve().parents[1] / "bundles" / "vital-tiny"
-    app = create_app(Settings(bundle=bundle, max_body_bytes=len(data) + 2**20))
     out = []
-    with TestClient(app) as client:
+    with TestClient(create_app(settings)) as client:
         while client.get("/ready").status_code != 200:
             time.sleep(0.05)
         for _ in range(runs + 1):  # the first is a warm-up
             t = time.perf_counter()
-            r = client.post(
-                "/answer",
-                files={"image": ("series.zip", data, "application/zip")},
-                data={"question": "Where is the liver?", "axis": "coronal", "k": "4", "max_new_tokens": "4"},
-            )
+            r = client.post("/answer", **request)
             wall = 1000 * (time.perf_counter() - t)
             r.raise_for_status()
             out.append({"wall_ms": wall, **r.json()["timings_ms"], "image": r.json()["image"]})
     return out[1:]
+
+
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "vital-tiny"
+ASK = {"question": "Where is the liver?", "axis": "coronal", "k": 4, "max_new_tokens": 4}
+
+
+def http_timings(data: bytes, runs: int) -> list[dict]:
+    """`timings_ms` of /answer (coronal, K = 4) for the zip, on the committed bundle, in-process."""
+    from server import Settings
+
+    settings = Settings(bundle=BUNDLE, max_body_bytes=len(data) + 2**20)
+    form = {k: str(v) for k, v in ASK.items()}
+    return answer_runs(settings, runs, files={"image": ("series.zip", data, "application/zip")}, data=form)
 
 
 def _orthanc(tmp: Path):
@@ -175,9 +183,8 @@ def dicomweb_timings(files: list[bytes], runs: int) -> dict:
 
     import pydicom
     import requests
-    from fastapi.testclient import TestClient
 
-    from server import Settings, create_app
+    from server import Settings
     from server.dicomweb import fetch_series
     from server.protocol import DicomwebRef
 
@@ -190,38 +197,19 @@ def dicomweb_timings(files: list[bytes], runs: int) -> dict:
             for data in files:
                 requests.post(f"{url}/instances", data=data, timeout=30).raise_for_status()
             store_ms = 1000 * (time.perf_counter() - t)
-            bundle = Path(__file__).resolve().parents[1] / "bundles" / "vital-tiny"
             settings = Settings(
-                bundle=bundle, dicomweb_url=f"{url}/dicom-web", max_series_bytes=sum(map(len, files)) + 2**20
+                bundle=BUNDLE, dicomweb_url=f"{url}/dicom-web", max_series_bytes=sum(map(len, files)) + 2**20
             )
             retrieve = []
             for _ in range(runs):
                 t = time.perf_counter()
                 parts = fetch_series(settings, DicomwebRef(**ref))
                 retrieve.append({"ms": 1000 * (time.perf_counter() - t), "instances": len(parts)})
-            out = []
-            with TestClient(create_app(settings)) as client:
-                while client.get("/ready").status_code != 200:
-                    time.sleep(0.05)
-                for _ in range(runs + 1):  # the first is a warm-up
-                    t = time.perf_counter()
-                    r = client.post(
-                        "/answer",
-                        json={
-                            "dicomweb": ref,
-                            "question": "Where is the liver?",
-                            "axis": "coronal",
-                            "k": 4,
-                            "max_new_tokens": 4,
-                        },
-                    )
-                    wall = 1000 * (time.perf_counter() - t)
-                    r.raise_for_status()
-                    out.append({"wall_ms": wall, **r.json()["timings_ms"], "image": r.json()["image"]})
+            answers = answer_runs(settings, runs, json={"dicomweb": ref, **ASK})
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    return {"store_ms": store_ms, "retrieve": retrieve, "answer": out[1:]}
+    return {"store_ms": store_ms, "retrieve": retrieve, "answer": answers}
 
 
 def main(argv: list[str] | None = None) -> int:
