@@ -140,7 +140,8 @@ def test_queue_full_gives_429_and_timeout_504(tiny_bundle, encode_image):
             async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
                 waiting = [asyncio.ensure_future(_post(c, encode_image(i), "q", 1, 2)) for i in range(3)]
                 await _until(
-                    lambda: engine.running == 1 and engine.queued == 2
+                    lambda: engine.running == 1 and engine.queued == 2,
+                    state=lambda: f"running={engine.running} queued={engine.queued}",
                 )  # one taken into a (blocked) batch, two queued
                 extra = await _post(c, encode_image(9), "q", 1, 2)
                 release.set()
