@@ -11,7 +11,7 @@ BUNDLE ?= bundles/vital-tiny
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install test test-deps lint format bench clean serve bundle docker
+.PHONY: install test test-deps test-ray-deps lint format bench clean serve bundle docker
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -48,7 +48,15 @@ test-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	else echo "note:$$missing not installed and cannot apt-get here; the tests that need them will skip"; fi
 
-test: lint test-deps
+# Ray is the optional extra `.[ray]` (vital serve --ray, vital batch --ray): the tests install it (~385 MB) and
+# run on a two-node Ray on this machine (tests/server/test_ray_cluster.py); `make serve` never installs it.
+$(VENV)/.installed-ray: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -q -e ".[$(EXTRAS),ray]"
+	touch $@
+
+test-ray-deps: $(VENV)/.installed-ray
+
+test: lint test-deps test-ray-deps
 	$(BIN)/python -m pytest -q
 
 # The embedded default bundle is committed (bundles/vital-tiny); `make bundle` rebuilds it from nothing

@@ -70,9 +70,17 @@ def apply_k_settings(model: VitalModel, settings: Settings) -> None:
 
 
 def create_app(
-    settings: Settings | None = None, *, loader: Callable[[Settings, str], VitalModel] | None = None
+    settings: Settings | None = None,
+    *,
+    loader: Callable[[Settings, str], VitalModel] | None = None,
+    wait_for_load: bool = False,
 ) -> FastAPI:
-    """Build the app. `loader(settings, device) -> VitalModel` overrides bundle loading (tests)."""
+    """Build the app. `loader(settings, device) -> VitalModel` overrides bundle loading (tests).
+
+    By default the model loads in the background and `/ready` tells when it is done. With `wait_for_load`
+    (a Ray Serve replica, server/ray_app.py) the lifespan's start-up waits for it and fails when loading
+    fails, so Ray routes no request to a replica before its model is loaded and restarts one that cannot
+    load."""
     settings = settings or Settings()
     metrics = Metrics()
     service = Service(settings=settings, metrics=metrics, device=settings.resolved_device())
@@ -81,6 +89,10 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = asyncio.create_task(_load(service, load))
+        if wait_for_load:
+            await task
+            if service.load_error is not None:
+                raise RuntimeError(f"loading the bundle {settings.bundle} failed: {service.load_error}")
         try:
             yield
         finally:

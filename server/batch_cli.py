@@ -181,46 +181,17 @@ def _run_on_ray(args: argparse.Namespace, settings, items, options):
     """Connect to the cluster and run there: one actor per GPU (or --ray-actors), each with one model."""
     from server.batch import pending
     from server.batch_ray import run_batch_ray
+    from server.ray_common import connect
 
     todo, stats = pending(items, args.out, options)
     if not todo:  # nothing left: no cluster needed
         return stats
-    ray = _connect(args.ray)
+    ray = connect(args.ray)
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus and settings.device == "auto":
         settings = settings.model_copy(update={"device": "cuda"})
     actors = args.ray_actors or max(1, gpus)
     return run_batch_ray(settings, items, args.out, options, actors=actors, explain=args.explain)
-
-
-def _connect(address: str):
-    """`ray.init(address=...)` for --ray (never for a local run: an inherited RAY_ADDRESS must not matter)."""
-    try:
-        import ray
-    except ImportError:
-        raise CLIError("--ray needs Ray, the optional extra: pip install -e '.[ray]'") from None
-    _check_reachable(address)
-    try:
-        ray.init(address=address, log_to_driver=False)
-    except Exception as exc:  # ConnectionError, an auth token mismatch, a bad address, ...
-        raise CLIError(f"--ray {address}: cannot connect to the Ray cluster: {exc}") from exc
-    return ray
-
-
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """A HOST:PORT address must accept a TCP connection: `ray.init` would otherwise wait for it for many
-    minutes (measured: over 10 min for a closed port, and it ignores SIGTERM meanwhile)."""
-    import socket
-
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        return  # auto, local, or an address form Ray resolves itself
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise CLIError(
-            f"--ray {address}: nothing accepts connections there ({exc}); is the cluster up?"
-        ) from exc
 
 
 def _config_only(settings):

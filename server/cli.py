@@ -51,6 +51,35 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--drain-seconds", type=float, help="readiness-failed wait after SIGTERM (VITAL_DRAIN_SECONDS)"
     )
     p.add_argument("--log-level", help="debug, info, warning, error (VITAL_LOG_LEVEL)")
+    r = p.add_argument_group(
+        "Ray Serve",
+        "Run the same app as a Ray Serve deployment on a running Ray cluster, one model per replica, "
+        "autoscaled by VITAL_RAY_* settings (docs/scaling.md). Needs the optional extra: pip install -e '.[ray]'. "
+        "--host/--port are then those of Ray's HTTP proxy.",
+    )
+    r.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="deploy on the Ray cluster at ADDRESS (HOST:PORT of its GCS, or auto) instead of starting uvicorn",
+    )
+    r.add_argument(
+        "--ray-replicas",
+        type=int,
+        metavar="N",
+        help="a fixed number of replicas instead of autoscaling (VITAL_RAY_NUM_REPLICAS)",
+    )
+    r.add_argument(
+        "--ray-proxy-location",
+        choices=["HeadOnly", "EveryNode"],
+        default="HeadOnly",
+        help="where Ray runs its HTTP proxy: the head node only, or every node (behind your load balancer)",
+    )
+    r.add_argument(
+        "--ray-detach",
+        action="store_true",
+        help="deploy and exit, leaving the app running on the cluster (remove it with `serve shutdown` or "
+        "by running without --ray-detach and stopping that)",
+    )
     p.set_defaults(func=run)
 
 
@@ -75,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.no_batching:
         overrides["batching"] = False
+    if args.ray_replicas is not None:
+        if args.ray is None:
+            raise CLIError("--ray-replicas needs --ray ADDRESS")
+        overrides["ray_num_replicas"] = args.ray_replicas
+    if args.ray is None and args.ray_detach:
+        raise CLIError("--ray-detach needs --ray ADDRESS")
     try:
         settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
@@ -85,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
             "`vital bundle init`, or set VITAL_BUNDLE"
         )
     configure(settings.log_level)
+    if args.ray is not None:
+        return run_on_ray(args, settings)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -100,6 +137,67 @@ def run(args: argparse.Namespace) -> int:
     log.info(f"VITAL serving {settings.bundle} on http://{settings.host}:{settings.port} (docs at /docs)")
     server.run()
     return 0
+
+
+def run_on_ray(args: argparse.Namespace, settings) -> int:
+    """Deploy the app on a Ray cluster with Ray Serve and wait; SIGTERM/SIGINT delete it (each replica gets
+    VITAL_RAY_GRACEFUL_SHUTDOWN_S to finish its accepted requests), then exit. With --ray-detach: deploy,
+    print where it serves, exit."""
+    import threading
+
+    from server.ray_common import connect
+
+    ray = connect(args.ray)
+    from ray import serve
+
+    from server.ray_app import APP_NAME, build_application
+
+    try:
+        app = build_application(settings, int(ray.cluster_resources().get("GPU", 0)))
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+    serve.start(
+        http_options={"host": settings.host, "port": settings.port, "location": args.ray_proxy_location}
+    )
+    proxy = _serve_proxy_address()
+    if proxy is not None and proxy != (settings.host, settings.port):
+        raise CLIError(
+            f"Ray Serve already runs on this cluster with its HTTP proxy at {proxy[0]}:{proxy[1]}, not "
+            f"{settings.host}:{settings.port}; pass --host {proxy[0]} --port {proxy[1]}, or stop it first "
+            "(`serve shutdown`)"
+        )
+    log.info("deploying %s on Ray at %s (waits until every replica has loaded it)", settings.bundle, args.ray)
+    try:
+        serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    except Exception as exc:  # DEPLOY_FAILED: a replica could not start (the bundle, resources)
+        raise CLIError(f"Ray Serve could not deploy the app: {exc}") from exc
+    where = f"http://{settings.host}:{settings.port}"
+    log.info(f"VITAL serving {settings.bundle} on Ray Serve at {where} (docs at /docs)")
+    if args.ray_detach:
+        print(f"deployed app {APP_NAME!r} at {where}; it keeps running on the cluster")
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("signal: deleting the app; replicas finish their accepted requests first")
+    serve.delete(APP_NAME)
+    if not serve.status().applications:  # nothing else on this Serve: stop its proxy and controller too
+        serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def _serve_proxy_address() -> tuple[str, int] | None:
+    """(host, port) of the running Serve's HTTP proxy: a Serve started earlier keeps its own, and serve.start
+    only warns that new options are not applied."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        cfg = _get_global_client().http_config
+        return cfg.host, int(cfg.port)
+    except Exception:  # a private API: without it, do not second-guess Ray
+        return None
 
 
 def draining_server(config: uvicorn.Config, service: Service, drain_seconds: float) -> uvicorn.Server:

@@ -155,6 +155,15 @@ class Engine:
         """Start the batching loop on the running event loop."""
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="vital-batcher")
 
+    def failure(self) -> str | None:
+        """Why the batching loop is no longer running (it ended or raised), or None while it runs."""
+        if self._task is None or not self._task.done():
+            return None
+        if self._task.cancelled():
+            return "the batching loop was cancelled"
+        exc = self._task.exception()
+        return f"the batching loop stopped: {type(exc).__name__}: {exc}" if exc else "the batching loop ended"
+
     def begin_drain(self, at: float | None = None) -> None:
         """Refuse requests that arrive from now on (those that arrived earlier are still accepted)."""
         if self.drain_started is None:

@@ -127,6 +127,48 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address for `vital serve`")
     port: int = Field(8000, ge=1, le=65535, description="port for `vital serve`")
     log_level: str = Field("info", description="debug, info, warning, error")
+    # Ray Serve (`vital serve --ray`, server/ray_app.py; docs/scaling.md). Read only there.
+    ray_num_replicas: int | None = Field(
+        None, ge=1, description="Ray Serve: a fixed number of replicas (unset: autoscale between min and max)"
+    )
+    ray_min_replicas: int = Field(1, ge=0, description="Ray Serve autoscaling: fewest replicas")
+    ray_max_replicas: int = Field(4, ge=1, description="Ray Serve autoscaling: most replicas")
+    ray_target_ongoing_requests: float = Field(
+        8.0,
+        gt=0,
+        description="Ray Serve autoscaling: ongoing requests per replica the autoscaler aims for (one "
+        "batch's worth at the default VITAL_MAX_BATCH_SIZE)",
+    )
+    ray_upscale_delay_s: float = Field(
+        30.0,
+        ge=0,
+        description="Ray Serve autoscaling: load must stay above target this long to add a replica",
+    )
+    ray_downscale_delay_s: float = Field(
+        300.0,
+        ge=0,
+        description="Ray Serve autoscaling: load must stay below target this long to remove one (Ray's own "
+        "default is 600)",
+    )
+    ray_max_ongoing_requests: int = Field(
+        32, ge=1, description="Ray Serve: requests one replica holds at once; more wait in Ray's router"
+    )
+    ray_num_gpus: float | None = Field(
+        None,
+        ge=0,
+        description="Ray Serve: GPUs per replica (unset: 1 when the cluster has GPUs and VITAL_DEVICE is auto "
+        "or cuda, else 0)",
+    )
+    ray_num_cpus: float = Field(1.0, ge=0, description="Ray Serve: CPUs per replica")
+    ray_graceful_shutdown_s: float = Field(
+        65.0,
+        ge=0,
+        description="Ray Serve: how long a stopping replica may finish its accepted requests before it is "
+        "killed (Ray's graceful_shutdown_timeout_s; default VITAL_REQUEST_TIMEOUT_S + 5)",
+    )
+    ray_metrics_interval_s: float = Field(
+        2.0, gt=0, description="Ray Serve: how often a replica copies its vital_* metrics to Ray's exporter"
+    )
 
     @field_validator("dtype")
     @classmethod

@@ -12,19 +12,9 @@ ray = pytest.importorskip(
     "ray", reason="Ray is not installed: it is the optional extra (pip install -e '.[ray]')"
 )
 
+from server.ray_local import RAY_ENV  # noqa: E402  (after the skip: only with Ray installed)
+
 QUESTION = "Where is the liver located?"
-
-# What keeps a test's Ray on loopback, silent and free of the per-user auth token (docs/scaling.md).
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_USAGE_STATS_REPORT_URL": "http://127.0.0.1:9/",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    "HTTP_PROXY": "http://127.0.0.1:9",
-    "HTTPS_PROXY": "http://127.0.0.1:9",
-    "NO_PROXY": "127.0.0.1,127.0.0.2,localhost,::1,127.0.0.0/8",
-}
-
 
 @pytest.fixture
 def local_ray(monkeypatch):
