@@ -16,6 +16,7 @@ from server.ray_local import RAY_ENV  # noqa: E402  (after the skip: only with R
 
 QUESTION = "Where is the liver located?"
 
+
 @pytest.fixture
 def local_ray(monkeypatch):
     """A one-CPU Ray started by this test (its own short temp dir) and shut down after it."""
