@@ -4,6 +4,9 @@ FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# 1: add the Ray extra (vital serve --ray, vital batch --ray; the image docker/rayservice.yaml runs):
+#    docker build --build-arg WITH_RAY=1 -t vital:ray .
+ARG WITH_RAY=0
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONUNBUFFERED=1 \
@@ -35,6 +38,7 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}" \
     && mkdir -p vital_core index_builder training server \
     && touch vital_core/__init__.py index_builder/__init__.py training/__init__.py server/__init__.py \
     && pip install ".[gpu,serve]" \
+    && if [ "${WITH_RAY}" = "1" ]; then pip install ".[gpu,serve,ray]"; fi \
     && pip uninstall -y vital \
     && rm -rf vital_core index_builder training server
 

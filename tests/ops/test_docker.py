@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -110,3 +111,34 @@ def test_compose_stack():
     multi = yaml.load((ROOT / "docker" / "compose.multi-gpu.yaml").read_text(), Loader=ComposeLoader)  # noqa: S506
     assert {"vital-1", "lb"} <= set(multi["services"])
     assert multi["services"]["vital-1"]["stop_grace_period"] == svc["vital"]["stop_grace_period"]
+
+
+def test_rayservice_manifest_matches_the_code():
+    """docker/rayservice.yaml (KubeRay): its Serve config names our builder and only real settings, its Ray
+    version is the extra's, and GPU pods match the replicas' GPUs."""
+    import tomllib
+
+    from server.settings import Settings
+
+    doc = yaml.safe_load((ROOT / "docker" / "rayservice.yaml").read_text())
+    assert (doc["apiVersion"], doc["kind"]) == ("ray.io/v1", "RayService")
+    serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    module, _, attr = app["import_path"].partition(":")
+    source = (ROOT / Path(*module.split("."))).with_suffix(".py").read_text()
+    assert f"def {attr}(args: dict[str, str])" in source
+    fields = set(Settings.model_fields)
+    assert set(app["args"]) <= fields, set(app["args"]) - fields
+    env = app["runtime_env"]["env_vars"]
+    assert all(k.startswith("VITAL_") and k.removeprefix("VITAL_").lower() in fields for k in env), env
+    settings = Settings(**app["args"], **{k.removeprefix("VITAL_").lower(): v for k, v in env.items()})
+    cluster = doc["spec"]["rayClusterConfig"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"][0]
+    major_minor = tuple(int(x) for x in cluster["rayVersion"].split(".")[:2])
+    low, high = re.search(r">=(\d+\.\d+),<(\d+\.\d+)", extra).groups()
+    assert tuple(map(int, low.split("."))) <= major_minor < tuple(map(int, high.split(".")))
+    (workers,) = cluster["workerGroupSpecs"]
+    (container,) = workers["template"]["spec"]["containers"]
+    assert float(container["resources"]["limits"]["nvidia.com/gpu"]) == settings.ray_num_gpus == 1
+    assert workers["maxReplicas"] == settings.ray_max_replicas
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
