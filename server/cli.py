@@ -172,10 +172,16 @@ def run_on_ray(args: argparse.Namespace, settings) -> int:
     except Exception as exc:  # DEPLOY_FAILED: a replica could not start (the bundle, resources)
         raise CLIError(f"Ray Serve could not deploy the app: {exc}") from exc
     where = f"http://{settings.host}:{settings.port}"
-    log.info(f"VITAL serving {settings.bundle} on Ray Serve at {where} (docs at /docs)")
     if args.ray_detach:
-        print(f"deployed app {APP_NAME!r} at {where}; it keeps running on the cluster")
+        print(
+            f"VITAL serving {settings.bundle} on Ray Serve at {where} (app {APP_NAME!r}); it keeps running on the cluster",
+            flush=True,
+        )
         return 0
+    print(
+        f"VITAL serving {settings.bundle} on Ray Serve at {where} (docs at /docs); SIGTERM or Ctrl-C removes it",
+        flush=True,
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
