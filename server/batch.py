@@ -72,6 +72,17 @@ class BatchStats:
     seconds: float = 0.0
     model_calls: int = 0
     """Forward passes (`VitalModel.answer` calls, or explanations)."""
+    first_batch_s: float | None = None
+    """Seconds from the start of the run until its first batch was written (with --ray: starting the actors
+    and loading the bundle in them, plus that batch)."""
+    first_batch_lines: int = 0
+
+    def steady_rate(self) -> float | None:
+        """Items/s after the first batch (start-up excluded); None with a single batch."""
+        if self.first_batch_s is None or self.seconds <= self.first_batch_s:
+            return None
+        rest = self.written - self.first_batch_lines
+        return rest / (self.seconds - self.first_batch_s) if rest > 0 else None
 
     @property
     def written(self) -> int:
@@ -182,8 +193,13 @@ def pending(
     return todo, stats
 
 
-def append_records(f: IO[str], records: Sequence[dict[str, Any]], stats: BatchStats) -> None:
-    """Write one line per record and flush (a kill loses at most the batch in flight); count them."""
+def append_records(
+    f: IO[str], records: Sequence[dict[str, Any]], stats: BatchStats, started: float | None = None
+) -> None:
+    """Write one line per record and flush (a kill loses at most the batch in flight); count them. `started`
+    (perf_counter at the run's start) times the first batch."""
+    if started is not None and stats.first_batch_s is None and records:
+        stats.first_batch_s, stats.first_batch_lines = time.perf_counter() - started, len(records)
     for record in records:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
@@ -206,7 +222,7 @@ def run_batch(answerer: Answerer, items: Sequence[BatchItem], out: Path, options
         for start in range(0, len(todo), options.batch_size):
             records, calls = answerer.answer_items(todo[start : start + options.batch_size], options)
             stats.model_calls += calls
-            append_records(f, records, stats)
+            append_records(f, records, stats, t0)
             bar.update(len(records))
     stats.seconds = time.perf_counter() - t0
     return stats

@@ -116,9 +116,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         stats = _run_on_ray(args, settings, items, options)
     rate = stats.written / stats.seconds if stats.seconds else 0.0
+    steady = stats.steady_rate()
+    after = (
+        f"; after the first batch ({stats.first_batch_s:.1f} s): {steady:.2f} items/s"
+        if steady is not None
+        else ""
+    )
     print(
         f"{stats.items} items: {stats.skipped} already in {args.out}, {stats.answered} answered, "
-        f"{stats.errors} errors, in {stats.seconds:.1f} s ({rate:.2f} items/s)"
+        f"{stats.errors} errors, in {stats.seconds:.1f} s ({rate:.2f} items/s{after})"
     )
     return 0
 

@@ -98,7 +98,7 @@ def run_batch_ray(
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 records = [json.loads(str(line)) for line in batch["line"]]
                 stats.model_calls += int(sum(int(c) for c in batch["calls"]))
-                append_records(f, records, stats)
+                append_records(f, records, stats, t0)
                 bar.update(len(records))
     stats.seconds = time.perf_counter() - t0
     return stats

@@ -31,6 +31,7 @@ from server.ray_local import IP, RAY_ENV, LocalRayCluster, free_port_block  # no
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / "bundles" / "vital-tiny"
 KEY = "ray-test-key"
+MAX_BODY = 2 * 1024 * 1024
 # Spread requests over both replicas (Ray prefers the proxy's own node while a replica there has room).
 CLUSTER_ENV = {"RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0", "RAY_metrics_report_interval_ms": "1000"}
 
@@ -71,6 +72,7 @@ class RayServe:
         self.base = f"http://{IP}:{self.port}"
         self.log = log
         env = _env(VITAL_API_KEY=KEY, VITAL_MAX_WAIT_MS="0", VITAL_MAX_NEW_TOKENS="32", **settings)
+        env["VITAL_MAX_BODY_BYTES"] = str(MAX_BODY)
         cmd = [sys.executable, "-m", "vital_core.cli", "serve", "--bundle", str(BUNDLE), "--device", "cpu"]
         cmd += ["--ray", cluster.address, "--host", IP, "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -227,6 +229,11 @@ def test_serve_two_replicas_answer_like_vital_serve(fixed_serve, live_server, cl
     r = httpx.post(f"{fixed_serve.base}/answer", files={"image": ("i", b"not an image")}, data={"question": "q"},
                    headers=_auth())  # fmt: skip
     assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_image"
+    big = b"\0" * (MAX_BODY + 1024)  # through Ray's proxy, the replica's body limit still answers
+    r = httpx.post(
+        f"{fixed_serve.base}/answer", files={"image": ("i", big)}, data={"question": "q"}, headers=_auth()
+    )
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
     # Enough concurrent requests that both replicas answer; each replica's metrics reach its node's exporter.
     with httpx.Client(base_url=fixed_serve.base, headers=_auth(), timeout=120) as c:
         threads = [
@@ -309,34 +316,45 @@ def test_prometheus_scrapes_every_replica_through_ray_and_the_dashboard_has_data
 
 def test_a_killed_replica_loses_no_request_a_client_retries_once(fixed_serve, inputs):
     png, _ = inputs
-    results: list[tuple[int, int]] = []  # (first status, final status)
+    results: list[tuple[int, int]] = []  # (first status, final status) per request
+    stop = threading.Event()
 
-    def one(c: httpx.Client) -> None:
-        statuses = []
-        for _ in range(2):  # one retry
-            try:
-                r = c.post("/answer", files={"image": ("i", png)}, data={"question": "Is there a lesion?"})
-                statuses.append(r.status_code)
-            except httpx.TransportError:
-                statuses.append(0)
-            if statuses[-1] == 200:
-                break
-        results.append((statuses[0], statuses[-1]))
+    def client() -> None:
+        with httpx.Client(base_url=fixed_serve.base, headers=_auth(), timeout=120) as c:
+            while not stop.is_set():
+                statuses = []
+                for _ in range(2):  # one retry
+                    try:
+                        r = c.post(
+                            "/answer", files={"image": ("i", png)}, data={"question": "Is there a lesion?"}
+                        )
+                        statuses.append(r.status_code)
+                    except httpx.TransportError:
+                        statuses.append(0)
+                    if statuses[-1] == 200:
+                        break
+                results.append((statuses[0], statuses[-1]))
 
-    with httpx.Client(base_url=fixed_serve.base, headers=_auth(), timeout=120) as c:
-        threads = [threading.Thread(target=one, args=(c,)) for _ in range(24)]
-        for t in threads[:12]:
-            t.start()
-        time.sleep(0.5)
+    threads = [threading.Thread(target=client) for _ in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2.0)  # load running on both replicas
+        before = len(results)
         victims = _replica_pids()
         assert len(victims) == 2, victims
         os.kill(victims[0], signal.SIGKILL)
-        for t in threads[12:]:
-            t.start()
+        time.sleep(6.0)  # load goes on through the death and Ray's reaction
+    finally:
+        stop.set()
         for t in threads:
             t.join()
-    failed_first = sum(1 for first, _ in results if first != 200)
-    print(f"replica killed under load: {failed_first} of {len(results)} first attempts failed, all retried")
+    assert before > 0 and len(results) > before + 6, (before, len(results))
+    failed_first = [first for first, _ in results if first != 200]
+    print(
+        f"replica killed under load: {len(failed_first)} of {len(results)} first attempts failed "
+        f"(statuses {sorted(set(failed_first))}), every one answered on its retry"
+    )
     assert [final for _, final in results] == [200] * len(results)
     deadline = time.time() + 120
     while _running_replicas() < 2:  # Ray replaces the replica
