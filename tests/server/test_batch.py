@@ -234,3 +234,37 @@ def test_ray_address_that_accepts_nothing_is_a_clear_error(tmp_path, tiny_bundle
     assert main([*argv, "--ray", "127.0.0.1:1", "--no-progress"]) == 2  # no minutes-long wait in ray.init
     assert "nothing accepts connections" in capsys.readouterr().err
     assert not out.exists() or out.read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ray-replicas", "2"], "--ray-replicas needs --ray"),
+        (["--ray-detach"], "--ray-detach needs --ray"),
+        (["--ray", "127.0.0.1:1"], "nothing accepts connections"),  # no minutes-long wait in ray.init
+    ],
+)
+def test_serve_ray_cli_errors_are_clear(extra, message, tiny_bundle, capsys):
+    if "--ray" in extra:
+        pytest.importorskip(
+            "ray", reason="Ray is not installed: it is the optional extra (pip install -e '.[ray]')"
+        )
+    assert main(["serve", "--bundle", str(tiny_bundle), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_ray_min_above_max_replicas_is_refused():
+    pytest.importorskip(
+        "ray", reason="Ray is not installed: it is the optional extra (pip install -e '.[ray]')"
+    )
+    from server.ray_app import deployment_options
+    from server.settings import Settings
+
+    with pytest.raises(ValueError, match="exceeds VITAL_RAY_MAX_REPLICAS"):
+        deployment_options(Settings(ray_min_replicas=3, ray_max_replicas=2))
+    opts = deployment_options(Settings(ray_num_replicas=2, ray_num_gpus=1))
+    assert opts["num_replicas"] == 2 and "autoscaling_config" not in opts
+    assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
+    auto = deployment_options(Settings(device="auto"), cluster_gpus=4)
+    assert auto["ray_actor_options"]["num_gpus"] == 1.0  # one GPU per replica on a GPU cluster
+    assert auto["autoscaling_config"]["max_replicas"] == 4
