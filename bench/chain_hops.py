@@ -1,0 +1,58 @@
+"""Read written chains hop by hop: for the multi-hop closed questions of a `vital eval --mode cot` predictions
+file, how often the written sentence k equals the reference chain's sentence k, overall and (for hop 1) by the
+hop-1 selector ("The largest lesion is ...", "The leftmost lesion is ...").
+
+Usage: python bench/chain_hops.py PREDICTIONS.jsonl MANIFEST.jsonl (issue 30, bench/results/reasoning-experiments.md)."""
+
+import collections
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def sentences(text: str | None) -> list[str]:
+    return [s.strip() for s in re.split(r"(?<=\.)\s+", text or "") if s.strip()]
+
+
+def selector(first: str) -> str:
+    m = re.match(r"The (\w+) lesion is", first)
+    return m.group(1) if m else "other"
+
+
+def main(pred_path: str, manifest_path: str) -> dict:
+    reference = {
+        r["id"]: r for r in map(json.loads, Path(manifest_path).read_text().splitlines()) if r.get("id")
+    }
+    rows = [json.loads(x) for x in Path(pred_path).read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r.get("question_type") == "reasoning" and r.get("type") == "closed"]
+    if not rows:
+        raise SystemExit(f"{pred_path}: no multi-hop closed questions")
+    hits, totals = [0] * 4, [0] * 4
+    by = collections.defaultdict(lambda: [0, 0, 0])
+    for r in rows:
+        ref, got = reference[r["id"]]["reasoning"], sentences(r.get("written"))
+        for i, s in enumerate(ref[:4]):
+            totals[i] += 1
+            hits[i] += int(i < len(got) and got[i] == s.strip())
+        b = by[selector(ref[0])]
+        b[0] += 1
+        b[1] += int(bool(got) and got[0] == ref[0].strip())
+        b[2] += int(bool(r.get("correct")))
+    out = {
+        "n": len(rows),
+        "hop_exact": [round(h / t, 3) if t else None for h, t in zip(hits, totals)],
+        "hop1_by_selector": {
+            k: {"n": n, "hop1_exact": round(h / n, 3), "answer": round(c / n, 3)}
+            for k, (n, h, c) in sorted(by.items(), key=lambda kv: -kv[1][0])
+        },
+    }
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
+        print(__doc__)
+        raise SystemExit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
+    main(sys.argv[1], sys.argv[2])
