@@ -1,6 +1,7 @@
-"""The arms E5-E9 of issue 30's experiment log (bench/results/reasoning-experiments.md, section 8), as they
-were run: each is a few steps of the `vital build-tiny-bundle` pipeline (training.tiny_bundle) with recipe
-overrides. Validation only; scoring is `vital eval --split val` (commands in the log).
+"""The arms E5-E12 of issue 30's experiment log (bench/results/reasoning-experiments.md, section 8): each is a
+few steps of the `vital build-tiny-bundle` pipeline (training.tiny_bundle) with recipe overrides. E10-E12 ran
+from this file; E5-E9 ran from one-off scripts with the same steps and overrides, gathered here afterwards.
+Validation only; scoring is `vital eval --split val` (commands in the log).
 
     python bench/reasoning_arms.py e5-chain    # data + tiny MedSigLIP, perception 3,300 steps, stage 0 chain 1,800
     python bench/reasoning_arms.py e5-answer   # the same stage 0 budget, direct answers
