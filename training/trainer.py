@@ -96,6 +96,14 @@ def setup_distributed() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def teardown_distributed() -> None:
+    """Destroy the process group before the interpreter exits. Left to interpreter shutdown, gloo's threads
+    can be torn down while still joinable and a rank aborts ("terminate called without an active exception",
+    SIGABRT) after a finished run — torchrun then reports the whole job as failed."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def pick_device(recipe: Recipe, local_rank: int) -> torch.device:
     if recipe.device != "auto":
         return torch.device(recipe.device)

@@ -58,6 +58,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train, optionally export a bundle and score it."""
+    from training.trainer import teardown_distributed
+
+    code = _train_and_export(args)
+    # Only after success: a rank that raised may leave others inside a collective, where destroying the group can
+    # hang (torchtitan#1342); a failing run exits non-zero either way.
+    teardown_distributed()
+    return code
+
+
+def _train_and_export(args: argparse.Namespace) -> int:
     from training.data.manifest import ManifestError
     from training.recipe import Recipe
     from training.trainer import Trainer
