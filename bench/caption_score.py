@@ -1,5 +1,6 @@
-"""Score caption-v2 predictions (`vital eval ... --out F` on captions.jsonl; F.predictions.jsonl) per atlas item:
-presence, and place / tone / margin / host where gold and prediction both say present.
+"""Score caption predictions (`vital eval ... --out F` on captions.jsonl; F.predictions.jsonl) per atlas item:
+presence, and place / tone / margin / host where gold and prediction both say present; for caption v3 also
+`rank` (a lesion's size word and leftmost/uppermost flags, all equal) over lesions both say present.
 
 Usage: python bench/caption_score.py PREDICTIONS.jsonl (issue 30, bench/results/reasoning-experiments.md)."""
 
@@ -38,11 +39,12 @@ def items(text):
                 "place": rest[0] if rest else "",
                 "tone": rest[1] if len(rest) > 1 else "",
                 "margin": rest[2] if len(rest) > 2 else "",
+                "rank": tuple(rest[3:]),
             }
     return out
 
 
-n = pres = both = place = tone = margin = host = 0
+n = pres = both = place = tone = margin = host = ranked = rank = 0
 for line in Path(sys.argv[1]).read_text().splitlines():
     r = json.loads(line)
     g, p = items(r["gold"]), items(r["prediction"])
@@ -56,6 +58,9 @@ for line in Path(sys.argv[1]).read_text().splitlines():
             tone += gv["tone"] == pv["tone"]
             margin += gv["margin"] == pv["margin"]
             host += gv["host"] == pv["host"]
+            if gv["rank"]:  # caption v3 lesions
+                ranked += 1
+                rank += gv["rank"] == pv["rank"]
 print(
     json.dumps(
         {
@@ -66,6 +71,8 @@ print(
             "tone": round(tone / max(both, 1), 3),
             "margin": round(margin / max(both, 1), 3),
             "host": round(host / max(both, 1), 3),
+            "ranked_lesions": ranked,
+            "rank": round(rank / max(ranked, 1), 3),
         }
     )
 )

@@ -227,3 +227,46 @@ def test_captions_list_every_atlas_name_in_order_with_its_place_or_absence(
             hosts,
             lesions,
         ]
+
+
+def test_caption_rank_words_agree_with_every_chains_first_hop(gate_sets: tuple[Path, Path]) -> None:
+    """Caption v3: each present lesion carries its size word and leftmost/uppermost flags among the scene's
+    lesions, and on every compositional question of the set the lesion the chain's hop 1 names is the one its
+    image's caption tags with the question's superlative (one set of facts for perception and questions)."""
+    from training.phantom.compose import SUPERLATIVES, is_compositional
+    from training.phantom.modalities import MODALITIES
+
+    by_name = {m.name: m for m in MODALITIES}
+    fit, _ = gate_sets
+    caps = {json.loads(x)["image"]: json.loads(x) for x in (fit / "captions.jsonl").read_text().splitlines()}
+    checked = 0
+    for line in (fit / "manifest.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        lesions_sentence = caps[row["image"]]["reasoning"][1]
+        tags = {}
+        for item in lesions_sentence.removeprefix("Lesions: ").rstrip(".").split("; "):
+            if not item.endswith(" absent"):
+                parts = item.split(", ")
+                words = [w for w in parts if w in ("largest", "smallest", "mid-sized", "only lesion")]
+                assert len(words) == 1, item
+                name = next(
+                    n for n in ATLAS[by_name[row["modality"]].key].lesions if item.startswith(n + " ")
+                )
+                tags[name] = set(parts[parts.index(words[0]) :])
+        if len(tags) >= 2:
+            assert (
+                sum("largest" in t for t in tags.values()) == 1
+                and sum("smallest" in t for t in tags.values()) == 1
+            )
+            assert (
+                sum("leftmost" in t for t in tags.values()) == 1
+                and sum("uppermost" in t for t in tags.values()) == 1
+            )
+        if not is_compositional(row["question"]):
+            continue
+        sup = next(w for w in SUPERLATIVES if f"the {w} lesion" in row["question"])
+        named = re.match(rf"The {sup} lesion is the (.+)\.$", row["reasoning"][0]).group(1)
+        holders = [n for n, t in tags.items() if sup in t]
+        assert holders == [named], (row["id"], row["reasoning"][0], lesions_sentence)
+        checked += 1
+    assert checked >= 100, checked

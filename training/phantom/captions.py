@@ -6,7 +6,9 @@ trains the random backbone on these before any question. Each caption lists ever
 every lesion kind of the modality's atlas in one fixed order (atlas order), each either "absent" or with
 its host, place, tone and margin — so each item is a lookup (where is this name, how does it look) rather
 than a reading-order scan, which the tiny model learned far more slowly (bench/results/reasoning-
-experiments.md). They are written from the facts the generator stored (scenes.jsonl), to
+experiments.md). A present lesion also says how it ranks among the scene's lesions (caption v3): its size
+("largest", "smallest", "mid-sized", or "only lesion") and whether it is the leftmost or uppermost one —
+the comparisons hop 1 of a compositional question reads, which v2's thirds of the image could not settle. They are written from the facts the generator stored (scenes.jsonl), to
 DIR/captions.jsonl, a five-tuple manifest over the same images and splits (question type `describe`; the
 two reasoning sentences, structures then lesions, are the answer).
 """
@@ -32,10 +34,36 @@ def _place(o: dict[str, Any]) -> str:
     )
 
 
+def lesion_ranks(lesions: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per lesion name, its rank words among the present lesions: the size word, then "leftmost" and/or
+    "uppermost" when it is that one. Sizes are mask pixel counts and positions mask centroids (the facts
+    compose.resolve reads); a tie goes to the earlier object, like a stable sort. One lesion: "only lesion"."""
+    if len(lesions) == 1:
+        return {lesions[0]["name"]: ["only lesion"]}
+    by_area = sorted(lesions, key=lambda o: -o["area"])
+    left = min(lesions, key=lambda o: o["cx"])["name"]
+    upper = min(lesions, key=lambda o: o["cy"])["name"]
+    out = {}
+    for o in lesions:
+        size = "largest" if o is by_area[0] else "smallest" if o is by_area[-1] else "mid-sized"
+        out[o["name"]] = [
+            size,
+            *(["leftmost"] if o["name"] == left else []),
+            *(["uppermost"] if o["name"] == upper else []),
+        ]
+    return out
+
+
 def caption_sentences(facts: dict[str, Any], atlas: Atlas, contrast: tuple[str, str] | None) -> list[str]:
     """Two sentences: the modality's four host structures, then its four lesion kinds, always in atlas order
-    (so each item is a lookup: where is this one, or is it absent), with place, host, tone and margin."""
+    (so each item is a lookup: where is this one, or is it absent), with place, host, tone and margin; a
+    lesion then its rank words among the scene's lesions (`lesion_ranks`)."""
     objs = {o["name"]: o for o in facts["objects"]}
+    ranks = (
+        lesion_ranks([objs[n] for n in atlas.lesions if n in objs])
+        if any(n in objs for n in atlas.lesions)
+        else {}
+    )
 
     def item(name: str) -> str:
         o = objs.get(name)
@@ -43,7 +71,8 @@ def caption_sentences(facts: dict[str, Any], atlas: Atlas, contrast: tuple[str, 
             return f"{name} absent"
         inside = f"in the {o['host']}, " if o.get("host") else ""
         look = f"{contrast_word(o['brighter'], contrast)}, {'blurred' if o['blurred'] else 'sharp'}"
-        return f"{name} {inside}{_place(o)}, {look}"
+        rank = "".join(f", {w}" for w in ranks.get(name, ()))
+        return f"{name} {inside}{_place(o)}, {look}{rank}"
 
     return [
         "Structures: " + "; ".join(item(n) for n in atlas.hosts) + ".",
