@@ -31,9 +31,10 @@ from training.phantom.questions import QA, make_qa
 from training.phantom.scene import Scene
 from vital_core.config import QUESTION_TYPES
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """2: rows carry `step_masks` (one mask per reasoning sentence; multi-hop steps name other structures).
-3: the compositional task (default) and its `scenes.jsonl` of per-object facts."""
+3: the compositional task (default) and its `scenes.jsonl` of per-object facts.
+4: caption v3 (captions.jsonl: each lesion's size rank and leftmost/uppermost words)."""
 TASKS = ("compositional", "legacy")
 """compositional (default): names told by tissue tone, size and place drawn at random, multi-hop
 questions whose later hops depend on earlier results (training.phantom.compose). legacy: the earlier
