@@ -138,11 +138,13 @@ def test_queue_full_gives_429_and_timeout_504(tiny_bundle, encode_image):
         transport = httpx.ASGITransport(app=app)
         try:
             async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as c:
-                waiting = [asyncio.ensure_future(_post(c, encode_image(i), "q", 1, 2)) for i in range(3)]
-                await _until(
-                    lambda: engine.running == 1 and engine.queued == 2,
-                    state=lambda: f"running={engine.running} queued={engine.queued}",
-                )  # one taken into a (blocked) batch, two queued
+                counters = lambda: f"running={engine.running} queued={engine.queued}"  # noqa: E731
+                # the first must be taken into a (blocked) batch before the next two arrive: three at once
+                # can all reach the queue before the batcher runs, and the third is then rightly refused
+                waiting = [asyncio.ensure_future(_post(c, encode_image(0), "q", 1, 2))]
+                await _until(lambda: engine.running == 1 and engine.queued == 0, state=counters)
+                waiting += [asyncio.ensure_future(_post(c, encode_image(i), "q", 1, 2)) for i in (1, 2)]
+                await _until(lambda: engine.running == 1 and engine.queued == 2, state=counters)
                 extra = await _post(c, encode_image(9), "q", 1, 2)
                 release.set()
                 done = await asyncio.gather(*waiting)
