@@ -4,8 +4,9 @@ Hop 1 of a compositional question ("the largest lesion") needs each lesion's siz
 rank, yet a 1,800-step perception bundle writes the right size word only at chance. This separates "the image
 tokens do not carry size" from "the language model has not learned to read and compare it": for every
 lesion of the phantom's scenes (scenes.jsonl facts: area in pixels, centroid) it takes the token under the
-lesion's centroid and the mean of its 3 x 3 neighbourhood, from (a) the vision tower's merged output (what the
-language model receives) and (b) the language model's last hidden state at those image positions, and fits
+lesion's centroid and the mean of its 3 x 3 neighbourhood, from (a) the vision tower's patches before its
+2 x 2 merger, (b) its merged output (what the language model receives) and (c) the language model's last
+hidden state at those image positions, and fits
 a ridge regression to log(area) on train images (ridge strength chosen on a fifth of them held out). Reported
 on val images: R², and, over pairs of lesions in one image whose areas differ by at least the task's margin
 (compose.MIN_AREA_RATIO), how often the probe orders the pair right (chance 50 %). A centroid-position-only
@@ -37,12 +38,18 @@ def _lesions(scene: dict) -> list[dict]:
 
 
 @torch.no_grad()
-def _features(model, image: Image.Image, question: str) -> tuple[np.ndarray, np.ndarray, int]:
-    """(vision tokens (g*g, H), LM last hidden at image positions (g*g, H), g): merged tokens, row-major."""
+def _features(model, image: Image.Image, question: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(vision tower patches before the 2 x 2 merger (2g*2g, C), merged vision tokens (g*g, H), LM last hidden
+    at image positions (g*g, H), g), each row-major over its grid."""
     vl = model.core.model
     b = model.encode([image], [question])
     image_out = vl.get_image_features(b.pixel_values, b.image_grid_thw, return_dict=True)
     vis = image_out.pooler_output[0]
+    m = vl.visual.spatial_merge_size
+    _, gh, gw = (int(v) for v in b.image_grid_thw[0])
+    # the processor lists patches merge window by merge window: (gh/m, gw/m, m, m) -> row-major (gh, gw)
+    patches = image_out.last_hidden_state.reshape(gh // m, gw // m, m, m, -1).permute(0, 2, 1, 3, 4)
+    patches = patches.reshape(gh * gw, -1)
     pos, _ = vl.get_rope_index(
         b.input_ids, b.mm_token_type_ids, b.image_grid_thw, attention_mask=b.attention_mask
     )
@@ -54,7 +61,7 @@ def _features(model, image: Image.Image, question: str) -> tuple[np.ndarray, np.
     )
     lm = out.last_hidden_state[0][b.mm_token_type_ids[0].bool()]
     g = int(round(vis.shape[0] ** 0.5))
-    return vis.float().numpy(), lm.float().numpy(), g
+    return patches.float().numpy(), vis.float().numpy(), lm.float().numpy(), g
 
 
 def _token_feature(tokens: np.ndarray, g: int, cy: float, cx: float) -> np.ndarray:
@@ -128,7 +135,7 @@ def main() -> None:
     data = {}
     t0 = time.perf_counter()
     for split, items in rows.items():
-        feats = {"vision": [], "lm": [], "position": []}
+        feats = {"patches": [], "vision": [], "lm": [], "position": []}
         y, groups, areas = [], [], []
         seen = set()
         for gi, r in enumerate(tqdm(items, desc=f"probe {split}", dynamic_ncols=True)):
@@ -136,10 +143,11 @@ def main() -> None:
                 continue
             seen.add(r["image"])
             image = Image.open(root / r["image"]).convert("RGB")
-            vis, lm, g = _features(
+            patches, vis, lm, g = _features(
                 model, image, f"Describe every structure and lesion in this {phrase[r['modality']]}."
             )
             for o in _lesions(scenes[r["id"]]):
+                feats["patches"].append(_token_feature(patches, 2 * g, o["cy"], o["cx"]))
                 feats["vision"].append(_token_feature(vis, g, o["cy"], o["cx"]))
                 feats["lm"].append(_token_feature(lm, g, o["cy"], o["cx"]))
                 feats["position"].append(
@@ -151,7 +159,7 @@ def main() -> None:
         data[split] = ({k: np.stack(v) for k, v in feats.items()}, np.array(y), groups, np.array(areas))
     result = {"bundle": a.bundle, "lesions": {s: len(d[1]) for s, d in data.items()}, "probes": {}}
     (xtr, ytr, _, _), (xva, yva, gva, ava) = data["train"], data["val"]
-    for name in ("position", "vision", "lm"):
+    for name in ("position", "patches", "vision", "lm"):
         w, b, lam = _fit(xtr[name], ytr)
         result["probes"][name] = {**_scores(xva[name] @ w + b, yva, gva, ava), "ridge": lam}
     result["seconds"] = round(time.perf_counter() - t0, 1)
