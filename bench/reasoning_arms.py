@@ -17,6 +17,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e13-chain   # E7's stage 0 (caption replay, 1,200 steps) on it
     python bench/reasoning_arms.py e13-answer  # the same budget and replay, direct answers (caption = answer)
     python bench/reasoning_arms.py e13-latent  # the latent curriculum (configs/tiny.yaml) on e13-chain
+    python bench/reasoning_arms.py e14-merge2  # E13's perception at 600 steps (the pair's control)
+    python bench/reasoning_arms.py e14-merge1  # the same with no 2 x 2 patch merger: 256 image tokens, not 64
 
 Run one at a time per core (`taskset -c N`, OMP_NUM_THREADS=1); later arms read earlier arms' outputs."""
 
@@ -46,6 +48,8 @@ ARMS = (
     "e13-chain",
     "e13-answer",
     "e13-latent",
+    "e14-merge2",
+    "e14-merge1",
 )
 WORK13 = Path("data/e13/work")
 
@@ -59,8 +63,11 @@ def _base(args: argparse.Namespace) -> tuple[Path, Path]:
     return manifest, tb._encoder(manifest, WORK / "encoder", args)
 
 
-def _perception(manifest: Path, enc: Path, args, out: Path, epochs: int, layers: int | None = None) -> Path:
+def _perception(
+    manifest: Path, enc: Path, args, out: Path, epochs: int, layers: int | None = None, extra=None
+) -> Path:
     sets = [
+        *(extra or []),
         f"model.align_encoder={enc}",
         f"data.manifest={manifest.with_name('captions.jsonl')}",
         f"curriculum.epochs=[{epochs}]",  # 300 steps per epoch at batch 32
@@ -165,6 +172,10 @@ def main() -> None:
             _stage0(mixed, seen, WORK13 / f"stage0-{target}", args, target, epochs=2, extra=room)
         else:
             _latent(m13, WORK13 / "stage0-chain" / "bundle", WORK13 / "latent", args)
+    elif a.arm.startswith("e14"):
+        merge = int(a.arm[-1])
+        extra = [f"model.overrides.backbone.arch.vision_config.spatial_merge_size={merge}"]
+        _perception(_phantom_v3(), enc, args, Path(f"data/e14/{a.arm}"), epochs=2, layers=4, extra=extra)
     elif a.arm == "e8":
         _latent(manifest, WORK / "stage0-chain" / "bundle", Path("data/e8/work/latent"), args)
     elif a.arm == "e9":

@@ -38,9 +38,11 @@ def _lesions(scene: dict) -> list[dict]:
 
 
 @torch.no_grad()
-def _features(model, image: Image.Image, question: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(vision tower patches before the 2 x 2 merger (2g*2g, C), merged vision tokens (g*g, H), LM last hidden
-    at image positions (g*g, H), g), each row-major over its grid."""
+def _features(
+    model, image: Image.Image, question: str
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, int]:
+    """(vision tower patches before the merger (p*p, C), p, merged vision tokens (g*g, H), LM last hidden at
+    image positions (g*g, H), g), each row-major over its grid (g = p / spatial merge size)."""
     vl = model.core.model
     b = model.encode([image], [question])
     image_out = vl.get_image_features(b.pixel_values, b.image_grid_thw, return_dict=True)
@@ -61,7 +63,7 @@ def _features(model, image: Image.Image, question: str) -> tuple[np.ndarray, np.
     )
     lm = out.last_hidden_state[0][b.mm_token_type_ids[0].bool()]
     g = int(round(vis.shape[0] ** 0.5))
-    return patches.float().numpy(), vis.float().numpy(), lm.float().numpy(), g
+    return patches.float().numpy(), gh, vis.float().numpy(), lm.float().numpy(), g
 
 
 def _token_feature(tokens: np.ndarray, g: int, cy: float, cx: float) -> np.ndarray:
@@ -143,11 +145,11 @@ def main() -> None:
                 continue
             seen.add(r["image"])
             image = Image.open(root / r["image"]).convert("RGB")
-            patches, vis, lm, g = _features(
+            patches, pg, vis, lm, g = _features(
                 model, image, f"Describe every structure and lesion in this {phrase[r['modality']]}."
             )
             for o in _lesions(scenes[r["id"]]):
-                feats["patches"].append(_token_feature(patches, 2 * g, o["cy"], o["cx"]))
+                feats["patches"].append(_token_feature(patches, pg, o["cy"], o["cx"]))
                 feats["vision"].append(_token_feature(vis, g, o["cy"], o["cx"]))
                 feats["lm"].append(_token_feature(lm, g, o["cy"], o["cx"]))
                 feats["position"].append(
