@@ -19,6 +19,7 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e13-latent  # the latent curriculum (configs/tiny.yaml) on e13-chain
     python bench/reasoning_arms.py e14-merge2  # E13's perception at 600 steps (the pair's control)
     python bench/reasoning_arms.py e14-merge1  # the same with no 2 x 2 patch merger: 256 image tokens, not 64
+    python bench/reasoning_arms.py e15         # e14-merge1 for 1,200 steps
 
 Run one at a time per core (`taskset -c N`, OMP_NUM_THREADS=1); later arms read earlier arms' outputs."""
 
@@ -50,6 +51,7 @@ ARMS = (
     "e13-latent",
     "e14-merge2",
     "e14-merge1",
+    "e15",
 )
 WORK13 = Path("data/e13/work")
 
@@ -172,10 +174,11 @@ def main() -> None:
             _stage0(mixed, seen, WORK13 / f"stage0-{target}", args, target, epochs=2, extra=room)
         else:
             _latent(m13, WORK13 / "stage0-chain" / "bundle", WORK13 / "latent", args)
-    elif a.arm.startswith("e14"):
-        merge = int(a.arm[-1])
+    elif a.arm.startswith(("e14", "e15")):
+        merge = 2 if a.arm == "e14-merge2" else 1
         extra = [f"model.overrides.backbone.arch.vision_config.spatial_merge_size={merge}"]
-        _perception(_phantom_v3(), enc, args, Path(f"data/e14/{a.arm}"), epochs=2, layers=4, extra=extra)
+        epochs = 4 if a.arm == "e15" else 2
+        _perception(_phantom_v3(), enc, args, Path(f"data/e14/{a.arm}"), epochs=epochs, layers=4, extra=extra)
     elif a.arm == "e8":
         _latent(manifest, WORK / "stage0-chain" / "bundle", Path("data/e8/work/latent"), args)
     elif a.arm == "e9":
