@@ -8,7 +8,8 @@ its host, place, tone and margin — so each item is a lookup (where is this nam
 than a reading-order scan, which the tiny model learned far more slowly (bench/results/reasoning-
 experiments.md). A present lesion also says how it ranks among the scene's lesions (caption v3): its size
 ("largest", "smallest", "mid-sized", or "only lesion") and whether it is the leftmost or uppermost one —
-the comparisons hop 1 of a compositional question reads, which v2's thirds of the image could not settle. They are written from the facts the generator stored (scenes.jsonl), to
+the comparisons hop 1 of a compositional question reads, which v2's thirds of the image could not settle.
+They are written from the facts the generator stored (scenes.jsonl), to
 DIR/captions.jsonl, a five-tuple manifest over the same images and splits (question type `describe`; the
 two reasoning sentences, structures then lesions, are the answer).
 """
@@ -40,12 +41,12 @@ def lesion_ranks(lesions: list[dict[str, Any]]) -> dict[str, list[str]]:
     compose.resolve reads); a tie goes to the earlier object, like a stable sort. One lesion: "only lesion"."""
     if len(lesions) == 1:
         return {lesions[0]["name"]: ["only lesion"]}
-    by_area = sorted(lesions, key=lambda o: -o["area"])
+    by_area = [o["name"] for o in sorted(lesions, key=lambda o: -o["area"])]
     left = min(lesions, key=lambda o: o["cx"])["name"]
     upper = min(lesions, key=lambda o: o["cy"])["name"]
     out = {}
     for o in lesions:
-        size = "largest" if o is by_area[0] else "smallest" if o is by_area[-1] else "mid-sized"
+        size = {by_area[0]: "largest", by_area[-1]: "smallest"}.get(o["name"], "mid-sized")
         out[o["name"]] = [
             size,
             *(["leftmost"] if o["name"] == left else []),
@@ -59,11 +60,8 @@ def caption_sentences(facts: dict[str, Any], atlas: Atlas, contrast: tuple[str, 
     (so each item is a lookup: where is this one, or is it absent), with place, host, tone and margin; a
     lesion then its rank words among the scene's lesions (`lesion_ranks`)."""
     objs = {o["name"]: o for o in facts["objects"]}
-    ranks = (
-        lesion_ranks([objs[n] for n in atlas.lesions if n in objs])
-        if any(n in objs for n in atlas.lesions)
-        else {}
-    )
+    present = [objs[n] for n in atlas.lesions if n in objs]
+    ranks = lesion_ranks(present) if present else {}
 
     def item(name: str) -> str:
         o = objs.get(name)
