@@ -1,6 +1,8 @@
 """Read written chains hop by hop: for the multi-hop closed questions of a `vital eval --mode cot` predictions
 file, how often the written sentence k equals the reference chain's sentence k, overall and (for hop 1) by the
-hop-1 selector ("The largest lesion is ...", "The leftmost lesion is ...").
+hop-1 selector ("The largest lesion is ...", "The leftmost lesion is ..."). Hop 1's sentence is the reference's
+first sentence of that form: sentence 1 in the generated chains, sentence 2 in the read-then-compare chains of
+`bench/reasoning_arms.py e18-*` (whose manifest is then the reference).
 
 Usage: python bench/chain_hops.py PREDICTIONS.jsonl MANIFEST.jsonl (issue 30, bench/results/reasoning-experiments.md)."""
 
@@ -35,9 +37,10 @@ def main(pred_path: str, manifest_path: str) -> dict:
         for i, s in enumerate(ref[:4]):
             totals[i] += 1
             hits[i] += int(i < len(got) and got[i] == s.strip())
-        b = by[selector(ref[0])]
+        h1 = next((i for i, s in enumerate(ref) if selector(s) != "other"), 0)
+        b = by[selector(ref[h1])]
         b[0] += 1
-        b[1] += int(bool(got) and got[0] == ref[0].strip())
+        b[1] += int(h1 < len(got) and got[h1] == ref[h1].strip())
         b[2] += int(bool(r.get("correct")))
     out = {
         "n": len(rows),

@@ -20,6 +20,16 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e14-merge2  # E13's perception at 600 steps (the pair's control)
     python bench/reasoning_arms.py e14-merge1  # the same with no 2 x 2 patch merger: 256 image tokens, not 64
     python bench/reasoning_arms.py e15         # e14-merge1 for 1,200 steps
+    python bench/reasoning_arms.py e16-hop1    # hop 1 alone ("Which is the largest lesion in this CT scan?"),
+                                               # direct answers, 1,200 steps on E13's perception
+    python bench/reasoning_arms.py e16-hop1-nomerge  # the same on E15's no-merger perception
+    python bench/reasoning_arms.py e17-chain   # E13's stage 0 (caption replay) plus hop 1 asked alone on half
+                                               # the train images (sub-question supervision), 2 epochs
+    python bench/reasoning_arms.py e17-answer  # the same rows and budget, direct answers
+    python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
+                                               # attribute of every lesion in numbers, sentence 2 compares them
+    python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
+                                               # position and area in the same numbers
 
 Run one at a time per core (`taskset -c N`, OMP_NUM_THREADS=1); later arms read earlier arms' outputs."""
 
@@ -52,6 +62,12 @@ ARMS = (
     "e14-merge2",
     "e14-merge1",
     "e15",
+    "e16-hop1",
+    "e16-hop1-nomerge",
+    "e17-chain",
+    "e17-answer",
+    "e18-chain",
+    "e18-numbers",
 )
 WORK13 = Path("data/e13/work")
 
@@ -129,6 +145,142 @@ def _phantom_v3() -> Path:
     return dst / "manifest.jsonl"
 
 
+def _hop1_manifest() -> Path:
+    """Hop 1 of the compositional task asked alone, on every image: "Which is the largest lesion in this CT
+    scan?" -> "The cyst." (question type `identify`: closed, exact match), one row per superlative whose
+    margin holds (compose.resolve's rule, MIN_AREA_RATIO / MIN_POSITION_GAP, on the painted masks' facts in
+    scenes.jsonl). Three lesions per scene, so chance is 1/3 once the model names a present lesion."""
+    from training.phantom.compose import MIN_AREA_RATIO, MIN_POSITION_GAP, SUPERLATIVES
+    from training.phantom.modalities import MODALITIES
+
+    src = WORK13 / "phantom"
+    out = src / "hop1.jsonl"  # beside the images: manifest paths are relative to it
+    if out.is_file():
+        return out
+    phrase = {m.name: m.phrases[0] for m in MODALITIES}
+    facts = {}
+    for line in (src / "scenes.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        facts[r["id"]] = [o for o in r["objects"] if o["type"] == "lesion"]
+    rows = []
+    for line in (src / "manifest.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        lesions = facts[r["id"]]
+        if len(lesions) < 2:
+            continue
+        for sup in SUPERLATIVES:
+            if sup in ("largest", "smallest"):
+                order = sorted(lesions, key=lambda o: o["area"], reverse=sup == "largest")
+                ok = max(order[0]["area"], order[1]["area"]) >= MIN_AREA_RATIO * min(
+                    order[0]["area"], order[1]["area"]
+                )
+            else:
+                axis = "cx" if sup == "leftmost" else "cy"
+                order = sorted(lesions, key=lambda o: o[axis])
+                ok = order[1][axis] - order[0][axis] >= MIN_POSITION_GAP
+            if not ok:
+                continue
+            name = order[0]["name"]
+            rows.append(
+                {
+                    **r,
+                    "id": f"{r['id']}-h1{sup}",
+                    "question": f"Which is the {sup} lesion in this {phrase[r['modality']]}?",
+                    "answer": f"The {name}.",
+                    "reasoning": [f"The {sup} lesion is the {name}."],
+                    "question_type": "identify",
+                    "target": name,
+                    "target_type": "lesion",
+                }
+            )
+            rows[-1].pop("step_masks", None)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def _with_hop1(mixed: Path, every: int = 2) -> Path:
+    """A stage-0 mix plus the train rows of `_hop1_manifest` for every `every`-th train image (all four
+    superlatives of that image whose margin holds)."""
+    out = mixed.with_name(mixed.stem + "-hop1.jsonl")
+    keep = []
+    images: dict[str, int] = {}
+    for line in _hop1_manifest().read_text().splitlines():
+        r = json.loads(line)
+        if r["split"] == "train" and images.setdefault(r["image"], len(images)) % every == 0:
+            keep.append(line)
+    out.write_text(mixed.read_text() + "\n".join(keep) + "\n")
+    return out
+
+
+def _lesion_numbers(facts: list[dict], size: int = 128) -> dict[str, dict[str, str]]:
+    """Per lesion name, its centroid column and row in percent of the side and its area in percent of the
+    image, as chain v2 and the numbered captions write them ("23 %", "0.6 %")."""
+    return {
+        o["name"]: {
+            "x": f"{round(100 * o['cx'])} %",
+            "y": f"{round(100 * o['cy'])} %",
+            "area": f"{100 * o['area'] / size**2:.1f} %",
+        }
+        for o in facts
+        if o["type"] == "lesion"
+    }
+
+
+_READS = {
+    "leftmost": ("Lesion positions from the left", "x"),
+    "uppermost": ("Lesion positions from the top", "y"),
+    "largest": ("Lesion areas", "area"),
+    "smallest": ("Lesion areas", "area"),
+}
+
+
+def _chain_v2(mixed: Path, numbered_captions: bool = False) -> Path:
+    """A stage-0 mix whose compositional chains read, then compare (chain v2): sentence 1 gives the attribute
+    hop 1 compares for every present lesion in atlas order ("Lesion positions from the left: cyst 23 %,
+    abscess 41 %, hemangioma 67 %."), sentence 2 is hop 1's result ("The leftmost lesion is the cyst."), 3-4
+    are hop 2 and the answer as before. Task margins (x1.3 area, 6 points of position) keep the written numbers
+    apart (a difference over 0.1 never rounds to a tie). With `numbered_captions` every present lesion of a
+    replayed caption also says "x 23 %, y 67 %, area 0.6 %"."""
+    from training.phantom.atlas import ATLAS
+    from training.phantom.compose import _QUESTION_RE
+
+    src = mixed.parent
+    facts = {}
+    for line in (src / "scenes.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        facts[r["id"]] = r["objects"]
+    out = mixed.with_name(mixed.stem + ("-v2n.jsonl" if numbered_captions else "-v2.jsonl"))
+    rows = []
+    for line in mixed.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        base = r["id"].removesuffix("-cap")
+        atlas = ATLAS[base.split("-")[0]]
+        nums = _lesion_numbers(facts[base])
+        m = _QUESTION_RE.match(r["question"])
+        if m and r["question_type"] == "reasoning":
+            head, key = _READS[m.group(2)]
+            read = ", ".join(f"{n} {nums[n][key]}" for n in atlas.lesions if n in nums)
+            r["reasoning"] = [f"{head}: {read}.", r["reasoning"][0], *r["reasoning"][2:]]
+        elif numbered_captions and r["id"].endswith("-cap"):
+            structures, lesions = r["reasoning"]
+            items = []
+            for it in lesions.removeprefix("Lesions: ").removesuffix(".").split("; "):
+                name = next(n for n in atlas.lesions if it.startswith(n))
+                if name in nums:
+                    v = nums[name]
+                    it += f", x {v['x']}, y {v['y']}, area {v['area']}"
+                items.append(it)
+            r["reasoning"] = [structures, "Lesions: " + "; ".join(items) + "."]
+            if r["answer"] != "Described above.":
+                r["answer"] = " ".join(r["reasoning"])
+        rows.append(json.dumps(r))
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -179,6 +331,23 @@ def main() -> None:
         extra = [f"model.overrides.backbone.arch.vision_config.spatial_merge_size={merge}"]
         epochs = 4 if a.arm == "e15" else 2
         _perception(_phantom_v3(), enc, args, Path(f"data/e14/{a.arm}"), epochs=epochs, layers=4, extra=extra)
+    elif a.arm.startswith("e16-hop1"):
+        init = Path("data/e14/e15/bundle") if a.arm.endswith("nomerge") else WORK13 / "perception" / "bundle"
+        extra = (
+            ["model.overrides.backbone.arch.vision_config.spatial_merge_size=1"] if "nomerge" in a.arm else []
+        )
+        _stage0(_hop1_manifest(), init, Path(f"data/e16/{a.arm}"), args, "answer", epochs=2, extra=extra)
+    elif a.arm.startswith("e17"):
+        target = a.arm.split("-")[1]
+        mixed = _with_hop1(_replay_manifest(_phantom_v3(), target))
+        room = ["data.max_answer_tokens=128"]
+        init = WORK13 / "perception" / "bundle"
+        _stage0(mixed, init, Path(f"data/e17/stage0-{target}"), args, target, epochs=2, extra=room)
+    elif a.arm.startswith("e18"):
+        mixed = _chain_v2(_replay_manifest(_phantom_v3(), "chain"), numbered_captions=a.arm == "e18-numbers")
+        room = ["data.max_answer_tokens=128" if a.arm == "e18-chain" else "data.max_answer_tokens=176"]
+        init = WORK13 / "perception" / "bundle"
+        _stage0(mixed, init, Path(f"data/e18/{a.arm}"), args, "chain", epochs=2, extra=room)
     elif a.arm == "e8":
         _latent(manifest, WORK / "stage0-chain" / "bundle", Path("data/e8/work/latent"), args)
     elif a.arm == "e9":
