@@ -23,9 +23,6 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e16-hop1    # hop 1 alone ("Which is the largest lesion in this CT scan?"),
                                                # direct answers, 1,200 steps on E13's perception
     python bench/reasoning_arms.py e16-hop1-nomerge  # the same on E15's no-merger perception
-    python bench/reasoning_arms.py e17-chain   # E13's stage 0 (caption replay) plus hop 1 asked alone on half
-                                               # the train images (sub-question supervision), 2 epochs
-    python bench/reasoning_arms.py e17-answer  # the same rows and budget, direct answers
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -64,8 +61,6 @@ ARMS = (
     "e15",
     "e16-hop1",
     "e16-hop1-nomerge",
-    "e17-chain",
-    "e17-answer",
     "e18-chain",
     "e18-numbers",
 )
@@ -199,20 +194,6 @@ def _hop1_manifest() -> Path:
     return out
 
 
-def _with_hop1(mixed: Path, every: int = 2) -> Path:
-    """A stage-0 mix plus the train rows of `_hop1_manifest` for every `every`-th train image (all four
-    superlatives of that image whose margin holds)."""
-    out = mixed.with_name(mixed.stem + "-hop1.jsonl")
-    keep = []
-    images: dict[str, int] = {}
-    for line in _hop1_manifest().read_text().splitlines():
-        r = json.loads(line)
-        if r["split"] == "train" and images.setdefault(r["image"], len(images)) % every == 0:
-            keep.append(line)
-    out.write_text(mixed.read_text() + "\n".join(keep) + "\n")
-    return out
-
-
 def _lesion_numbers(facts: list[dict], size: int = 128) -> dict[str, dict[str, str]]:
     """Per lesion name, its centroid column and row in percent of the side and its area in percent of the
     image, as chain v2 and the numbered captions write them ("23 %", "0.6 %")."""
@@ -337,12 +318,6 @@ def main() -> None:
             ["model.overrides.backbone.arch.vision_config.spatial_merge_size=1"] if "nomerge" in a.arm else []
         )
         _stage0(_hop1_manifest(), init, Path(f"data/e16/{a.arm}"), args, "answer", epochs=2, extra=extra)
-    elif a.arm.startswith("e17"):
-        target = a.arm.split("-")[1]
-        mixed = _with_hop1(_replay_manifest(_phantom_v3(), target))
-        room = ["data.max_answer_tokens=128"]
-        init = WORK13 / "perception" / "bundle"
-        _stage0(mixed, init, Path(f"data/e17/stage0-{target}"), args, target, epochs=2, extra=room)
     elif a.arm.startswith("e18"):
         mixed = _chain_v2(_replay_manifest(_phantom_v3(), "chain"), numbered_captions=a.arm == "e18-numbers")
         room = ["data.max_answer_tokens=128" if a.arm == "e18-chain" else "data.max_answer_tokens=176"]
