@@ -23,6 +23,11 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e16-hop1    # hop 1 alone ("Which is the largest lesion in this CT scan?"),
                                                # direct answers, 1,200 steps on E13's perception
     python bench/reasoning_arms.py e16-hop1-nomerge  # the same on E15's no-merger perception
+    python bench/reasoning_arms.py e19-hop1-hosts  # E16-hop1 over the three host structures ("Which is the
+                                                   # leftmost organ in this CT scan?")
+    python bench/reasoning_arms.py e20-chain   # hop 1 over the organs: "which lesion in this CT scan lies in
+                                               # the leftmost organ?", on E13's hosted scenes; stage 0 as E13's
+    python bench/reasoning_arms.py e20-answer  # the same rows, budget and replay, direct answers
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -63,6 +68,9 @@ ARMS = (
     "e16-hop1-nomerge",
     "e18-chain",
     "e18-numbers",
+    "e19-hop1-hosts",
+    "e20-chain",
+    "e20-answer",
 )
 WORK13 = Path("data/e13/work")
 
@@ -140,27 +148,31 @@ def _phantom_v3() -> Path:
     return dst / "manifest.jsonl"
 
 
-def _hop1_manifest() -> Path:
+def _hop1_manifest(hosts: bool = False) -> Path:
     """Hop 1 of the compositional task asked alone, on every image: "Which is the largest lesion in this CT
     scan?" -> "The cyst." (question type `identify`: closed, exact match), one row per superlative whose
     margin holds (compose.resolve's rule, MIN_AREA_RATIO / MIN_POSITION_GAP, on the painted masks' facts in
-    scenes.jsonl). Three lesions per scene, so chance is 1/3 once the model names a present lesion."""
+    scenes.jsonl). Three lesions per scene, so chance is 1/3 once the model names a present lesion. With
+    `hosts`, the same over the three host structures ("Which is the leftmost organ in this CT scan?", the
+    atlas' host word)."""
+    from training.phantom.atlas import ATLAS
     from training.phantom.compose import MIN_AREA_RATIO, MIN_POSITION_GAP, SUPERLATIVES
     from training.phantom.modalities import MODALITIES
 
     src = WORK13 / "phantom"
-    out = src / "hop1.jsonl"  # beside the images: manifest paths are relative to it
+    out = src / ("hop1-hosts.jsonl" if hosts else "hop1.jsonl")  # beside the images (relative paths)
     if out.is_file():
         return out
     phrase = {m.name: m.phrases[0] for m in MODALITIES}
     facts = {}
     for line in (src / "scenes.jsonl").read_text().splitlines():
         r = json.loads(line)
-        facts[r["id"]] = [o for o in r["objects"] if o["type"] == "lesion"]
+        facts[r["id"]] = [o for o in r["objects"] if (o["type"] == "lesion") != hosts]
     rows = []
     for line in (src / "manifest.jsonl").read_text().splitlines():
         r = json.loads(line)
         lesions = facts[r["id"]]
+        word = ATLAS[r["id"].split("-")[0]].host_word if hosts else "lesion"
         if len(lesions) < 2:
             continue
         for sup in SUPERLATIVES:
@@ -180,12 +192,12 @@ def _hop1_manifest() -> Path:
                 {
                     **r,
                     "id": f"{r['id']}-h1{sup}",
-                    "question": f"Which is the {sup} lesion in this {phrase[r['modality']]}?",
+                    "question": f"Which is the {sup} {word} in this {phrase[r['modality']]}?",
                     "answer": f"The {name}.",
-                    "reasoning": [f"The {sup} lesion is the {name}."],
+                    "reasoning": [f"The {sup} {word} is the {name}."],
                     "question_type": "identify",
                     "target": name,
-                    "target_type": "lesion",
+                    "target_type": order[0]["type"],
                 }
             )
             rows[-1].pop("step_masks", None)
@@ -262,6 +274,88 @@ def _chain_v2(mixed: Path, numbered_captions: bool = False) -> Path:
     return out
 
 
+def _host_hop_manifest(target: str) -> Path:
+    """E20's stage-0 mix: E13's questions with the compositional ones swapped for host-hop questions on the
+    hosted scenes (each lesion inside its own organ): "Reason step by step: which lesion in this CT scan lies
+    in the leftmost organ?" -> "The cyst.", chain "The leftmost organ is the liver." / "The liver lies in the
+    left part of the image." / "The lesion inside it is the cyst." / "So the lesion in the leftmost organ is
+    the cyst." Hop 1 compares the organs (E19: the perception reads them), hop 2 reads which lesion the
+    chosen organ holds. One question per train image (the superlatives in turn, margins as compose.resolve),
+    every superlative whose margin holds on val and test images. Plus the train captions, replayed as in
+    `_replay_manifest` (as the chain for `target="chain"`, as the answer otherwise)."""
+    from training.phantom.atlas import ATLAS
+    from training.phantom.compose import MIN_AREA_RATIO, MIN_POSITION_GAP, SUPERLATIVES, is_compositional
+    from training.phantom.facts import region_phrase, third
+    from training.phantom.modalities import MODALITIES
+
+    src = WORK13 / "phantom"
+    out = src / f"mixed-e20-{target}.jsonl"
+    phrase = {m.name: m.phrases[0] for m in MODALITIES}
+    facts = {}
+    for line in (src / "scenes.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        facts[r["id"]] = r["objects"]
+    rows, n_train = [], 0
+    for line in (src / "manifest.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if not is_compositional(r["question"]):
+            rows.append(line)
+        objs = facts[r["id"]]
+        lesions = [o for o in objs if o["type"] == "lesion"]
+        if not all(o["host"] for o in lesions):
+            continue  # a free scene: no lesion lies inside an organ
+        hosts = [o for o in objs if o["type"] != "lesion"]
+        atlas = ATLAS[r["id"].split("-")[0]]
+        asked = []
+        for sup in SUPERLATIVES:
+            if sup in ("largest", "smallest"):
+                order = sorted(hosts, key=lambda o: o["area"], reverse=sup == "largest")
+                a, b = order[0]["area"], order[1]["area"]
+                ok = max(a, b) >= MIN_AREA_RATIO * min(a, b)
+            else:
+                axis = "cx" if sup == "leftmost" else "cy"
+                order = sorted(hosts, key=lambda o: o[axis])
+                ok = order[1][axis] - order[0][axis] >= MIN_POSITION_GAP
+            if ok:
+                asked.append((sup, order[0]))
+        if r["split"] == "train" and asked:
+            asked = [asked[n_train % len(asked)]]
+            n_train += 1
+        for sup, host in asked:
+            les = next(o for o in lesions if o["host"] == host["name"])
+            word = atlas.host_word
+            place = region_phrase(
+                third(host["cy"], ("upper", "middle", "lower")),
+                third(host["cx"], ("left", "center", "right")),
+            )
+            rows.append(
+                json.dumps(
+                    {
+                        **{k: v for k, v in r.items() if k != "step_masks"},
+                        "id": f"{r['id']}-hh{sup}",
+                        "question": f"Reason step by step: which lesion in this {phrase[r['modality']]} lies "
+                        f"in the {sup} {word}?",
+                        "answer": f"The {les['name']}.",
+                        "reasoning": [
+                            f"The {sup} {word} is the {host['name']}.",
+                            f"The {host['name']} lies in the {place} part of the image.",
+                            f"The lesion inside it is the {les['name']}.",
+                            f"So the lesion in the {sup} {word} is the {les['name']}.",
+                        ],
+                        "question_type": "reasoning",
+                        "target": les["name"],
+                        "target_type": "lesion",
+                    }
+                )
+            )
+    for line in (src / "captions.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.get("split") == "train":
+            rows.append(json.dumps({**r, "answer": "Described above."} if target == "chain" else r))
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -318,6 +412,14 @@ def main() -> None:
             ["model.overrides.backbone.arch.vision_config.spatial_merge_size=1"] if "nomerge" in a.arm else []
         )
         _stage0(_hop1_manifest(), init, Path(f"data/e16/{a.arm}"), args, "answer", epochs=2, extra=extra)
+    elif a.arm == "e19-hop1-hosts":
+        init = WORK13 / "perception" / "bundle"
+        _stage0(_hop1_manifest(hosts=True), init, Path("data/e19/hop1-hosts"), args, "answer", epochs=2)
+    elif a.arm.startswith("e20"):
+        target = a.arm.split("-")[1]
+        room = ["data.max_answer_tokens=128"]
+        init = WORK13 / "perception" / "bundle"
+        _stage0(_host_hop_manifest(target), init, Path(f"data/e20/stage0-{target}"), args, target, 2, room)
     elif a.arm.startswith("e18"):
         mixed = _chain_v2(_replay_manifest(_phantom_v3(), "chain"), numbered_captions=a.arm == "e18-numbers")
         room = ["data.max_answer_tokens=128" if a.arm == "e18-chain" else "data.max_answer_tokens=176"]
