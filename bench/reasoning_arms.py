@@ -28,6 +28,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e20-chain   # hop 1 over the organs: "which lesion in this CT scan lies in
                                                # the leftmost organ?", on E13's hosted scenes; stage 0 as E13's
     python bench/reasoning_arms.py e20-answer  # the same rows, budget and replay, direct answers
+    python bench/reasoning_arms.py e21-chain   # E20's questions, chain v3: hop 1, then every lesion's organ in
+                                               # the captions' direction, then the lookup
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -71,6 +73,7 @@ ARMS = (
     "e19-hop1-hosts",
     "e20-chain",
     "e20-answer",
+    "e21-chain",
 )
 WORK13 = Path("data/e13/work")
 
@@ -274,7 +277,7 @@ def _chain_v2(mixed: Path, numbered_captions: bool = False) -> Path:
     return out
 
 
-def _host_hop_manifest(target: str) -> Path:
+def _host_hop_manifest(target: str, lookup: bool = False) -> Path:
     """E20's stage-0 mix: E13's questions with the compositional ones swapped for host-hop questions on the
     hosted scenes (each lesion inside its own organ): "Reason step by step: which lesion in this CT scan lies
     in the leftmost organ?" -> "The cyst.", chain "The leftmost organ is the liver." / "The liver lies in the
@@ -282,14 +285,18 @@ def _host_hop_manifest(target: str) -> Path:
     the cyst." Hop 1 compares the organs (E19: the perception reads them), hop 2 reads which lesion the
     chosen organ holds. One question per train image (the superlatives in turn, margins as compose.resolve),
     every superlative whose margin holds on val and test images. Plus the train captions, replayed as in
-    `_replay_manifest` (as the chain for `target="chain"`, as the answer otherwise)."""
+    `_replay_manifest` (as the chain for `target="chain"`, as the answer otherwise). With `lookup` (E21) the
+    chain reads hop 2 in the direction the captions taught (lesion -> organ) and looks the answer up in what
+    it wrote: "The leftmost organ is the liver." / "The cyst lies in the spleen, the abscess in the liver,
+    the tumor in the kidney." / "The lesion inside the liver is the abscess." / "So the lesion in the
+    leftmost organ is the abscess." """
     from training.phantom.atlas import ATLAS
     from training.phantom.compose import MIN_AREA_RATIO, MIN_POSITION_GAP, SUPERLATIVES, is_compositional
     from training.phantom.facts import region_phrase, third
     from training.phantom.modalities import MODALITIES
 
     src = WORK13 / "phantom"
-    out = src / f"mixed-e20-{target}.jsonl"
+    out = src / f"mixed-e20-{target}{'-lookup' if lookup else ''}.jsonl"
     phrase = {m.name: m.phrases[0] for m in MODALITIES}
     facts = {}
     for line in (src / "scenes.jsonl").read_text().splitlines():
@@ -324,6 +331,12 @@ def _host_hop_manifest(target: str) -> Path:
         for sup, host in asked:
             les = next(o for o in lesions if o["host"] == host["name"])
             word = atlas.host_word
+            holds = {o["name"]: o["host"] for o in lesions}
+            first, *rest = [n for n in atlas.lesions if n in holds]
+            reads = f"The {first} lies in the {holds[first]}, " + ", ".join(
+                f"the {n} in the {holds[n]}" for n in rest
+            )
+            reads = reads.rstrip(", ") + "."
             place = region_phrase(
                 third(host["cy"], ("upper", "middle", "lower")),
                 third(host["cx"], ("left", "center", "right")),
@@ -338,8 +351,8 @@ def _host_hop_manifest(target: str) -> Path:
                         "answer": f"The {les['name']}.",
                         "reasoning": [
                             f"The {sup} {word} is the {host['name']}.",
-                            f"The {host['name']} lies in the {place} part of the image.",
-                            f"The lesion inside it is the {les['name']}.",
+                            reads if lookup else f"The {host['name']} lies in the {place} part of the image.",
+                            f"The lesion inside {'the ' + host['name'] if lookup else 'it'} is the {les['name']}.",
                             f"So the lesion in the {sup} {word} is the {les['name']}.",
                         ],
                         "question_type": "reasoning",
@@ -420,6 +433,11 @@ def main() -> None:
         room = ["data.max_answer_tokens=128"]
         init = WORK13 / "perception" / "bundle"
         _stage0(_host_hop_manifest(target), init, Path(f"data/e20/stage0-{target}"), args, target, 2, room)
+    elif a.arm == "e21-chain":
+        room = ["data.max_answer_tokens=128"]
+        init = WORK13 / "perception" / "bundle"
+        mixed = _host_hop_manifest("chain", lookup=True)
+        _stage0(mixed, init, Path("data/e21/stage0-chain"), args, "chain", 2, room)
     elif a.arm.startswith("e18"):
         mixed = _chain_v2(_replay_manifest(_phantom_v3(), "chain"), numbered_captions=a.arm == "e18-numbers")
         room = ["data.max_answer_tokens=128" if a.arm == "e18-chain" else "data.max_answer_tokens=176"]
