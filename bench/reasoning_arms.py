@@ -28,6 +28,7 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e20-chain   # hop 1 over the organs: "which lesion in this CT scan lies in
                                                # the leftmost organ?", on E13's hosted scenes; stage 0 as E13's
     python bench/reasoning_arms.py e20-answer  # the same rows, budget and replay, direct answers
+    python bench/reasoning_arms.py e20-gates   # the issue's gates on E20's questions (no training)
     python bench/reasoning_arms.py e21-chain   # E20's questions, chain v3: hop 1, then every lesion's organ in
                                                # the captions' direction, then the lookup
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
@@ -73,6 +74,7 @@ ARMS = (
     "e19-hop1-hosts",
     "e20-chain",
     "e20-answer",
+    "e20-gates",
     "e21-chain",
 )
 WORK13 = Path("data/e13/work")
@@ -369,6 +371,33 @@ def _host_hop_manifest(target: str, lookup: bool = False) -> Path:
     return out
 
 
+def _host_hop_gates() -> None:
+    """The gates of `training.phantom.audit` on E20's questions: question-only lookup and the best one-structure
+    read, fitted on their train rows and scored on their val rows (each row joined with its scene's facts, the
+    template keyed as superlative-host-name)."""
+    from training.phantom.audit import _mean, one_structure, question_only
+
+    src = WORK13 / "phantom"
+    facts = {}
+    for line in (src / "scenes.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        facts[r["id"]] = r
+    rows = []
+    for line in _host_hop_manifest("chain").read_text().splitlines():
+        r = json.loads(line)
+        if "-hh" in r["id"]:
+            base, sup = r["id"].split("-hh")
+            rows.append({**r, "facts": {**facts[base], "template": f"{sup}-host-name"}})
+    fit = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    hits, chosen = one_structure(fit, val)
+    print(f"organ-hop questions: fit {len(fit)}, val {len(val)}")
+    print(f"question-only lookup: {100 * _mean(question_only(fit, val)):.1f} %")
+    print(f"question + one structure: {100 * _mean(hits):.1f} %")
+    for template, c in chosen.items():
+        print(f"  {template}: {100 * c['accuracy']:.1f} % (n = {c['n']})")
+
+
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -428,6 +457,8 @@ def main() -> None:
     elif a.arm == "e19-hop1-hosts":
         init = WORK13 / "perception" / "bundle"
         _stage0(_hop1_manifest(hosts=True), init, Path("data/e19/hop1-hosts"), args, "answer", epochs=2)
+    elif a.arm == "e20-gates":
+        _host_hop_gates()
     elif a.arm.startswith("e20"):
         target = a.arm.split("-")[1]
         room = ["data.max_answer_tokens=128"]
