@@ -31,6 +31,9 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e20-gates   # the issue's gates on E20's questions (no training)
     python bench/reasoning_arms.py e21-chain   # E20's questions, chain v3: hop 1, then every lesion's organ in
                                                # the captions' direction, then the lookup
+    python bench/reasoning_arms.py e21-latent  # the latent curriculum (configs/tiny.yaml) on e21-chain, on its
+                                               # questions without the captions; semantic supervision only
+                                               # (these rows have no per-hop masks for the visual target)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -76,6 +79,7 @@ ARMS = (
     "e20-answer",
     "e20-gates",
     "e21-chain",
+    "e21-latent",
 )
 WORK13 = Path("data/e13/work")
 
@@ -469,6 +473,17 @@ def main() -> None:
         init = WORK13 / "perception" / "bundle"
         mixed = _host_hop_manifest("chain", lookup=True)
         _stage0(mixed, init, Path("data/e21/stage0-chain"), args, "chain", 2, room)
+    elif a.arm == "e21-latent":
+        mixed = _host_hop_manifest("chain", lookup=True)
+        questions = mixed.with_name("e21-questions.jsonl")
+        keep = [
+            x
+            for x in mixed.read_text().splitlines()
+            if x.strip() and not json.loads(x)["id"].endswith("-cap")
+        ]
+        questions.write_text("\n".join(keep) + "\n")
+        sets = ["loss.visual=false"]
+        _latent(questions, Path("data/e21/stage0-chain/bundle"), Path("data/e21/latent"), args, sets=sets)
     elif a.arm.startswith("e18"):
         mixed = _chain_v2(_replay_manifest(_phantom_v3(), "chain"), numbered_captions=a.arm == "e18-numbers")
         room = ["data.max_answer_tokens=128" if a.arm == "e18-chain" else "data.max_answer_tokens=176"]
