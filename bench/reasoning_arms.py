@@ -215,6 +215,25 @@ def _hop1_manifest(hosts: bool = False) -> Path:
     return out
 
 
+def _val_subset(manifest: Path, out: Path, per_group: int | None, n: int | None = None) -> Path:
+    """The val rows the log scores, drawn with random.Random(0): `per_group` per superlative (hop-1 sets,
+    `hop1-val800.jsonl`, `hop1-hosts-val800.jsonl`) or the first `n` after a shuffle (organ-hop, `e20-val.jsonl`)."""
+    import random
+
+    rows = [json.loads(x) for x in manifest.read_text().splitlines() if x.strip()]
+    val = [r for r in rows if r["split"] == "val" and (per_group or "-hh" in r["id"])]
+    random.Random(0).shuffle(val)
+    if per_group:
+        groups: dict[str, list] = {}
+        for r in val:
+            groups.setdefault(r["question"].split()[3], []).append(r)
+        val = [r for k in sorted(groups) for r in groups[k][:per_group]]
+    else:
+        val = val[:n]
+    out.write_text("".join(json.dumps(r) + "\n" for r in val))
+    return out
+
+
 def _lesion_numbers(facts: list[dict], size: int = 128) -> dict[str, dict[str, str]]:
     """Per lesion name, its centroid column and row in percent of the side and its area in percent of the
     image, as chain v2 and the numbered captions write them ("23 %", "0.6 %")."""
@@ -457,17 +476,23 @@ def main() -> None:
         extra = (
             ["model.overrides.backbone.arch.vision_config.spatial_merge_size=1"] if "nomerge" in a.arm else []
         )
-        _stage0(_hop1_manifest(), init, Path(f"data/e16/{a.arm}"), args, "answer", epochs=2, extra=extra)
+        hop1 = _hop1_manifest()
+        _val_subset(hop1, hop1.with_name("hop1-val800.jsonl"), per_group=200)
+        _stage0(hop1, init, Path(f"data/e16/{a.arm}"), args, "answer", epochs=2, extra=extra)
     elif a.arm == "e19-hop1-hosts":
         init = WORK13 / "perception" / "bundle"
-        _stage0(_hop1_manifest(hosts=True), init, Path("data/e19/hop1-hosts"), args, "answer", epochs=2)
+        hop1 = _hop1_manifest(hosts=True)
+        _val_subset(hop1, hop1.with_name("hop1-hosts-val800.jsonl"), per_group=200)
+        _stage0(hop1, init, Path("data/e19/hop1-hosts"), args, "answer", epochs=2)
     elif a.arm == "e20-gates":
         _host_hop_gates()
     elif a.arm.startswith("e20"):
         target = a.arm.split("-")[1]
         room = ["data.max_answer_tokens=128"]
         init = WORK13 / "perception" / "bundle"
-        _stage0(_host_hop_manifest(target), init, Path(f"data/e20/stage0-{target}"), args, target, 2, room)
+        mixed = _host_hop_manifest(target)
+        _val_subset(mixed, mixed.with_name("e20-val.jsonl"), per_group=None, n=600)
+        _stage0(mixed, init, Path(f"data/e20/stage0-{target}"), args, target, 2, room)
     elif a.arm == "e21-chain":
         room = ["data.max_answer_tokens=128"]
         init = WORK13 / "perception" / "bundle"
