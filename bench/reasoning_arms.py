@@ -157,6 +157,20 @@ def _phantom_v3() -> Path:
     return dst / "manifest.jsonl"
 
 
+def _extreme(objs: list[dict], sup: str) -> dict | None:
+    """The object a superlative picks from scenes.jsonl facts, or None when compose.resolve's margin is not met
+    (area x MIN_AREA_RATIO over the runner-up; centroid MIN_POSITION_GAP ahead of it)."""
+    from training.phantom.compose import MIN_AREA_RATIO, MIN_POSITION_GAP
+
+    if sup in ("largest", "smallest"):
+        order = sorted(objs, key=lambda o: o["area"], reverse=sup == "largest")
+        a, b = order[0]["area"], order[1]["area"]
+        return order[0] if max(a, b) >= MIN_AREA_RATIO * min(a, b) else None
+    axis = "cx" if sup == "leftmost" else "cy"
+    order = sorted(objs, key=lambda o: o[axis])
+    return order[0] if order[1][axis] - order[0][axis] >= MIN_POSITION_GAP else None
+
+
 def _hop1_manifest(hosts: bool = False) -> Path:
     """Hop 1 of the compositional task asked alone, on every image: "Which is the largest lesion in this CT
     scan?" -> "The cyst." (question type `identify`: closed, exact match), one row per superlative whose
@@ -165,7 +179,7 @@ def _hop1_manifest(hosts: bool = False) -> Path:
     `hosts`, the same over the three host structures ("Which is the leftmost organ in this CT scan?", the
     atlas' host word)."""
     from training.phantom.atlas import ATLAS
-    from training.phantom.compose import MIN_AREA_RATIO, MIN_POSITION_GAP, SUPERLATIVES
+    from training.phantom.compose import SUPERLATIVES
     from training.phantom.modalities import MODALITIES
 
     src = WORK13 / "phantom"
@@ -185,18 +199,10 @@ def _hop1_manifest(hosts: bool = False) -> Path:
         if len(lesions) < 2:
             continue
         for sup in SUPERLATIVES:
-            if sup in ("largest", "smallest"):
-                order = sorted(lesions, key=lambda o: o["area"], reverse=sup == "largest")
-                ok = max(order[0]["area"], order[1]["area"]) >= MIN_AREA_RATIO * min(
-                    order[0]["area"], order[1]["area"]
-                )
-            else:
-                axis = "cx" if sup == "leftmost" else "cy"
-                order = sorted(lesions, key=lambda o: o[axis])
-                ok = order[1][axis] - order[0][axis] >= MIN_POSITION_GAP
-            if not ok:
+            top = _extreme(lesions, sup)
+            if top is None:
                 continue
-            name = order[0]["name"]
+            name = top["name"]
             rows.append(
                 {
                     **r,
@@ -206,7 +212,7 @@ def _hop1_manifest(hosts: bool = False) -> Path:
                     "reasoning": [f"The {sup} {word} is the {name}."],
                     "question_type": "identify",
                     "target": name,
-                    "target_type": order[0]["type"],
+                    "target_type": top["type"],
                 }
             )
             rows[-1].pop("step_masks", None)
@@ -316,7 +322,7 @@ def _host_hop_manifest(target: str, lookup: bool = False) -> Path:
     the tumor in the kidney." / "The lesion inside the liver is the abscess." / "So the lesion in the
     leftmost organ is the abscess." """
     from training.phantom.atlas import ATLAS
-    from training.phantom.compose import MIN_AREA_RATIO, MIN_POSITION_GAP, SUPERLATIVES, is_compositional
+    from training.phantom.compose import SUPERLATIVES, is_compositional
     from training.phantom.facts import region_phrase, third
     from training.phantom.modalities import MODALITIES
 
@@ -338,18 +344,7 @@ def _host_hop_manifest(target: str, lookup: bool = False) -> Path:
             continue  # a free scene: no lesion lies inside an organ
         hosts = [o for o in objs if o["type"] != "lesion"]
         atlas = ATLAS[r["id"].split("-")[0]]
-        asked = []
-        for sup in SUPERLATIVES:
-            if sup in ("largest", "smallest"):
-                order = sorted(hosts, key=lambda o: o["area"], reverse=sup == "largest")
-                a, b = order[0]["area"], order[1]["area"]
-                ok = max(a, b) >= MIN_AREA_RATIO * min(a, b)
-            else:
-                axis = "cx" if sup == "leftmost" else "cy"
-                order = sorted(hosts, key=lambda o: o[axis])
-                ok = order[1][axis] - order[0][axis] >= MIN_POSITION_GAP
-            if ok:
-                asked.append((sup, order[0]))
+        asked = [(sup, top) for sup in SUPERLATIVES if (top := _extreme(hosts, sup)) is not None]
         if r["split"] == "train" and asked:
             asked = [asked[n_train % len(asked)]]
             n_train += 1
