@@ -34,6 +34,14 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e21-latent  # the latent curriculum (configs/tiny.yaml) on e21-chain, on its
                                                # questions without the captions; semantic supervision only
                                                # (these rows have no per-hop masks for the visual target)
+    python bench/reasoning_arms.py e22-data    # phantom format 5 (organ-hop multi-hop questions from the
+                                               # generator), 12,000 images, seed 0; the seed-1 held-out
+                                               # multi-hop set and its gates (no training)
+    python bench/reasoning_arms.py e22-chain   # stage 0 as E21 (E13's perception, caption replay, 2 epochs)
+                                               # on format 5's questions
+    python bench/reasoning_arms.py e22-answer  # the same rows, budget and replay, direct answers
+    python bench/reasoning_arms.py e22-latent  # the latent curriculum (configs/tiny.yaml) on e22-chain, on
+                                               # format 5's questions, dual supervision (per-hop masks)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -80,8 +88,13 @@ ARMS = (
     "e20-gates",
     "e21-chain",
     "e21-latent",
+    "e22-data",
+    "e22-chain",
+    "e22-answer",
+    "e22-latent",
 )
 WORK13 = Path("data/e13/work")
+WORK22 = Path("data/e22/work")
 
 
 def _base(args: argparse.Namespace) -> tuple[Path, Path]:
@@ -416,6 +429,13 @@ def _host_hop_gates() -> None:
         print(f"  {template}: {100 * c['accuracy']:.1f} % (n = {c['n']})")
 
 
+def _kind(line: str) -> str:
+    """ "organ-hop" for a format-5 multi-hop row (the generator's organ-hop question), else "other"."""
+    from training.phantom.compose import _ORGAN_QUESTION_RE
+
+    return "organ-hop" if _ORGAN_QUESTION_RE.match(json.loads(line)["question"]) else "other"
+
+
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -504,6 +524,29 @@ def main() -> None:
         questions.write_text("\n".join(keep) + "\n")
         sets = ["loss.visual=false"]
         _latent(questions, Path("data/e21/stage0-chain/bundle"), Path("data/e21/latent"), args, sets=sets)
+    elif a.arm.startswith("e22"):
+        m22 = tb._phantom(WORK22 / "phantom", args)  # the generator's format (5: organ-hop questions)
+        if a.arm == "e22-data":
+            _, gates = tb._heldout(WORK22, m22, args)
+            print(json.dumps(gates, indent=2))
+            val = [x for x in m22.read_text().splitlines() if x.strip()]
+            keep = [x for x in val if json.loads(x)["split"] == "val" and "organ-hop" in _kind(x)]
+            m22.with_name("e22-val-multihop.jsonl").write_text("\n".join(keep) + "\n")
+        elif a.arm in ("e22-chain", "e22-answer"):
+            target = a.arm.split("-")[1]
+            room = ["data.max_answer_tokens=128"]
+            init = WORK13 / "perception" / "bundle"
+            _stage0(_replay_manifest(m22, target), init, WORK22 / f"stage0-{target}", args, target, 2, room)
+        else:
+            roi = tb._roi_store(m22, WORK22 / "roi", args.seed, enc)
+            tb._train(
+                "configs/tiny.yaml",
+                WORK22 / "latent",
+                m22,
+                roi,
+                args,
+                init=WORK22 / "stage0-chain" / "bundle",
+            )
     elif a.arm.startswith("e18"):
         mixed = _chain_v2(_replay_manifest(_phantom_v3(), "chain"), numbered_captions=a.arm == "e18-numbers")
         room = ["data.max_answer_tokens=128" if a.arm == "e18-chain" else "data.max_answer_tokens=176"]

@@ -1,5 +1,6 @@
-"""The compositional multi-hop task: answers recomputed from regenerated scenes by independent code,
-names decoupled from attributes, answers balanced per template, and the gates on a generated set."""
+"""The compositional multi-hop task (organ-hop, the default, and lesion-hop, format 3-4's): answers recomputed
+from regenerated scenes by independent code, names decoupled from attributes, answers balanced per template,
+and the gates on a generated set."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ import pytest
 
 from training.phantom import make_sample
 from training.phantom.atlas import ATLAS
-from training.phantom.compose import TEMPLATES, answer_classes, is_compositional, template_for
+from training.phantom.compose import (
+    LESION_TEMPLATES,
+    ORGAN_TEMPLATES,
+    TEMPLATES,
+    answer_classes,
+    is_compositional,
+    parse_key,
+    template_for,
+)
 from training.phantom.layout import build
 from vital_core.qtypes import classify_question
 
@@ -32,14 +41,69 @@ def _distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(((pa[:, None] - pb[None]) ** 2).sum(-1).min()))
 
 
-def _multihop(n: int, seed: int = 0) -> list:
+def _multihop(n: int, seed: int = 0, task: str = "compositional") -> list:
     """The first n compositional multi-hop samples of a seed (every index is multi-hop)."""
-    return [make_sample(i, seed, 128, multihop_only=True) for i in range(n)]
+    return [make_sample(i, seed, 128, task, multihop_only=True) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
 def multihop_samples() -> list:
-    return _multihop(9 * len(TEMPLATES))  # every template once in every modality
+    return _multihop(9 * len(LESION_TEMPLATES), task="lesion-hop")  # every template once in every modality
+
+
+def test_default_task_asks_the_organ_hop_family() -> None:
+    assert TEMPLATES == ORGAN_TEMPLATES and len(ORGAN_TEMPLATES) == 4
+    assert {parse_key(t.key) for t in ORGAN_TEMPLATES + LESION_TEMPLATES} == {
+        *ORGAN_TEMPLATES,
+        *LESION_TEMPLATES,
+    }
+    with pytest.raises(ValueError, match="template key"):
+        parse_key("organ-largest-inside-name")  # size superlatives over organs are not asked
+    assert make_sample(9 * 6, 0, 128).template.startswith("organ-")  # the first multi-hop slot of seed 0
+
+
+def test_organ_hop_answers_recomputed_from_the_scene() -> None:
+    """Hop 1 is the organ whose pixel centroid is extreme, hop 2 the lesion whose mask lies inside that
+    organ's, sentence 2 every lesion's organ by mask containment; the step masks are O, O, L, L."""
+    seen = Counter()
+    for s in _multihop(9 * len(ORGAN_TEMPLATES) * 2, seed=3):
+        q, steps = s.qa.question, s.qa.reasoning
+        assert is_compositional(q) and classify_question(q) == "reasoning" and len(steps) == 4
+        t = parse_key(s.template)
+        atlas = ATLAS[s.modality.key]
+        lesions = [o for o in s.scene.objects if o.target_type == "lesion"]
+        hosts = [o for o in s.scene.objects if o.target_type != "lesion"]
+        assert len(lesions) == 3 and len(hosts) == 3  # three hop-1 candidates in every question
+        cen = {o.name: np.argwhere(o.mask).mean(0) for o in hosts}  # (row, col) in pixels
+        value = {
+            "leftmost": lambda o, c=cen: -c[o.name][1],
+            "rightmost": lambda o, c=cen: c[o.name][1],
+            "uppermost": lambda o, c=cen: -c[o.name][0],
+            "lowest": lambda o, c=cen: c[o.name][0],
+        }[t.sup]
+        ranked = sorted(hosts, key=value, reverse=True)
+        organ = ranked[0]
+        assert abs(value(ranked[0]) - value(ranked[1])) >= 0.06 * 128 - 1  # a clear winner
+        inside = {
+            les.name: next(h.name for h in hosts if (les.mask & h.mask).sum() == les.mask.sum())
+            for les in lesions
+        }
+        les = next(x for x in lesions if inside[x.name] == organ.name)
+        assert s.qa.step_objects() == [organ, organ, les, les]
+        assert (
+            q
+            == f"Reason step by step: which lesion in this {q.split('in this ')[1].split(' lies')[0]} lies in the {t.sup} {atlas.host_word}?"
+        )
+        assert steps[0] == f"The {t.sup} {atlas.host_word} is the {organ.name}."
+        for name, host in inside.items():
+            assert re.search(
+                rf"(The|the) {re.escape(name)} (lies )?in the {re.escape(host)}[,.]", steps[1]
+            ), steps[1]
+        assert steps[2] == f"The lesion inside the {organ.name} is the {les.name}."
+        assert steps[3].endswith(f"is the {les.name}.") and s.qa.answer == f"The {les.name}."
+        assert s.qa.target is les  # the sample's mask is the answer's lesion
+        seen[s.template] += 1
+    assert set(seen) == {t.key for t in ORGAN_TEMPLATES}
 
 
 def test_multihop_answers_recomputed_from_the_scene(multihop_samples: list) -> None:
@@ -74,18 +138,21 @@ def test_multihop_answers_recomputed_from_the_scene(multihop_samples: list) -> N
             quad = f"{'upper' if cy < 0.5 else 'lower'} {'left' if cx < 0.5 else 'right'}"
             assert s.qa.answer == f"The {quad} quadrant." and min(abs(cy - 0.5), abs(cx - 0.5)) >= 0.04
         seen[s.template] += 1
-    assert set(seen) == {t.key for t in TEMPLATES}
+    assert set(seen) == {t.key for t in LESION_TEMPLATES}
 
 
-def test_answers_are_balanced_per_modality_and_template() -> None:
-    # one modality's first 48 multi-hop questions: each template 4 times, each with its 4 answer classes once
-    samples = [make_sample(9 * m, 1, 128, multihop_only=True) for m in range(4 * len(TEMPLATES))]
+@pytest.mark.parametrize(("task", "family"), [("compositional", "organ"), ("lesion-hop", "lesion")])
+def test_answers_are_balanced_per_modality_and_template(task: str, family: str) -> None:
+    # one modality's first 4 x T multi-hop questions: each template 4 times, each answer class once
+    n = 4 * len(ORGAN_TEMPLATES if family == "organ" else LESION_TEMPLATES)
+    samples = [make_sample(9 * m, 1, 128, task, multihop_only=True) for m in range(n)]
     by_template: dict[str, Counter] = defaultdict(Counter)
     for m, s in enumerate(samples):
-        template, cls = template_for(m)
+        template, cls = template_for(m, family)
         assert s.template == template.key and s.modality.key == "ct"
-        assert s.answer_class == answer_classes(ATLAS["ct"], template.attr)[cls]
+        assert s.answer_class == answer_classes(ATLAS["ct"], template.attr, template.over)[cls]
         by_template[s.template][s.qa.answer] += 1
+    assert len(by_template) == n // 4
     assert all(len(c) == 4 and set(c.values()) == {1} for c in by_template.values())
 
 
@@ -152,7 +219,7 @@ def test_gates_pass_on_a_generated_set(gate_sets: tuple[Path, Path], tmp_path: P
 def test_audit_catches_a_set_whose_answers_follow_the_names(
     gate_sets: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    # a doctored copy where every name answer is the modality's first host: the question-only lookup
+    # a doctored copy where every answer is the modality's first lesion: the question-only lookup
     # must see through it (the gate is not vacuous)
     from training.phantom.audit import audit
 
@@ -164,7 +231,7 @@ def test_audit_catches_a_set_whose_answers_follow_the_names(
         for r in rows:
             if r["answer"].startswith("The "):
                 key = r["id"].split("-")[0]
-                r["answer"] = f"The {ATLAS[key].hosts[0]}."
+                r["answer"] = f"The {ATLAS[key].lesions[0]}."
         (dst / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     report = audit(tmp_path / "test", "test", tmp_path / "fit")
     assert report["figures"]["question_only"] > 0.55 and not report["passed"]["question_only"]
@@ -229,15 +296,19 @@ def test_captions_list_every_atlas_name_in_order_with_its_place_or_absence(
         ]
 
 
-def test_caption_rank_words_agree_with_every_chains_first_hop(gate_sets: tuple[Path, Path]) -> None:
+def test_caption_rank_words_agree_with_every_chains_first_hop(tmp_path: Path) -> None:
     """Caption v3: each present lesion carries its size word and leftmost/uppermost flags among the scene's
-    lesions, and on every compositional question of the set the lesion the chain's hop 1 names is the one its
+    lesions, and on every lesion-hop question of a set the lesion the chain's hop 1 names is the one its
     image's caption tags with the question's superlative (one set of facts for perception and questions)."""
+    from training.phantom import generate
     from training.phantom.compose import SUPERLATIVES, is_compositional
     from training.phantom.modalities import MODALITIES
 
     by_name = {m.name: m for m in MODALITIES}
-    fit, _ = gate_sets
+    fit = tmp_path / "lesion-hop"
+    generate(
+        fit, 216, 0, 128, 2, splits=(1.0, 0.0, 0.0), progress=False, task="lesion-hop", multihop_only=True
+    )
     caps = {json.loads(x)["image"]: json.loads(x) for x in (fit / "captions.jsonl").read_text().splitlines()}
     checked = 0
     for line in (fit / "manifest.jsonl").read_text().splitlines():
@@ -269,4 +340,4 @@ def test_caption_rank_words_agree_with_every_chains_first_hop(gate_sets: tuple[P
         holders = [n for n, t in tags.items() if sup in t]
         assert holders == [named], (row["id"], row["reasoning"][0], lesions_sentence)
         checked += 1
-    assert checked >= 100, checked
+    assert checked == 216, checked

@@ -133,6 +133,17 @@ def test_answers_match_the_saved_masks(phantom_samples: list) -> None:
         image = Image.open(s.image)
         assert image.size == (PHANTOM_SIZE, PHANTOM_SIZE) == truth["shape"]
         text = " ".join([s.question, s.answer, *s.reasoning])
+        if is_multihop(s.question_type, s.answer, s.question) and " lies in the " in s.question:
+            # organ-hop: hop 1's organ is the mask of steps 1-2, the answer's lesion (the sample's mask) that
+            # of steps 3-4, and it lies inside the organ
+            organ, lesion = (np.asarray(Image.open(s.step_masks[i])) > 0 for i in (0, 2))
+            assert (np.asarray(Image.open(s.step_masks[1])) > 0).tolist() == organ.tolist()
+            assert (np.asarray(Image.open(s.mask)) > 0).tolist() == lesion.tolist() and lesion.any()
+            assert (lesion & ~organ).sum() == 0 and organ.sum() > 2 * lesion.sum(), (
+                s.id
+            )  # host radius >= 0.1, lesion <= 0.062
+            assert s.answer == f"The {s.target}." and s.target in s.reasoning[2], s.id
+            continue
         if is_multihop(s.question_type, s.answer, s.question):
             # hop 1's lesion is the mask of steps 1-2; the region sentence 2 names is that mask's region
             lesion = _mask_truth(s.step_masks[1])

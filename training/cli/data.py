@@ -30,9 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="output folder")
     p.add_argument(
         "--task",
-        choices=("compositional", "legacy"),
+        choices=("compositional", "lesion-hop", "legacy"),
         default="compositional",
-        help="compositional (default) or the legacy scenes and multi-hop kinds (for comparison only)",
+        help="compositional (default: organ-hop multi-hop questions), or for comparison only lesion-hop "
+        "(format 3-4's multi-hop family) or legacy (the earlier scenes and multi-hop kinds)",
     )
     p.add_argument(
         "--multihop-only",

@@ -5,11 +5,11 @@ questions of the evaluated split, with every lookup fitted on a training split:
 
 * **question-only**: the most frequent answer per (modality, question text), backed off to (modality,
   template), then to the majority answer. Gate: <= 55 %.
-* **question + any one structure**: a reader that looks at one structure, picked by name (hop 1's lesion
+* **question + any one structure**: a reader that looks at one structure, picked by name (hop 1's object
   cannot be picked without looking), and at one attribute group of it (presence; area; brightness;
-  brightness and margin; position; its host or nearest host; area or position *with* its host or
-  nearest host), and answers the most frequent answer for what it sees. The structure and group are
-  chosen per (modality, template) by cross-validation on the fit set. Gate: <= 65 %.
+  brightness and margin; position; its relation — a lesion's host and nearest host, the lesion an organ
+  holds; area or position *with* its relation), and answers the most frequent answer for what it sees. The
+  structure and group are chosen per (modality, template) by cross-validation on the fit set. Gate: <= 65 %.
 * **exact-fact oracle**: hop 1, hop 2 and the answer recomputed from the stored facts (areas, centroids,
   hosts, distances) by this module's own rule. Gate: 100 %.
 * **written-hop oracle**: the answer parsed from the chain's sentences alone. Gate: 100 %.
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from training.data.manifest import normalize_answer
+from training.phantom.compose import parse_key
 
 GATES = {"question_only": 0.55, "one_structure": 0.65, "exact_oracle": 1.0, "written_oracle": 1.0}
 MIN_MULTIHOP = 1000
@@ -133,7 +134,12 @@ def _read(facts: dict[str, Any], name: str, group: str, edges: dict) -> tuple:
     if obj is None:
         return ("absent",)
     lesion = obj["type"] == "lesion"
-    rel = (obj["host"], _nearest_host(facts, name)) if lesion else ()
+    if lesion:
+        rel: tuple = (obj["host"], _nearest_host(facts, name))
+    else:  # the lesion(s) this organ holds
+        rel = tuple(
+            sorted(o["name"] for o in facts["objects"] if o["type"] == "lesion" and o["host"] == name)
+        )
     parts = {
         "presence": (),
         "area": (_bin(obj["area"], edges["area"][lesion]),),
@@ -189,9 +195,20 @@ def one_structure(fit: Sequence[dict], test: Sequence[dict]) -> tuple[list[bool]
 def exact_oracle(row: dict[str, Any]) -> str:
     """The answer recomputed from the stored facts (hop 1 by area or centroid, hop 2 by host or distance)."""
     facts = row["facts"]
-    sup, rel, attr = facts["template"].split("-")
+    t = parse_key(facts["template"])
+    sup, rel, attr = t.sup, t.rel, t.attr
     lesions = [o for o in facts["objects"] if o["type"] == "lesion"]
     hosts = {o["name"]: o for o in facts["objects"] if o["type"] != "lesion"}
+    if t.over == "organ":
+        pick = {
+            "leftmost": lambda o: o["cx"],
+            "rightmost": lambda o: -o["cx"],
+            "uppermost": lambda o: o["cy"],
+            "lowest": lambda o: -o["cy"],
+        }[sup]
+        organ = min(hosts.values(), key=pick)
+        held = [o["name"] for o in lesions if o["host"] == organ["name"]]
+        return normalize_answer(f"The {held[0]}.") if len(held) == 1 else ""
     key = {
         "largest": lambda o: -o["area"],
         "smallest": lambda o: o["area"],
@@ -207,12 +224,16 @@ def exact_oracle(row: dict[str, Any]) -> str:
 
 
 _HOST_RE = re.compile(r"^The .+? (?:holding|nearest to) it is the (.+)\.$")
+_INSIDE_RE = re.compile(r"^The lesion inside the .+? is the (.+)\.$")
 _QUAD_RE = re.compile(r"^The .+? lies in the ((?:upper|lower) (?:left|right)) quadrant\.$")
 
 
 def written_oracle(row: dict[str, Any]) -> str | None:
     """The answer parsed from the written chain alone (hop 2's sentence names the host, the last reads it)."""
     steps = row["reasoning"]
+    if row["facts"]["template"].startswith("organ-"):
+        les = _INSIDE_RE.match(steps[2])
+        return normalize_answer(f"The {les.group(1)}.") if les else None
     host = _HOST_RE.match(steps[2])
     if host is None:
         return None

@@ -31,14 +31,19 @@ from training.phantom.questions import QA, make_qa
 from training.phantom.scene import Scene
 from vital_core.config import QUESTION_TYPES
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """2: rows carry `step_masks` (one mask per reasoning sentence; multi-hop steps name other structures).
 3: the compositional task (default) and its `scenes.jsonl` of per-object facts.
-4: caption v3 (captions.jsonl: each lesion's size rank and leftmost/uppermost words)."""
-TASKS = ("compositional", "legacy")
+4: caption v3 (captions.jsonl: each lesion's size rank and leftmost/uppermost words).
+5: the compositional task's multi-hop questions are the organ-hop family (hop 1 over the organs, then the
+lesion inside; training.phantom.compose); format 3-4's lesion-hop questions are `--task lesion-hop`."""
+TASKS = ("compositional", "lesion-hop", "legacy")
 """compositional (default): names told by tissue tone, size and place drawn at random, multi-hop
-questions whose later hops depend on earlier results (training.phantom.compose). legacy: the earlier
-scenes and multi-hop kinds (training.phantom.multihop), kept for comparison only."""
+questions whose later hops depend on earlier results (training.phantom.compose, organ-hop family).
+lesion-hop: the same scenes and other questions with format 3-4's multi-hop family (hop 1 over the lesions).
+legacy: the earlier scenes and multi-hop kinds (training.phantom.multihop). The last two for comparison
+only."""
+_FAMILY = {"compositional": "organ", "lesion-hop": "lesion"}
 _MAX_SCENE_TRIES = 20
 _SLOTS = 9
 """Compositional task: sample i asks question type slot (i div 9) mod 9 — the six types, then three
@@ -73,7 +78,7 @@ class PhantomSample:
     scene: Scene
     qa: QA
     template: str | None = None
-    """Compositional multi-hop template ("largest-host-name"), None for other questions."""
+    """Compositional multi-hop template ("organ-leftmost-inside-name"), None for other questions."""
     answer_class: str | None = None
 
     def row(self, split: str = "train") -> dict[str, Any]:
@@ -108,17 +113,17 @@ def make_sample(
 ) -> PhantomSample:
     """Sample `index` of the dataset with this seed (deterministic, independent of every other sample).
 
-    `multihop_only` (compositional task): every index is a multi-hop question (held-out test sets)."""
+    `multihop_only` (compositional tasks): every index is a multi-hop question (held-out test sets)."""
     if task == "legacy":
         return _legacy_sample(index, seed, size)
-    if task != "compositional":
+    if task not in _FAMILY:
         raise ValueError(f"task: one of {', '.join(TASKS)}")
     modality = COMPOSITIONAL[index % len(COMPOSITIONAL)]
     rng = np.random.default_rng([seed, index])
     cycle, slot = divmod(index // len(COMPOSITIONAL), _SLOTS)
     if multihop_only or slot >= len(QUESTION_TYPES):
         m = index // len(COMPOSITIONAL) if multihop_only else 3 * cycle + slot - len(QUESTION_TYPES)
-        return _multihop_sample(index, modality, m, rng, size)
+        return _multihop_sample(index, modality, m, rng, size, _FAMILY[task])
     qtype = QUESTION_TYPES[slot]
     scene = modality.build(rng, size)
     qa = make_qa(scene, modality, qtype, rng, legacy_multihop=False)
@@ -126,11 +131,11 @@ def make_sample(
 
 
 def _multihop_sample(
-    index: int, modality: Modality, m: int, rng: np.random.Generator, size: int
+    index: int, modality: Modality, m: int, rng: np.random.Generator, size: int, family: str = "organ"
 ) -> PhantomSample:
     """The modality's m-th compositional multi-hop question (template and answer class cycle with m)."""
-    template, cls = template_for(m)
-    target = answer_classes(ATLAS[modality.key], template.attr)[cls]
+    template, cls = template_for(m, family)
+    target = answer_classes(ATLAS[modality.key], template.attr, template.over)[cls]
     mod = modality.phrases[int(rng.integers(len(modality.phrases)))]
     for _ in range(8):
         out = compositional(modality.key, template, target, mod, rng, size)
@@ -143,7 +148,8 @@ def _multihop_sample(
 
 
 def _qa(ch: Chain) -> QA:
-    """A compositional chain as a QA: the sample's mask is hop 2's host, the steps' masks L, L, O, O."""
+    """A compositional chain as a QA: the sample's mask is the last step's object (lesion-hop: hop 2's host,
+    the steps' masks L, L, O, O; organ-hop: hop 2's lesion, the steps' masks O, O, L, L)."""
     return QA(ch.question, ch.answer, list(ch.reasoning), ch.steps[-1], ch.steps[-1].name, list(ch.steps))
 
 
@@ -231,8 +237,8 @@ def generate(
     """
     if n < 1 or seed < 0 or not 32 <= size <= 1024 or workers < 1:
         raise ValueError("need n >= 1, seed >= 0, 32 <= size <= 1024, workers >= 1")
-    if task not in TASKS or (multihop_only and task != "compositional"):
-        raise ValueError(f"task: one of {', '.join(TASKS)} (multihop_only needs compositional)")
+    if task not in TASKS or (multihop_only and task not in _FAMILY):
+        raise ValueError(f"task: one of {', '.join(TASKS)} (multihop_only needs compositional or lesion-hop)")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -269,7 +275,7 @@ def generate(
     for fact, row in zip(facts, rows):
         fact["split"] = row["split"]
     _write_jsonl(out / "scenes.jsonl", facts)
-    if task == "compositional":
+    if task in _FAMILY:
         from training.phantom.captions import write_captions
 
         write_captions(out)  # captions.jsonl: dense captions of the same images (the perception stage)
