@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--multihop-only",
         action="store_true",
-        help="only compositional multi-hop questions (a held-out test set: use with --splits 0 0 1)",
+        help="only multi-hop questions of the compositional or lesion-hop task (a held-out test set: use with "
+        "--splits 0 0 1)",
     )
     p.add_argument("--audit", type=Path, metavar="DIR", help="print the multi-hop gates of the set in DIR")
     p.add_argument(
@@ -90,8 +91,8 @@ def run_phantom(args: argparse.Namespace) -> int:
         return run_audit(args)
     if args.out is None:
         raise CLIError("--out DIR is required (or --audit DIR)")
-    if args.multihop_only and args.task != "compositional":
-        raise CLIError("--multihop-only needs --task compositional")
+    if args.multihop_only and args.task == "legacy":
+        raise CLIError("--multihop-only needs --task compositional or lesion-hop")
     if args.n < 1:
         raise CLIError("--n must be at least 1")
     if args.seed < 0:
