@@ -18,7 +18,7 @@ def sentences(text: str | None) -> list[str]:
 
 
 def selector(first: str) -> str:
-    m = re.match(r"The (largest|smallest|leftmost|uppermost) \w+ is the ", first)
+    m = re.match(r"The (largest|smallest|leftmost|rightmost|uppermost|lowest) \w+ is the ", first)
     return m.group(1) if m else "other"
 
 

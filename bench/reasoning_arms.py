@@ -42,6 +42,7 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e22-answer  # the same rows, budget and replay, direct answers
     python bench/reasoning_arms.py e22-latent  # the latent curriculum (configs/tiny.yaml) on e22-chain, on
                                                # format 5's questions, dual supervision (per-hop masks)
+    python bench/reasoning_arms.py e22-latent-sem  # the same, semantic supervision only (loss.visual=false)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -92,6 +93,7 @@ ARMS = (
     "e22-chain",
     "e22-answer",
     "e22-latent",
+    "e22-latent-sem",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -529,6 +531,7 @@ def main() -> None:
         if a.arm == "e22-data":
             _, gates = tb._heldout(WORK22, m22, args)
             print(json.dumps(gates, indent=2))
+            tb._roi_store(m22, WORK22 / "roi", args.seed, enc)  # the latent arms' per-hop targets, built once
             val = [x for x in m22.read_text().splitlines() if x.strip()]
             keep = [x for x in val if json.loads(x)["split"] == "val" and "organ-hop" in _kind(x)]
             m22.with_name("e22-val-multihop.jsonl").write_text("\n".join(keep) + "\n")
