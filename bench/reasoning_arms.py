@@ -40,9 +40,12 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e22-chain   # stage 0 as E21 (E13's perception, caption replay, 2 epochs)
                                                # on format 5's questions
     python bench/reasoning_arms.py e22-answer  # the same rows, budget and replay, direct answers
-    python bench/reasoning_arms.py e22-latent  # the latent curriculum (configs/tiny.yaml) on e22-chain, on
+    python bench/reasoning_arms.py e23-chain   # e22-chain continued one epoch on its mix plus 6,000 more
+                                               # organ-hop questions (seed 2) and their captions
+    python bench/reasoning_arms.py e23-answer  # e22-answer continued on the same rows, direct answers
+    python bench/reasoning_arms.py e23-latent  # the latent curriculum (configs/tiny.yaml) on e23-chain, on
                                                # format 5's questions, dual supervision (per-hop masks)
-    python bench/reasoning_arms.py e22-latent-sem  # the same, semantic supervision only (loss.visual=false)
+    python bench/reasoning_arms.py e23-latent-sem  # the same, semantic supervision only (loss.visual=false)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -92,8 +95,10 @@ ARMS = (
     "e22-data",
     "e22-chain",
     "e22-answer",
-    "e22-latent",
-    "e22-latent-sem",
+    "e23-chain",
+    "e23-answer",
+    "e23-latent",
+    "e23-latent-sem",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -431,6 +436,31 @@ def _host_hop_gates() -> None:
         print(f"  {template}: {100 * c['accuracy']:.1f} % (n = {c['n']})")
 
 
+def _extra_mix(mixed: Path, extra: Path, target: str) -> Path:
+    """E23's mix: an E22 stage-0 mix plus every row of a multi-hop-only set generated beside it (`vital phantom
+    --out data/e22/work/extra --n 6000 --seed 2 --multihop-only --splits 1 0 0`) and its captions (replayed as
+    in `_replay_manifest`), with ids prefixed "s2-" and absolute paths so they sit in one manifest."""
+    if not (extra / "captions.jsonl").is_file():
+        raise SystemExit(f"{extra}: generate it first (see _extra_mix)")
+    base = extra.absolute()
+    rows = mixed.read_text().splitlines()
+    for name in ("manifest.jsonl", "captions.jsonl"):
+        for line in (extra / name).read_text().splitlines():
+            r = json.loads(line)
+            r = {**r, "id": f"s2-{r['id']}", "image": str(base / r["image"]), "split": "train"}
+            r["mask"] = str(base / r["mask"]) if r.get("mask") else r.get("mask")
+            if r.get("step_masks"):
+                r["step_masks"] = [str(base / p) for p in r["step_masks"]]
+            if r.get("roi_key"):
+                r["roi_key"] = r["id"]
+            if name == "captions.jsonl" and target == "chain":
+                r["answer"] = "Described above."
+            rows.append(json.dumps(r))
+    out = mixed.with_name(f"mixed-e23-{target}.jsonl")
+    out.write_text("\n".join(x for x in rows if x.strip()) + "\n")
+    return out
+
+
 def _kind(line: str) -> str:
     """ "organ-hop" for a format-5 multi-hop row (the generator's organ-hop question), else "other"."""
     from training.phantom.compose import _ORGAN_QUESTION_RE
@@ -540,16 +570,19 @@ def main() -> None:
             room = ["data.max_answer_tokens=128"]
             init = WORK13 / "perception" / "bundle"
             _stage0(_replay_manifest(m22, target), init, WORK22 / f"stage0-{target}", args, target, 2, room)
-        else:
-            roi = tb._roi_store(m22, WORK22 / "roi", args.seed, enc)
-            tb._train(
-                "configs/tiny.yaml",
-                WORK22 / "latent",
-                m22,
-                roi,
-                args,
-                init=WORK22 / "stage0-chain" / "bundle",
-            )
+    elif a.arm.startswith("e23-latent"):
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        roi = tb._roi_store(m22, WORK22 / "roi", args.seed, enc)  # built by e22-data
+        sets = ["loss.visual=false"] if a.arm == "e23-latent-sem" else []
+        init = WORK22 / "stage0-chain-e23" / "bundle"
+        tb._train("configs/tiny.yaml", WORK22 / a.arm[4:], m22, roi, args, init=init, sets=sets)
+    elif a.arm.startswith("e23"):
+        target = a.arm.split("-")[1]
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        mixed = _extra_mix(_replay_manifest(m22, target), WORK22 / "extra", target)
+        init = WORK22 / f"stage0-{target}" / "bundle"
+        room = ["data.max_answer_tokens=128"]
+        _stage0(mixed, init, WORK22 / f"stage0-{target}-e23", args, target, 1, room)
     elif a.arm.startswith("e18"):
         mixed = _chain_v2(_replay_manifest(_phantom_v3(), "chain"), numbered_captions=a.arm == "e18-numbers")
         room = ["data.max_answer_tokens=128" if a.arm == "e18-chain" else "data.max_answer_tokens=176"]
