@@ -46,6 +46,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e23-latent  # the latent curriculum (configs/tiny.yaml) on e23-chain, on
                                                # format 5's questions, dual supervision (per-hop masks)
     python bench/reasoning_arms.py e23-latent-sem  # the same, semantic supervision only (loss.visual=false)
+    python bench/reasoning_arms.py e24-latent  # e23-latent on format 5's questions plus the 6,000 extra
+                                               # organ-hop questions E23's stage 0 saw (dual supervision)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -99,6 +101,7 @@ ARMS = (
     "e23-answer",
     "e23-latent",
     "e23-latent-sem",
+    "e24-latent",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -436,15 +439,16 @@ def _host_hop_gates() -> None:
         print(f"  {template}: {100 * c['accuracy']:.1f} % (n = {c['n']})")
 
 
-def _extra_mix(mixed: Path, extra: Path, target: str) -> Path:
+def _extra_mix(mixed: Path, extra: Path, target: str, captions: bool = True) -> Path:
     """E23's mix: an E22 stage-0 mix plus every row of a multi-hop-only set generated beside it (`vital phantom
     --out data/e22/work/extra --n 6000 --seed 2 --multihop-only --splits 1 0 0`) and its captions (replayed as
-    in `_replay_manifest`), with ids prefixed "s2-" and absolute paths so they sit in one manifest."""
+    in `_replay_manifest`; not with `captions=False`), with ids prefixed "s2-" and absolute paths so they sit in
+    one manifest."""
     if not (extra / "captions.jsonl").is_file():
         raise SystemExit(f"{extra}: generate it first (see _extra_mix)")
     base = extra.absolute()
     rows = mixed.read_text().splitlines()
-    for name in ("manifest.jsonl", "captions.jsonl"):
+    for name in ("manifest.jsonl", "captions.jsonl") if captions else ("manifest.jsonl",):
         for line in (extra / name).read_text().splitlines():
             r = json.loads(line)
             r = {**r, "id": f"s2-{r['id']}", "image": str(base / r["image"]), "split": "train"}
@@ -456,7 +460,7 @@ def _extra_mix(mixed: Path, extra: Path, target: str) -> Path:
             if name == "captions.jsonl" and target == "chain":
                 r["answer"] = "Described above."
             rows.append(json.dumps(r))
-    out = mixed.with_name(f"mixed-e23-{target}.jsonl")
+    out = mixed.with_name(f"mixed-e23-{target}.jsonl" if captions else "questions-e24.jsonl")
     out.write_text("\n".join(x for x in rows if x.strip()) + "\n")
     return out
 
@@ -570,6 +574,12 @@ def main() -> None:
             room = ["data.max_answer_tokens=128"]
             init = WORK13 / "perception" / "bundle"
             _stage0(_replay_manifest(m22, target), init, WORK22 / f"stage0-{target}", args, target, 2, room)
+    elif a.arm == "e24-latent":
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        questions = _extra_mix(m22, WORK22 / "extra", "chain", captions=False)
+        roi = tb._roi_store(questions, WORK22 / "roi-e24", args.seed, enc)
+        init = WORK22 / "stage0-chain-e23" / "bundle"
+        tb._train("configs/tiny.yaml", WORK22 / "latent-e24", questions, roi, args, init=init)
     elif a.arm.startswith("e23-latent"):
         m22 = tb._phantom(WORK22 / "phantom", args)
         roi = tb._roi_store(m22, WORK22 / "roi", args.seed, enc)  # built by e22-data
