@@ -54,8 +54,13 @@ def main(pred_path: str, manifest_path: str) -> dict:
     return out
 
 
-if __name__ == "__main__":
+def run_cli(main, doc: str) -> None:
+    """`SCRIPT PREDICTIONS MANIFEST`, or its docstring on -h / a wrong argument count (exit 2)."""
     if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
+        print(doc)
         raise SystemExit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
     main(sys.argv[1], sys.argv[2])
+
+
+if __name__ == "__main__":
+    run_cli(main, __doc__)

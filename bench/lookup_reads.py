@@ -13,16 +13,13 @@ Usage: python bench/lookup_reads.py PREDICTIONS.jsonl MANIFEST.jsonl"""
 
 import json
 import re
-import sys
 from pathlib import Path
+
+from chain_hops import run_cli, sentences  # bench/ is the script's folder
 
 _S1 = re.compile(r"^The \w+ \w+ is the (.+)\.$")
 _S3 = re.compile(r"^The lesion inside the (.+?) is the (.+)\.$")
 _PAIR = re.compile(r"(?:^|, )(?:The|the) (.+?) (?:lies )?in the (.+?)(?=, the |\.$)")
-
-
-def sentences(text: str | None) -> list[str]:
-    return [s.strip() for s in re.split(r"(?<=\.)\s+", text or "") if s.strip()]
 
 
 def pairs(sentence: str) -> dict[str, str]:
@@ -65,7 +62,4 @@ def main(pred_path: str, manifest_path: str) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2)
-    main(sys.argv[1], sys.argv[2])
+    run_cli(main, __doc__)
