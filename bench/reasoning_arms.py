@@ -46,6 +46,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e23-latent  # the latent curriculum (configs/tiny.yaml) on e23-chain, on
                                                # format 5's questions, dual supervision (per-hop masks)
     python bench/reasoning_arms.py e23-latent-sem  # the same, semantic supervision only (loss.visual=false)
+    python bench/reasoning_arms.py e25-latent-rms  # e23-latent with the fed state rescaled to the token-
+                                                   # embedding RMS (model.overrides.latent.feed=embed_rms)
     python bench/reasoning_arms.py e24-latent  # e23-latent on format 5's questions plus the 6,000 extra
                                                # organ-hop questions E23's stage 0 saw (dual supervision)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
@@ -102,6 +104,7 @@ ARMS = (
     "e23-latent",
     "e23-latent-sem",
     "e24-latent",
+    "e25-latent-rms",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -580,10 +583,14 @@ def main() -> None:
         roi = tb._roi_store(questions, WORK22 / "roi-e24", args.seed, enc)
         init = WORK22 / "stage0-chain-e23" / "bundle"
         tb._train("configs/tiny.yaml", WORK22 / "latent-e24", questions, roi, args, init=init)
-    elif a.arm.startswith("e23-latent"):
+    elif a.arm.startswith(("e23-latent", "e25")):
         m22 = tb._phantom(WORK22 / "phantom", args)
         roi = tb._roi_store(m22, WORK22 / "roi", args.seed, enc)  # built by e22-data
-        sets = ["loss.visual=false"] if a.arm == "e23-latent-sem" else []
+        sets = {
+            "e23-latent-sem": ["loss.visual=false"],
+            "e25-latent-rms": ["model.overrides.latent.feed=embed_rms"],
+        }
+        sets = sets.get(a.arm, [])
         init = WORK22 / "stage0-chain-e23" / "bundle"
         tb._train("configs/tiny.yaml", WORK22 / a.arm[4:], m22, roi, args, init=init, sets=sets)
     elif a.arm.startswith("e23"):
