@@ -468,13 +468,6 @@ def _extra_mix(mixed: Path, extra: Path, target: str, captions: bool = True) -> 
     return out
 
 
-def _kind(line: str) -> str:
-    """ "organ-hop" for a format-5 multi-hop row (the generator's organ-hop question), else "other"."""
-    from training.phantom.compose import _ORGAN_QUESTION_RE
-
-    return "organ-hop" if _ORGAN_QUESTION_RE.match(json.loads(line)["question"]) else "other"
-
-
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -566,11 +559,17 @@ def main() -> None:
     elif a.arm.startswith("e22"):
         m22 = tb._phantom(WORK22 / "phantom", args)  # the generator's format (5: organ-hop questions)
         if a.arm == "e22-data":
+            from training.phantom.compose import is_compositional
+
             _, gates = tb._heldout(WORK22, m22, args)
             print(json.dumps(gates, indent=2))
             tb._roi_store(m22, WORK22 / "roi", args.seed, enc)  # the latent arms' per-hop targets, built once
             val = [x for x in m22.read_text().splitlines() if x.strip()]
-            keep = [x for x in val if json.loads(x)["split"] == "val" and "organ-hop" in _kind(x)]
+            keep = [  # format 5's only compositional questions are organ-hop ones
+                x
+                for x in val
+                if json.loads(x)["split"] == "val" and is_compositional(json.loads(x)["question"])
+            ]
             m22.with_name("e22-val-multihop.jsonl").write_text("\n".join(keep) + "\n")
         elif a.arm in ("e22-chain", "e22-answer"):
             target = a.arm.split("-")[1]
