@@ -50,6 +50,10 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
                                                    # embedding RMS (model.overrides.latent.feed=embed_rms)
     python bench/reasoning_arms.py e24-latent  # e23-latent on format 5's questions plus the 6,000 extra
                                                # organ-hop questions E23's stage 0 saw (dual supervision)
+    python bench/reasoning_arms.py e26-chain   # e23-chain continued one epoch on its mix, the replayed captions
+                                               # written with holds=True (an organ names its lesion)
+    python bench/reasoning_arms.py e26-answer  # e23-answer, the same rows and budget, direct answers
+    python bench/reasoning_arms.py e26-latent  # e23-latent's curriculum on e26-chain (dual supervision)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -105,6 +109,9 @@ ARMS = (
     "e23-latent-sem",
     "e24-latent",
     "e25-latent-rms",
+    "e26-chain",
+    "e26-answer",
+    "e26-latent",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -468,6 +475,41 @@ def _extra_mix(mixed: Path, extra: Path, target: str, captions: bool = True) -> 
     return out
 
 
+def _holds_mix(mixed: Path, target: str) -> Path:
+    """E26's mix: E23's mix (`_extra_mix`) with every replayed caption written again with `holds=True`
+    (training.phantom.captions: a host structure also names the lesion inside it, "liver with the abscess,
+    …"), so the captions teach the organ → lesion read that the lookup chain writes out (E20: not learned from
+    the lesion → organ direction alone). Same rows, ids and order; only the caption text changes."""
+    from training.phantom.captions import write_captions
+
+    new: dict[str, dict] = {}
+    for root, prefix in ((WORK22 / "phantom", ""), (WORK22 / "extra", "s2-")):
+        path = root / "captions-holds.jsonl"
+        if not path.is_file():
+            write_captions(root, holds=True, name=path.name)
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            new[prefix + r["id"]] = r
+    rows, changed = [], 0
+    for line in mixed.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r["id"].endswith("-cap"):
+            h = new[r["id"]]
+            changed += h["reasoning"] != r["reasoning"]
+            r = {**r, "reasoning": h["reasoning"]}
+            if target == "answer":
+                r["answer"] = h["answer"]
+        rows.append(json.dumps(r))
+    if not changed:
+        raise SystemExit(f"{mixed}: no caption changed (holds captions not applied)")
+    logging.getLogger("vital.bench").info("E26 mix: %d rows, %d captions rewritten", len(rows), changed)
+    out = mixed.with_name(f"mixed-e26-{target}.jsonl")
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -592,6 +634,18 @@ def main() -> None:
         sets = sets.get(a.arm, [])
         init = WORK22 / "stage0-chain-e23" / "bundle"
         tb._train("configs/tiny.yaml", WORK22 / a.arm[4:], m22, roi, args, init=init, sets=sets)
+    elif a.arm == "e26-latent":
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        roi = tb._roi_store(m22, WORK22 / "roi", args.seed, enc)  # built by e22-data
+        init = WORK22 / "stage0-chain-e26" / "bundle"
+        tb._train("configs/tiny.yaml", WORK22 / "latent-e26", m22, roi, args, init=init)
+    elif a.arm.startswith("e26"):
+        target = a.arm.split("-")[1]
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        mixed = _holds_mix(_extra_mix(_replay_manifest(m22, target), WORK22 / "extra", target), target)
+        init = WORK22 / f"stage0-{target}-e23" / "bundle"
+        room = ["data.max_answer_tokens=128"]
+        _stage0(mixed, init, WORK22 / f"stage0-{target}-e26", args, target, 1, room)
     elif a.arm.startswith("e23"):
         target = a.arm.split("-")[1]
         m22 = tb._phantom(WORK22 / "phantom", args)

@@ -296,6 +296,48 @@ def test_captions_list_every_atlas_name_in_order_with_its_place_or_absence(
         ]
 
 
+def test_holds_captions_name_each_hosts_lesions_and_change_nothing_else(gate_sets: tuple[Path, Path]) -> None:
+    """`holds=True` (the E26 arm): each host structure names, right after its name, exactly the lesions whose
+    facts put them inside it; removing those words gives the default caption back, and the lesions sentence is
+    unchanged. `write_captions(..., name=)` writes beside captions.jsonl, which it leaves alone."""
+    from training.phantom.captions import caption_sentences, write_captions
+    from training.phantom.modalities import MODALITIES
+
+    fit, _ = gate_sets
+    before = (fit / "captions.jsonl").read_bytes()
+    write_captions(fit, holds=True, name="captions-holds.jsonl")
+    assert (fit / "captions.jsonl").read_bytes() == before
+    rows = [json.loads(x) for x in (fit / "captions-holds.jsonl").read_text().splitlines()]
+    plain = [json.loads(x) for x in before.decode().splitlines()]
+    facts = {json.loads(x)["id"]: json.loads(x) for x in (fit / "scenes.jsonl").read_text().splitlines()}
+    by_name = {m.name: m for m in MODALITIES}
+    hosted = 0
+    for row, ref in zip(rows, plain, strict=True):
+        atlas = ATLAS[by_name[row["modality"]].key]
+        hosts, lesions = row["reasoning"]
+        assert lesions == ref["reasoning"][1] and row["id"] == ref["id"]
+        objs = facts[row["id"].removesuffix("-cap")]["objects"]
+        inside: dict[str, list[str]] = {}
+        for n in atlas.lesions:  # atlas order, as the caption lists them
+            o = next((o for o in objs if o["name"] == n), None)
+            if o is not None and o.get("host"):
+                inside.setdefault(o["host"], []).append(n)
+        stripped = hosts
+        for host, names in inside.items():
+            words = "with " + " and ".join(f"the {n}" for n in names) + ", "
+            assert f"{host} {words}" in hosts, (host, names, hosts)
+            stripped = stripped.replace(f"{host} {words}", f"{host} ")
+            hosted += 1
+        assert stripped == ref["reasoning"][0]
+        assert caption_sentences(
+            facts[row["id"].removesuffix("-cap")], atlas, by_name[row["modality"]].contrast, True
+        ) == [
+            hosts,
+            lesions,
+        ]
+    assert hosted > len(rows) // 4  # hosted scenes are common in format 5 (every organ-hop image)
+
+
 def test_caption_rank_words_agree_with_every_chains_first_hop(tmp_path: Path) -> None:
     """Caption v3: each present lesion carries its size word and leftmost/uppermost flags among the scene's
     lesions, and on every lesion-hop question of a set the lesion the chain's hop 1 names is the one its

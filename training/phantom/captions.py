@@ -55,19 +55,31 @@ def lesion_ranks(lesions: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def caption_sentences(facts: dict[str, Any], atlas: Atlas, contrast: tuple[str, str] | None) -> list[str]:
+def caption_sentences(
+    facts: dict[str, Any], atlas: Atlas, contrast: tuple[str, str] | None, holds: bool = False
+) -> list[str]:
     """Two sentences: the modality's four host structures, then its four lesion kinds, always in atlas order
     (so each item is a lookup: where is this one, or is it absent), with place, host, tone and margin; a
-    lesion then its rank words among the scene's lesions (`lesion_ranks`)."""
+    lesion then its rank words among the scene's lesions (`lesion_ranks`).
+
+    `holds` (an experiment arm, off by default): a host structure also names the lesions inside it, right
+    after its name ("liver with the abscess, right, …"), so the captions state the lesion–organ relation in
+    both directions (organ → lesion as well as the lesion's "in the liver")."""
     objs = {o["name"]: o for o in facts["objects"]}
     present = [objs[n] for n in atlas.lesions if n in objs]
     ranks = lesion_ranks(present) if present else {}
+    held: dict[str, list[str]] = {}
+    for o in present:
+        if holds and o.get("host"):
+            held.setdefault(o["host"], []).append(o["name"])
 
     def item(name: str) -> str:
         o = objs.get(name)
         if o is None:
             return f"{name} absent"
         inside = f"in the {o['host']}, " if o.get("host") else ""
+        if name in held:
+            inside = "with " + " and ".join(f"the {n}" for n in held[name]) + ", "
         look = f"{contrast_word(o['brighter'], contrast)}, {'blurred' if o['blurred'] else 'sharp'}"
         rank = "".join(f", {w}" for w in ranks.get(name, ()))
         return f"{name} {inside}{_place(o)}, {look}{rank}"
@@ -78,8 +90,9 @@ def caption_sentences(facts: dict[str, Any], atlas: Atlas, contrast: tuple[str, 
     ]
 
 
-def write_captions(root: str | Path) -> Path:
-    """DIR/captions.jsonl from DIR/manifest.jsonl and DIR/scenes.jsonl (one caption per image)."""
+def write_captions(root: str | Path, holds: bool = False, name: str = "captions.jsonl") -> Path:
+    """DIR/captions.jsonl (or DIR/`name`) from DIR/manifest.jsonl and DIR/scenes.jsonl (one caption per
+    image); `holds`: see `caption_sentences`."""
     root = Path(root)
     facts = {}
     for line in (root / "scenes.jsonl").read_text(encoding="utf-8").splitlines():
@@ -94,7 +107,7 @@ def write_captions(root: str | Path) -> Path:
         if not line.strip():
             continue
         r = json.loads(line)
-        steps = caption_sentences(facts[r["id"]], atlas[r["modality"]], contrast[r["modality"]])
+        steps = caption_sentences(facts[r["id"]], atlas[r["modality"]], contrast[r["modality"]], holds)
         rows.append(
             {
                 "id": f"{r['id']}-cap",
@@ -111,7 +124,7 @@ def write_captions(root: str | Path) -> Path:
                 "roi_key": r["roi_key"],
             }
         )
-    path = root / "captions.jsonl"
+    path = root / name
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     os.replace(tmp, path)

@@ -1,0 +1,112 @@
+"""Can a stage-0 model read "the lesion inside the <organ>" without the written lesion → organ reads?
+
+For each organ-hop question of a manifest, the model is teacher-forced (K = 0) on the question and a chain
+prefix built from the *true* facts, and scored on which of the modality's four lesion names it rates most
+likely as the next words (4-way choice, chance 25 %):
+
+* `lookup`  : sentence 1, sentence 2 (the lesion → organ reads), "The lesion inside the <organ> is the" —
+  the lookup in written facts that E21's chain relies on;
+* `inverse` : sentence 1, then straight to "The lesion inside the <organ> is the" — the organ → lesion read
+  in one pass, the step a latent chain has to take without the written reads (E20: not learned from
+  lesion → organ captions alone).
+
+    python bench/organ_reads.py BUNDLE MANIFEST [--limit N] [--out FILE.json]
+
+Prints accuracy with a 95 % Wilson interval per probe; --out saves them as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (c - h, c + h)
+
+
+def _candidates(row: dict) -> list[str]:
+    from training.phantom.atlas import ATLAS
+    from training.phantom.modalities import MODALITIES
+
+    key = next(m.key for m in MODALITIES if m.name == row["modality"])
+    return list(ATLAS[key].lesions)
+
+
+def score(model, rows: list[dict], root: Path, probe: str) -> list[bool]:
+    """One bool per row: the true lesion is the most likely of the four names after the probe's prefix."""
+    from vital_core.latent import latent_forward
+    from vital_core.preprocess import encode_answers
+
+    tok = model.tokenizer
+    hits = []
+    for r in rows:
+        s1, s2, s3, _ = r["reasoning"]
+        organ = s3.removeprefix("The lesion inside the ").split(" is the ")[0]
+        lesion = r["answer"].removeprefix("The ").rstrip(".")
+        head = [s1, s2] if probe == "lookup" else [s1]
+        prefix = " ".join([*head, f"The lesion inside the {organ} is the"])
+        names = _candidates(r)
+        texts = [f"{prefix} {n}." for n in names]
+        n_pre = len(tok(prefix, add_special_tokens=False)["input_ids"])
+        image = Image.open(root / r["image"]).convert("RGB")
+        batch = model.encode([image] * len(texts), [r["question"]] * len(texts))
+        ids, mask = encode_answers(texts, tok, 256)
+        with torch.no_grad():
+            out = latent_forward(
+                model.core,
+                batch,
+                0,
+                answer_ids=ids.to(model.device),
+                answer_mask=mask.to(model.device),
+                stop_ids=model.stop_ids,
+            )
+        logp = out.logits.float().log_softmax(-1)  # (C, T, V): logits[t] predicts ids[t]
+        scores = []
+        for c in range(len(texts)):
+            m = int(mask[c].sum()) - 1  # without the stop token
+            toks = ids[c, n_pre:m]
+            scores.append(float(logp[c, torch.arange(n_pre, m), toks].sum()))
+        hits.append(names[max(range(len(names)), key=scores.__getitem__)] == lesion)
+    return hits
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("manifest")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    from vital_core.bundle import load_bundle
+
+    man = Path(a.manifest)
+    rows = [json.loads(x) for x in man.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if len(r.get("reasoning", [])) == 4 and "lesion inside the" in r["reasoning"][2]]
+    rows = rows[: a.limit] if a.limit else rows
+    model = load_bundle(a.bundle)
+    model.eval()
+    report = {"bundle": a.bundle, "manifest": a.manifest, "n": len(rows)}
+    for probe in ("lookup", "inverse"):
+        hits = score(model, rows, man.parent, probe)
+        k = sum(hits)
+        lo, hi = wilson(k, len(hits))
+        report[probe] = {"accuracy": k / len(hits), "ci95": [lo, hi], "hits": k}
+        print(f"{probe:8s} {100 * k / len(hits):5.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]  (n = {len(hits)})")
+    if a.out:
+        Path(a.out).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
