@@ -8,9 +8,11 @@ likely as the next words (4-way choice, chance 25 %):
   the lookup in written facts that E21's chain relies on;
 * `inverse` : sentence 1, then straight to "The lesion inside the <organ> is the" — the organ → lesion read
   in one pass, the step a latent chain has to take without the written reads (E20: not learned from
-  lesion → organ captions alone).
+  lesion → organ captions alone);
+* `with`    : sentence 1, then "The <organ> with the" — the same read in the words of `holds=True` captions
+  ("liver with the abscess"), to tell a read the model lacks from one it has only in the captions' phrasing.
 
-    python bench/organ_reads.py BUNDLE MANIFEST [--limit N] [--out FILE.json]
+    python bench/organ_reads.py BUNDLE MANIFEST [--limit N] [--probes P ...] [--out FILE.json]
 
 Prints accuracy with a 95 % Wilson interval per probe; --out saves them as JSON.
 """
@@ -24,6 +26,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+
+PROBES = ("lookup", "inverse", "with")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -56,7 +60,8 @@ def score(model, rows: list[dict], root: Path, probe: str) -> list[bool]:
         organ = s3.removeprefix("The lesion inside the ").split(" is the ")[0]
         lesion = r["answer"].removeprefix("The ").rstrip(".")
         head = [s1, s2] if probe == "lookup" else [s1]
-        prefix = " ".join([*head, f"The lesion inside the {organ} is the"])
+        ask = f"The {organ} with the" if probe == "with" else f"The lesion inside the {organ} is the"
+        prefix = " ".join([*head, ask])
         names = _candidates(r)
         texts = [f"{prefix} {n}." for n in names]
         n_pre = len(tok(prefix, add_special_tokens=False)["input_ids"])
@@ -88,6 +93,7 @@ def main() -> None:
     p.add_argument("manifest")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--out", default=None)
+    p.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
     a = p.parse_args()
     from vital_core.bundle import load_bundle
 
@@ -98,7 +104,7 @@ def main() -> None:
     model = load_bundle(a.bundle)
     model.eval()
     report = {"bundle": a.bundle, "manifest": a.manifest, "n": len(rows)}
-    for probe in ("lookup", "inverse"):
+    for probe in a.probes:
         hits = score(model, rows, man.parent, probe)
         k = sum(hits)
         lo, hi = wilson(k, len(hits))

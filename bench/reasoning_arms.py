@@ -54,6 +54,13 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
                                                # written with holds=True (an organ names its lesion)
     python bench/reasoning_arms.py e26-answer  # e23-answer, the same rows and budget, direct answers
     python bench/reasoning_arms.py e26-latent  # e23-latent's curriculum on e26-chain (dual supervision)
+    python bench/reasoning_arms.py e26-plain-chain  # the control: e23-chain one more epoch on E23's mix as it
+                                                    # was (plain captions), E26's budget
+    python bench/reasoning_arms.py e27-chain   # e26-chain with chain v4: sentence 2 is the one organ → lesion
+                                               # read ("The liver is the organ with the abscess.")
+    python bench/reasoning_arms.py e27-latent  # e23-latent's curriculum on e27-chain, format 5's questions
+                                               # with chain v4 (step masks organ, lesion, lesion, lesion)
+    python bench/reasoning_arms.py e27-latent-sem  # the same, semantic supervision only (loss.visual=false)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -112,6 +119,10 @@ ARMS = (
     "e26-chain",
     "e26-answer",
     "e26-latent",
+    "e26-plain-chain",
+    "e27-chain",
+    "e27-latent",
+    "e27-latent-sem",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -510,6 +521,36 @@ def _holds_mix(mixed: Path, target: str) -> Path:
     return out
 
 
+def _chain_v4(src: Path, name: str) -> Path:
+    """E27's chain (v4) on every organ-hop row of a manifest: sentence 2, the three lesion → organ reads, becomes
+    the one organ → lesion read in the words of `holds=True` captions ("The liver is the organ with the
+    abscess."), so each sentence states one fact a single fed-back state can hold; step 2's mask becomes the
+    lesion's (organ, lesion, lesion, lesion). Other rows, ids and order unchanged; written beside `src`."""
+    from training.phantom.atlas import ATLAS
+    from training.phantom.modalities import MODALITIES
+
+    word = {m.name: ATLAS[m.key].host_word for m in MODALITIES}
+    rows, changed = [], 0
+    for line in src.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        steps = r.get("reasoning") or []
+        if len(steps) == 4 and steps[2].startswith("The lesion inside the "):
+            organ, lesion = steps[2].removeprefix("The lesion inside the ").rstrip(".").split(" is the ")
+            steps = [steps[0], f"The {organ} is the {word[r['modality']]} with the {lesion}.", *steps[2:]]
+            r = {**r, "reasoning": steps}
+            if r.get("step_masks"):
+                r["step_masks"] = [r["step_masks"][0], *r["step_masks"][2:3] * 3]
+            changed += 1
+        rows.append(json.dumps(r))
+    if not changed:
+        raise SystemExit(f"{src}: no organ-hop chain found")
+    out = src.with_name(name)
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -634,18 +675,38 @@ def main() -> None:
         sets = sets.get(a.arm, [])
         init = WORK22 / "stage0-chain-e23" / "bundle"
         tb._train("configs/tiny.yaml", WORK22 / a.arm[4:], m22, roi, args, init=init, sets=sets)
+    elif a.arm == "e27-chain":
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        mixed = _holds_mix(_extra_mix(_replay_manifest(m22, "chain"), WORK22 / "extra", "chain"), "chain")
+        mixed = _chain_v4(mixed, "mixed-e27-chain.jsonl")
+        init = WORK22 / "stage0-chain-e23" / "bundle"
+        room = ["data.max_answer_tokens=128"]
+        _stage0(mixed, init, WORK22 / "stage0-chain-e27", args, "chain", 1, room)
+    elif a.arm.startswith("e27-latent"):
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        questions = _chain_v4(m22, "manifest-v4.jsonl")
+        _chain_v4(m22.with_name("e22-val-multihop.jsonl"), "e27-val-multihop.jsonl")  # grounding's step masks
+        roi = tb._roi_store(questions, WORK22 / "roi-e27", args.seed, enc)
+        init = WORK22 / "stage0-chain-e27" / "bundle"
+        sem = a.arm == "e27-latent-sem"
+        sets = ["loss.visual=false"] if sem else []
+        out = WORK22 / ("latent-e27-sem" if sem else "latent-e27")
+        tb._train("configs/tiny.yaml", out, questions, roi, args, init=init, sets=sets)
     elif a.arm == "e26-latent":
         m22 = tb._phantom(WORK22 / "phantom", args)
         roi = tb._roi_store(m22, WORK22 / "roi", args.seed, enc)  # built by e22-data
         init = WORK22 / "stage0-chain-e26" / "bundle"
         tb._train("configs/tiny.yaml", WORK22 / "latent-e26", m22, roi, args, init=init)
     elif a.arm.startswith("e26"):
-        target = a.arm.split("-")[1]
+        target = a.arm.split("-")[-1]
         m22 = tb._phantom(WORK22 / "phantom", args)
-        mixed = _holds_mix(_extra_mix(_replay_manifest(m22, target), WORK22 / "extra", target), target)
+        mixed = _extra_mix(_replay_manifest(m22, target), WORK22 / "extra", target)
+        if "plain" not in a.arm:  # e26-plain-chain: the control, E23's mix unchanged (one more epoch)
+            mixed = _holds_mix(mixed, target)
         init = WORK22 / f"stage0-{target}-e23" / "bundle"
         room = ["data.max_answer_tokens=128"]
-        _stage0(mixed, init, WORK22 / f"stage0-{target}-e26", args, target, 1, room)
+        name = f"stage0-{target}-e26" + ("-plain" if "plain" in a.arm else "")
+        _stage0(mixed, init, WORK22 / name, args, target, 1, room)
     elif a.arm.startswith("e23"):
         target = a.arm.split("-")[1]
         m22 = tb._phantom(WORK22 / "phantom", args)
