@@ -11,6 +11,9 @@ likely as the next words (4-way choice, chance 25 %):
   lesion → organ captions alone);
 * `with`    : sentence 1, then "The <organ> with the" — the same read in the words of `holds=True` captions
   ("liver with the abscess"), to tell a read the model lacks from one it has only in the captions' phrasing.
+* `caption` : the describe question and the image's `holds=True` caption (DIR/captions-holds.jsonl beside
+  the manifest) up to the first "<organ> with the" — the same read where the captions teach it (nothing
+  before that point names a lesion).
 
     python bench/organ_reads.py BUNDLE MANIFEST [--limit N] [--probes P ...] [--out FILE.json]
 
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-PROBES = ("lookup", "inverse", "with")
+PROBES = ("lookup", "inverse", "with", "caption")
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -87,6 +90,45 @@ def score(model, rows: list[dict], root: Path, probe: str) -> list[bool]:
     return hits
 
 
+def score_captions(model, rows: list[dict], root: Path) -> list[bool]:
+    """One bool per row with a hosted structure: the lesion its `holds=True` caption names first after
+    "<organ> with the" is the most likely of the four names there (teacher-forced on the caption so far)."""
+    import re
+
+    from vital_core.latent import latent_forward
+    from vital_core.preprocess import encode_answers
+
+    caps = {}
+    for line in (root / "captions-holds.jsonl").read_text().splitlines():
+        c = json.loads(line)
+        caps[c["id"].removesuffix("-cap")] = c
+    tok = model.tokenizer
+    hits = []
+    for r in rows:
+        c = caps[r["id"]]
+        m = re.search(r"with the ([a-z ]+?)(,| and)", c["reasoning"][0])
+        if m is None:
+            continue
+        prefix = c["reasoning"][0][: m.start(1)].rstrip()
+        names = _candidates(r)
+        texts = [f"{prefix} {n}" for n in names]
+        n_pre = len(tok(prefix, add_special_tokens=False)["input_ids"])
+        image = Image.open(root / r["image"]).convert("RGB")
+        batch = model.encode([image] * len(texts), [c["question"]] * len(texts))
+        ids, mask = encode_answers(texts, tok, 256)
+        with torch.no_grad():
+            out = latent_forward(
+                model.core, batch, 0, answer_ids=ids.to(model.device), answer_mask=mask.to(model.device)
+            )
+        logp = out.logits.float().log_softmax(-1)
+        scores = []
+        for k in range(len(texts)):
+            e = int(mask[k].sum()) - 1
+            scores.append(float(logp[k, torch.arange(n_pre, e), ids[k, n_pre:e]].sum()))
+        hits.append(names[max(range(len(names)), key=scores.__getitem__)] == m.group(1))
+    return hits
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle")
@@ -105,7 +147,11 @@ def main() -> None:
     model.eval()
     report = {"bundle": a.bundle, "manifest": a.manifest, "n": len(rows)}
     for probe in a.probes:
-        hits = score(model, rows, man.parent, probe)
+        hits = (
+            score_captions(model, rows, man.parent)
+            if probe == "caption"
+            else score(model, rows, man.parent, probe)
+        )
         k = sum(hits)
         lo, hi = wilson(k, len(hits))
         report[probe] = {"accuracy": k / len(hits), "ci95": [lo, hi], "hits": k}

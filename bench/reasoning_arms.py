@@ -61,6 +61,9 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e27-latent  # e23-latent's curriculum on e27-chain, format 5's questions
                                                # with chain v4 (step masks organ, lesion, lesion, lesion)
     python bench/reasoning_arms.py e27-latent-sem  # the same, semantic supervision only (loss.visual=false)
+    python bench/reasoning_arms.py e28-chain   # e27-chain with chain v5: no sentence names what an earlier one
+                                               # resolved ("It is the organ with the abscess.")
+    python bench/reasoning_arms.py e28-latent  # e23-latent's curriculum on e28-chain, chain v5 (dual supervision)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -123,6 +126,8 @@ ARMS = (
     "e27-chain",
     "e27-latent",
     "e27-latent-sem",
+    "e28-chain",
+    "e28-latent",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -551,6 +556,42 @@ def _chain_v4(src: Path, name: str) -> Path:
     return out
 
 
+def _chain_v5(src: Path, name: str) -> Path:
+    """E28's chain (v5) on every organ-hop row: the v4 facts, but no later sentence names what an earlier one
+    resolved, so the written rest cannot re-derive a latent sentence's result in one pass (E27's sentence 2
+    began with the organ, which hop 1 reads in one pass, so stage 1 never needed its latent):
+    "The leftmost organ is the liver." / "It is the organ with the abscess." / "The abscess lies in it." /
+    "So the lesion in the leftmost organ is the abscess." Step masks organ, lesion, lesion, lesion."""
+    from training.phantom.atlas import ATLAS
+    from training.phantom.modalities import MODALITIES
+
+    word = {m.name: ATLAS[m.key].host_word for m in MODALITIES}
+    rows, changed = [], 0
+    for line in src.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        steps = r.get("reasoning") or []
+        if len(steps) == 4 and steps[2].startswith("The lesion inside the "):
+            _, lesion = steps[2].removeprefix("The lesion inside the ").rstrip(".").split(" is the ")
+            steps = [
+                steps[0],
+                f"It is the {word[r['modality']]} with the {lesion}.",
+                f"The {lesion} lies in it.",
+                steps[3],
+            ]
+            r = {**r, "reasoning": steps}
+            if r.get("step_masks"):
+                r["step_masks"] = [r["step_masks"][0], *r["step_masks"][2:3] * 3]
+            changed += 1
+        rows.append(json.dumps(r))
+    if not changed:
+        raise SystemExit(f"{src}: no organ-hop chain found")
+    out = src.with_name(name)
+    out.write_text("\n".join(rows) + "\n")
+    return out
+
+
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
     roi = tb._roi_store(manifest, WORK / "roi", args.seed, WORK / "encoder")
     bundle, _ = tb._train("configs/tiny.yaml", out, manifest, roi, args, init=init, sets=sets)
@@ -682,6 +723,21 @@ def main() -> None:
         init = WORK22 / "stage0-chain-e23" / "bundle"
         room = ["data.max_answer_tokens=128"]
         _stage0(mixed, init, WORK22 / "stage0-chain-e27", args, "chain", 1, room)
+    elif a.arm == "e28-chain":
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        mixed = _holds_mix(_extra_mix(_replay_manifest(m22, "chain"), WORK22 / "extra", "chain"), "chain")
+        mixed = _chain_v5(mixed, "mixed-e28-chain.jsonl")
+        init = WORK22 / "stage0-chain-e23" / "bundle"
+        room = ["data.max_answer_tokens=128"]
+        _stage0(mixed, init, WORK22 / "stage0-chain-e28", args, "chain", 1, room)
+    elif a.arm == "e28-latent":
+        m22 = tb._phantom(WORK22 / "phantom", args)
+        questions = _chain_v5(m22, "manifest-v5.jsonl")
+        roi = tb._roi_store(
+            _chain_v4(m22, "manifest-v4.jsonl"), WORK22 / "roi-e27", args.seed, enc
+        )  # same masks
+        init = WORK22 / "stage0-chain-e28" / "bundle"
+        tb._train("configs/tiny.yaml", WORK22 / "latent-e28", questions, roi, args, init=init)
     elif a.arm.startswith("e27-latent"):
         m22 = tb._phantom(WORK22 / "phantom", args)
         questions = _chain_v4(m22, "manifest-v4.jsonl")
