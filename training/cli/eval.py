@@ -238,7 +238,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if hops["n"]:
         report["multihop"] = hops
     if args.usage:
-        report["latent_usage"] = _usage(model, items, k)
+        report["latent_usage"] = _usage(model, items, k, max_new)
     title = f"{Path(args.bundle).name} on {args.benchmark} {args.split} ({args.mode}, k={k})"
     table = markdown_table(report, title) + _extra_lines(report)
     print(table)
@@ -270,7 +270,7 @@ def _mode_k(args: argparse.Namespace) -> tuple[int | str, int | None]:
     return k, args.max_new_tokens
 
 
-def _usage(model: Any, items: list, k: int | str) -> dict:
+def _usage(model: Any, items: list, k: int | str, max_new_tokens: int | None = None) -> dict:
     from training.data.manifest import Sample
     from training.eval.usage import latent_usage
 
@@ -278,7 +278,7 @@ def _usage(model: Any, items: list, k: int | str) -> dict:
     if not samples or not isinstance(k, int) or k < 1:
         raise CLIError("--usage needs five-tuple questions and --k >= 1")
     try:
-        return latent_usage(model, samples, k)
+        return latent_usage(model, samples, k, max_new_tokens=max_new_tokens)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
 

@@ -27,8 +27,17 @@ from training.eval.metrics import item_correct
 from training.eval.stats import accuracy, paired_difference
 
 
-def latent_usage(model: Any, samples: Sequence[Sample], k: int, batch_size: int = 16, seed: int = 0) -> dict:
-    """Natural, donor-swapped and noise-fed accuracy of closed questions at K = k (k >= 1)."""
+def latent_usage(
+    model: Any,
+    samples: Sequence[Sample],
+    k: int,
+    batch_size: int = 16,
+    seed: int = 0,
+    max_new_tokens: int | None = None,
+) -> dict:
+    """Natural, donor-swapped and noise-fed accuracy of closed questions at K = k (k >= 1), each decoded up to
+    `max_new_tokens` (None: the bundle's default), the cap the evaluation itself used: at a K that leaves
+    reasoning sentences written, a shorter cap would cut the chain before its answer."""
     if k < 1:
         raise ValueError("the latent-usage test needs k >= 1")
     items = [from_sample(s) for s in samples]
@@ -47,7 +56,7 @@ def latent_usage(model: Any, samples: Sequence[Sample], k: int, batch_size: int 
                 hits[key].pop()
             norms.pop()
         images, prompts = [it.load_image() for it in chunk], [it.prompt for it in chunk]
-        natural = model.answer(images, prompts, k=k)
+        natural = model.answer(images, prompts, k=k, max_new_tokens=max_new_tokens)
         lat = torch.stack([a.latents[:k] for a in natural])  # (B, K, H): h_0..h_{K-1}, the fed states
         donor_lat = lat.roll(1, dims=0)
 
@@ -62,8 +71,8 @@ def latent_usage(model: Any, samples: Sequence[Sample], k: int, batch_size: int 
 
         runs = {
             "natural": natural,
-            "donor": model.answer(images, prompts, k=k, feed_override=donor),
-            "noise": model.answer(images, prompts, k=k, feed_override=noise),
+            "donor": model.answer(images, prompts, k=k, max_new_tokens=max_new_tokens, feed_override=donor),
+            "noise": model.answer(images, prompts, k=k, max_new_tokens=max_new_tokens, feed_override=noise),
         }
         for key, answers in runs.items():
             hits[key] += [item_correct(a.text, it) for a, it in zip(answers, chunk)]
