@@ -64,6 +64,9 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-chain   # e27-chain with chain v5: no sentence names what an earlier one
                                                # resolved ("It is the organ with the abscess.")
     python bench/reasoning_arms.py e28-latent  # e23-latent's curriculum on e28-chain, chain v5 (dual supervision)
+    python bench/reasoning_arms.py e28-stage1  # curriculum stage 1 alone on e28-chain (300 steps): sentence 1
+                                               # latent, the rest written; score at K = 1 with --usage
+    python bench/reasoning_arms.py e28-stage1-r64  # the same with LoRA rank 64 (alpha 128) instead of 8
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -128,6 +131,8 @@ ARMS = (
     "e27-latent-sem",
     "e28-chain",
     "e28-latent",
+    "e28-stage1",
+    "e28-stage1-r64",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -730,14 +735,23 @@ def main() -> None:
         init = WORK22 / "stage0-chain-e23" / "bundle"
         room = ["data.max_answer_tokens=128"]
         _stage0(mixed, init, WORK22 / "stage0-chain-e28", args, "chain", 1, room)
-    elif a.arm == "e28-latent":
+    elif a.arm.startswith(("e28-latent", "e28-stage1")):
         m22 = tb._phantom(WORK22 / "phantom", args)
         questions = _chain_v5(m22, "manifest-v5.jsonl")
-        roi = tb._roi_store(
-            _chain_v4(m22, "manifest-v4.jsonl"), WORK22 / "roi-e27", args.seed, enc
-        )  # same masks
+        v4 = _chain_v4(m22, "manifest-v4.jsonl")  # the same step masks as v5
+        roi = tb._roi_store(v4, WORK22 / "roi-e27", args.seed, enc)
         init = WORK22 / "stage0-chain-e28" / "bundle"
-        tb._train("configs/tiny.yaml", WORK22 / "latent-e28", questions, roi, args, init=init)
+        # stage 1 alone (sentence 1 latent, the rest written): does one fed state carry hop 1's organ?
+        sets = {
+            "e28-stage1": ["curriculum.epochs=[1]"],
+            "e28-stage1-r64": [
+                "curriculum.epochs=[1]",
+                "model.overrides.lora.r=64",
+                "model.overrides.lora.alpha=128",
+            ],
+        }.get(a.arm, [])
+        out = WORK22 / ("latent-e28" if a.arm == "e28-latent" else f"latent-{a.arm}")
+        tb._train("configs/tiny.yaml", out, questions, roi, args, init=init, sets=sets)
     elif a.arm.startswith("e27-latent"):
         m22 = tb._phantom(WORK22 / "phantom", args)
         questions = _chain_v4(m22, "manifest-v4.jsonl")
