@@ -51,12 +51,31 @@ def _candidates(row: dict) -> list[str]:
     return list(ATLAS[key].lesions)
 
 
-def score(model, rows: list[dict], root: Path, probe: str) -> list[bool]:
-    """One bool per row: the true lesion is the most likely of the four names after the probe's prefix."""
+def pick(model, image: Image.Image, question: str, prefix: str, names: list[str], tail: str = "") -> str:
+    """The name the model rates most likely after `prefix` (teacher-forced at K = 0 on the question and
+    image): the largest summed log-probability of each "prefix name{tail}"'s name tokens (and tail)."""
     from vital_core.latent import latent_forward
     from vital_core.preprocess import encode_answers
 
     tok = model.tokenizer
+    texts = [f"{prefix} {n}{tail}" for n in names]
+    n_pre = len(tok(prefix, add_special_tokens=False)["input_ids"])
+    batch = model.encode([image] * len(texts), [question] * len(texts))
+    ids, mask = encode_answers(texts, tok, 256)
+    with torch.no_grad():
+        out = latent_forward(
+            model.core, batch, 0, answer_ids=ids.to(model.device), answer_mask=mask.to(model.device)
+        )
+    logp = out.logits.float().log_softmax(-1)  # (C, T, V): logits[t] predicts ids[t]
+    scores = []
+    for c in range(len(texts)):
+        end = int(mask[c].sum()) - 1  # without the stop token
+        scores.append(float(logp[c, torch.arange(n_pre, end), ids[c, n_pre:end]].sum()))
+    return names[max(range(len(names)), key=scores.__getitem__)]
+
+
+def score(model, rows: list[dict], root: Path, probe: str) -> list[bool]:
+    """One bool per row: the true lesion is the most likely of the four names after the probe's prefix."""
     hits = []
     for r in rows:
         s1, s2, s3, _ = r["reasoning"]
@@ -64,29 +83,8 @@ def score(model, rows: list[dict], root: Path, probe: str) -> list[bool]:
         lesion = r["answer"].removeprefix("The ").rstrip(".")
         head = [s1, s2] if probe == "lookup" else [s1]
         ask = f"The {organ} with the" if probe == "with" else f"The lesion inside the {organ} is the"
-        prefix = " ".join([*head, ask])
-        names = _candidates(r)
-        texts = [f"{prefix} {n}." for n in names]
-        n_pre = len(tok(prefix, add_special_tokens=False)["input_ids"])
         image = Image.open(root / r["image"]).convert("RGB")
-        batch = model.encode([image] * len(texts), [r["question"]] * len(texts))
-        ids, mask = encode_answers(texts, tok, 256)
-        with torch.no_grad():
-            out = latent_forward(
-                model.core,
-                batch,
-                0,
-                answer_ids=ids.to(model.device),
-                answer_mask=mask.to(model.device),
-                stop_ids=model.stop_ids,
-            )
-        logp = out.logits.float().log_softmax(-1)  # (C, T, V): logits[t] predicts ids[t]
-        scores = []
-        for c in range(len(texts)):
-            m = int(mask[c].sum()) - 1  # without the stop token
-            toks = ids[c, n_pre:m]
-            scores.append(float(logp[c, torch.arange(n_pre, m), toks].sum()))
-        hits.append(names[max(range(len(names)), key=scores.__getitem__)] == lesion)
+        hits.append(pick(model, image, r["question"], " ".join([*head, ask]), _candidates(r), ".") == lesion)
     return hits
 
 
@@ -95,14 +93,10 @@ def score_captions(model, rows: list[dict], root: Path) -> list[bool]:
     "<organ> with the" is the most likely of the four names there (teacher-forced on the caption so far)."""
     import re
 
-    from vital_core.latent import latent_forward
-    from vital_core.preprocess import encode_answers
-
     caps = {}
     for line in (root / "captions-holds.jsonl").read_text().splitlines():
         c = json.loads(line)
         caps[c["id"].removesuffix("-cap")] = c
-    tok = model.tokenizer
     hits = []
     for r in rows:
         c = caps[r["id"]]
@@ -110,22 +104,8 @@ def score_captions(model, rows: list[dict], root: Path) -> list[bool]:
         if m is None:
             continue
         prefix = c["reasoning"][0][: m.start(1)].rstrip()
-        names = _candidates(r)
-        texts = [f"{prefix} {n}" for n in names]
-        n_pre = len(tok(prefix, add_special_tokens=False)["input_ids"])
         image = Image.open(root / r["image"]).convert("RGB")
-        batch = model.encode([image] * len(texts), [c["question"]] * len(texts))
-        ids, mask = encode_answers(texts, tok, 256)
-        with torch.no_grad():
-            out = latent_forward(
-                model.core, batch, 0, answer_ids=ids.to(model.device), answer_mask=mask.to(model.device)
-            )
-        logp = out.logits.float().log_softmax(-1)
-        scores = []
-        for k in range(len(texts)):
-            e = int(mask[k].sum()) - 1
-            scores.append(float(logp[k, torch.arange(n_pre, e), ids[k, n_pre:e]].sum()))
-        hits.append(names[max(range(len(names)), key=scores.__getitem__)] == m.group(1))
+        hits.append(pick(model, image, c["question"], prefix, _candidates(r)) == m.group(1))
     return hits
 
 

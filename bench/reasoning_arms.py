@@ -531,15 +531,14 @@ def _holds_mix(mixed: Path, target: str) -> Path:
     return out
 
 
-def _chain_v4(src: Path, name: str) -> Path:
-    """E27's chain (v4) on every organ-hop row of a manifest: sentence 2, the three lesion → organ reads, becomes
-    the one organ → lesion read in the words of `holds=True` captions ("The liver is the organ with the
-    abscess."), so each sentence states one fact a single fed-back state can hold; step 2's mask becomes the
-    lesion's (organ, lesion, lesion, lesion). Other rows, ids and order unchanged; written beside `src`."""
+def _rewrite_organ_chains(src: Path, name: str, steps_for) -> Path:
+    """Every organ-hop row of a manifest with its chain rewritten by `steps_for(steps, organ, lesion, word)`
+    (word: the modality's host word) and its step masks made organ, lesion, lesion, lesion; other rows, ids
+    and order unchanged; written beside `src` as `name`."""
     from training.phantom.atlas import ATLAS
     from training.phantom.modalities import MODALITIES
 
-    word = {m.name: ATLAS[m.key].host_word for m in MODALITIES}
+    words = {m.name: ATLAS[m.key].host_word for m in MODALITIES}
     rows, changed = [], 0
     for line in src.read_text().splitlines():
         if not line.strip():
@@ -548,8 +547,7 @@ def _chain_v4(src: Path, name: str) -> Path:
         steps = r.get("reasoning") or []
         if len(steps) == 4 and steps[2].startswith("The lesion inside the "):
             organ, lesion = steps[2].removeprefix("The lesion inside the ").rstrip(".").split(" is the ")
-            steps = [steps[0], f"The {organ} is the {word[r['modality']]} with the {lesion}.", *steps[2:]]
-            r = {**r, "reasoning": steps}
+            r = {**r, "reasoning": steps_for(steps, organ, lesion, words[r["modality"]])}
             if r.get("step_masks"):
                 r["step_masks"] = [r["step_masks"][0], *r["step_masks"][2:3] * 3]
             changed += 1
@@ -559,42 +557,35 @@ def _chain_v4(src: Path, name: str) -> Path:
     out = src.with_name(name)
     out.write_text("\n".join(rows) + "\n")
     return out
+
+
+def _chain_v4(src: Path, name: str) -> Path:
+    """E27's chain (v4): sentence 2, the three lesion → organ reads, becomes the one organ → lesion read in
+    the words of `holds=True` captions ("The liver is the organ with the abscess."), so each sentence states
+    one fact a single fed-back state can hold; step 2's mask becomes the lesion's."""
+    return _rewrite_organ_chains(
+        src,
+        name,
+        lambda st, organ, lesion, word: [st[0], f"The {organ} is the {word} with the {lesion}.", *st[2:]],
+    )
 
 
 def _chain_v5(src: Path, name: str) -> Path:
-    """E28's chain (v5) on every organ-hop row: the v4 facts, but no later sentence names what an earlier one
-    resolved, so the written rest cannot re-derive a latent sentence's result in one pass (E27's sentence 2
-    began with the organ, which hop 1 reads in one pass, so stage 1 never needed its latent):
-    "The leftmost organ is the liver." / "It is the organ with the abscess." / "The abscess lies in it." /
-    "So the lesion in the leftmost organ is the abscess." Step masks organ, lesion, lesion, lesion."""
-    from training.phantom.atlas import ATLAS
-    from training.phantom.modalities import MODALITIES
-
-    word = {m.name: ATLAS[m.key].host_word for m in MODALITIES}
-    rows, changed = [], 0
-    for line in src.read_text().splitlines():
-        if not line.strip():
-            continue
-        r = json.loads(line)
-        steps = r.get("reasoning") or []
-        if len(steps) == 4 and steps[2].startswith("The lesion inside the "):
-            _, lesion = steps[2].removeprefix("The lesion inside the ").rstrip(".").split(" is the ")
-            steps = [
-                steps[0],
-                f"It is the {word[r['modality']]} with the {lesion}.",
-                f"The {lesion} lies in it.",
-                steps[3],
-            ]
-            r = {**r, "reasoning": steps}
-            if r.get("step_masks"):
-                r["step_masks"] = [r["step_masks"][0], *r["step_masks"][2:3] * 3]
-            changed += 1
-        rows.append(json.dumps(r))
-    if not changed:
-        raise SystemExit(f"{src}: no organ-hop chain found")
-    out = src.with_name(name)
-    out.write_text("\n".join(rows) + "\n")
-    return out
+    """E28's chain (v5): the v4 facts, but no later sentence names what an earlier one resolved, so the written
+    rest cannot re-derive a latent sentence's result in one pass (E27's sentence 2 began with the organ, which
+    hop 1 reads in one pass, so stage 1 never needed its latent): "The leftmost organ is the liver." / "It is
+    the organ with the abscess." / "The abscess lies in it." / "So the lesion in the leftmost organ is the
+    abscess." """
+    return _rewrite_organ_chains(
+        src,
+        name,
+        lambda st, organ, lesion, word: [
+            st[0],
+            f"It is the {word} with the {lesion}.",
+            f"The {lesion} lies in it.",
+            st[3],
+        ],
+    )
 
 
 def _latent(manifest: Path, init: Path, out: Path, args, sets: list[str] | None = None) -> Path:
