@@ -712,20 +712,14 @@ def main() -> None:
         sets = sets.get(a.arm, [])
         init = WORK22 / "stage0-chain-e23" / "bundle"
         tb._train("configs/tiny.yaml", WORK22 / a.arm[4:], m22, roi, args, init=init, sets=sets)
-    elif a.arm == "e27-chain":
+    elif a.arm in ("e27-chain", "e28-chain"):  # E26's chain recipe, the organ-hop chains in v4 / v5
+        e = a.arm[:3]
         m22 = tb._phantom(WORK22 / "phantom", args)
         mixed = _holds_mix(_extra_mix(_replay_manifest(m22, "chain"), WORK22 / "extra", "chain"), "chain")
-        mixed = _chain_v4(mixed, "mixed-e27-chain.jsonl")
+        mixed = (_chain_v4 if e == "e27" else _chain_v5)(mixed, f"mixed-{e}-chain.jsonl")
         init = WORK22 / "stage0-chain-e23" / "bundle"
         room = ["data.max_answer_tokens=128"]
-        _stage0(mixed, init, WORK22 / "stage0-chain-e27", args, "chain", 1, room)
-    elif a.arm == "e28-chain":
-        m22 = tb._phantom(WORK22 / "phantom", args)
-        mixed = _holds_mix(_extra_mix(_replay_manifest(m22, "chain"), WORK22 / "extra", "chain"), "chain")
-        mixed = _chain_v5(mixed, "mixed-e28-chain.jsonl")
-        init = WORK22 / "stage0-chain-e23" / "bundle"
-        room = ["data.max_answer_tokens=128"]
-        _stage0(mixed, init, WORK22 / "stage0-chain-e28", args, "chain", 1, room)
+        _stage0(mixed, init, WORK22 / f"stage0-chain-{e}", args, "chain", 1, room)
     elif a.arm.startswith(("e28-latent", "e28-stage1")):
         m22 = tb._phantom(WORK22 / "phantom", args)
         questions = _chain_v5(m22, "manifest-v5.jsonl")
