@@ -24,23 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 PROBES = ("lookup", "inverse", "with", "caption")
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (c - h, c + h)
 
 
 def _candidates(row: dict) -> list[str]:
@@ -117,6 +106,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--probes", nargs="+", default=list(PROBES), choices=PROBES)
     a = p.parse_args()
+    from training.eval.stats import wilson
     from vital_core.bundle import load_bundle
 
     man = Path(a.manifest)

@@ -68,9 +68,9 @@ def caption_sentences(
     objs = {o["name"]: o for o in facts["objects"]}
     present = [objs[n] for n in atlas.lesions if n in objs]
     ranks = lesion_ranks(present) if present else {}
-    held: dict[str, list[str]] = {}
-    for o in present:
-        if holds and o.get("host"):
+    held: dict[str, list[str]] = {}  # host -> the lesions inside it, in atlas order (holds only)
+    for o in present if holds else ():
+        if o.get("host"):
             held.setdefault(o["host"], []).append(o["name"])
 
     def item(name: str) -> str:
