@@ -67,6 +67,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1  # curriculum stage 1 alone on e28-chain (300 steps): sentence 1
                                                # latent, the rest written; score at K = 1 with --usage
     python bench/reasoning_arms.py e28-stage1-r64  # the same with LoRA rank 64 (alpha 128) instead of 8
+    python bench/reasoning_arms.py e28-stage1-full  # e28-stage1 with every backbone weight trained (Coconut's setting)
+    python bench/reasoning_arms.py e28-latent-full  # e28-latent's whole curriculum with the backbone trained
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -133,6 +135,8 @@ ARMS = (
     "e28-latent",
     "e28-stage1",
     "e28-stage1-r64",
+    "e28-stage1-full",
+    "e28-latent-full",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -734,6 +738,8 @@ def main() -> None:
                 "model.overrides.lora.r=64",
                 "model.overrides.lora.alpha=128",
             ],
+            "e28-stage1-full": ["curriculum.epochs=[1]", "train_backbone=true"],
+            "e28-latent-full": ["train_backbone=true"],
         }.get(a.arm, [])
         out = WORK22 / ("latent-e28" if a.arm == "e28-latent" else f"latent-{a.arm}")
         tb._train("configs/tiny.yaml", out, questions, roi, args, init=init, sets=sets)

@@ -190,6 +190,9 @@ class Recipe:
     num_workers: int = 0
     """DataLoader worker processes that decode each batch's images and gather its targets while the
     model steps (0: in the training process)."""
+    train_backbone: bool = False
+    """Latent stage: train every backbone weight too (Coconut's setting: the whole model learns to use its
+    fed-back states), not only LoRA + scaffolding. Checkpoints then hold the whole backbone."""
     direct_share: float = 0.0
     """Latent stage: this share of each phase's samples (drawn per phase, deterministically) trains at
     K = 0 on the answer alone, so K = 0 stays a direct-answer mode of the latent model (ours)."""
@@ -203,6 +206,8 @@ class Recipe:
             raise ConfigError("distributed: ddp or fsdp")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum must be >= 1")
+        if self.train_backbone and self.stage != "latent":
+            raise ConfigError("train_backbone: only for stage latent (stage backbone trains it anyway)")
         if not 0.0 <= self.direct_share < 1.0:
             raise ConfigError("direct_share must be in [0, 1)")
 

@@ -111,7 +111,8 @@ def pick_device(recipe: Recipe, local_rank: int) -> torch.device:
 
 
 def build_training_model(recipe: Recipe, device: torch.device, texts: list[str] | None = None) -> VitalModel:
-    """The model a recipe trains: stage 0 → full backbone; latent stage → frozen backbone + LoRA + heads."""
+    """The model a recipe trains: stage 0 → full backbone; latent stage → frozen backbone + LoRA + heads
+    (`train_backbone`: the backbone trains too)."""
     from vital_core.bundle import load_bundle
     from vital_core.config import VitalConfig
     from vital_core.model import build_model
@@ -145,6 +146,9 @@ def build_training_model(recipe: Recipe, device: torch.device, texts: list[str] 
             model.add_scaffold()
     for p in model.scaffold.parameters():
         p.requires_grad_(True)
+    if recipe.train_backbone:
+        for p in model.core.parameters():
+            p.requires_grad_(True)
     model.config.heads.lambda_sem = (
         recipe.loss.lambda_sem
     )  # the bundle records the weights it was trained with
@@ -173,10 +177,12 @@ def _override(cfg, overrides: dict):
 
 
 def trainable_state(model: VitalModel, recipe: Recipe) -> dict[str, torch.Tensor]:
-    """What a checkpoint stores: the whole backbone (stage 0), or LoRA + scaffolding."""
+    """What a checkpoint stores: the whole backbone (stage 0), or LoRA + scaffolding (with the whole
+    LoRA-wrapped backbone under `train_backbone`)."""
     if recipe.stage == "backbone":
         return {f"core.{k}": v for k, v in model.core.state_dict().items()}
-    state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items() if "lora_" in k}
+    every = recipe.train_backbone
+    state = {f"backbone.{k}": v for k, v in model.backbone.state_dict().items() if every or "lora_" in k}
     tied = model.scaffold.decoder.config.tie_word_embeddings
     state.update(
         {

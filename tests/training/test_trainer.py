@@ -316,3 +316,33 @@ def test_chain_target_and_direct_share_train(tmp_path, phantom_dir, roi_store):
         Recipe.from_dict({"data": {"target": "essay"}})
     with pytest.raises(Exception, match="direct_share"):
         Recipe.from_dict({"direct_share": 1.0})
+
+
+def test_train_backbone_trains_every_weight_and_checkpoints_them(tmp_path, phantom_dir, roi_store):
+    """`train_backbone: true` (Coconut's setting): the latent stage updates the backbone's own weights, not
+    only LoRA, and the checkpoint and the exported bundle carry them."""
+    from training.export import export_bundle
+    from training.trainer import Trainer, build_training_model
+    from vital_core.bundle import load_bundle
+
+    path = _recipe(tmp_path, phantom_dir, roi_store, train_backbone=True, **{"curriculum.epochs": [0.25]})
+    trainer = Trainer(Recipe.from_yaml(path))
+    suffix = "language_model.layers.0.input_layernorm.weight"  # a weight LoRA does not wrap
+
+    def pick(model) -> tuple[str, torch.Tensor]:
+        (hit,) = [(n, p) for n, p in model.backbone.named_parameters() if n.endswith(suffix)]
+        return hit
+
+    _, before = pick(build_training_model(trainer.recipe, torch.device("cpu")))  # the same recipe, untrained
+    trainer.run()
+    name, after = pick(trainer.model)
+    assert after.requires_grad and not torch.equal(before, after.detach()), (
+        "the backbone's own weights did not move"
+    )
+    final = load_file(tmp_path / "run" / "final.safetensors")
+    torch.testing.assert_close(final[f"backbone.{name}"], after.detach())
+    loaded = load_bundle(export_bundle(trainer.model, trainer.recipe, tmp_path / "bundle"))
+    (served,) = [p for n, p in loaded.core.named_parameters() if n.endswith(suffix)]
+    torch.testing.assert_close(served.float(), after.detach().float())
+    with pytest.raises(Exception, match="train_backbone"):
+        Recipe.from_dict({"stage": "backbone", "train_backbone": True})

@@ -1,0 +1,140 @@
+"""Is hop 1's result in the fed-back states at all? A linear probe on h_0..h_K of organ-hop questions.
+
+    python bench/latent_probe.py BUNDLE --train MANIFEST --val VAL_MANIFEST [--k 4] [--n-train 1200] [--out F]
+
+The latent route needs the state fed back to hold what the written chain would have said: for an organ-hop
+question ("which lesion ... lies in the leftmost organ?") hop 1's result is the structure sentence 1 names
+("The leftmost organ is the kidney."). This runs the bundle's latent loop on the first N compositional
+train questions of MANIFEST and on VAL_MANIFEST, fits one multinomial logistic regression per state h_s
+(standardised on the train states; L2-regularised, full-batch L-BFGS) to two labels, hop 1's structure and
+the final answer, and reports validation accuracy with a 95 % Wilson interval next to two baselines fitted on
+the same train rows: the majority label, and the most frequent label per question text (what the question
+alone gives). A state whose probe beats the question-only baseline holds image-specific hop information;
+one at the baseline holds none that a linear read can find.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from training.eval.stats import wilson
+
+
+def _hop1(row: dict) -> str:
+    """Sentence 1's resolved structure: "The leftmost organ is the kidney." → "kidney"."""
+    first = row["reasoning"][0]
+    if " is the " not in first:
+        raise SystemExit(f"{row['id']}: sentence 1 does not resolve a structure: {first!r}")
+    return first.split(" is the ", 1)[1].rstrip(".").strip()
+
+
+def _rows(path: Path, split: str | None, n: int | None) -> list[dict]:
+    from training.phantom.compose import is_compositional
+
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if (split is None or r["split"] == split) and is_compositional(r["question"])]
+    if not rows:
+        raise SystemExit(f"{path}: no compositional questions" + (f" in split {split}" if split else ""))
+    return rows[:n] if n else rows
+
+
+def _states(model, rows: list[dict], root: Path, k: int, batch: int) -> torch.Tensor:
+    """(N, K+1, H) fp32 states h_0..h_K of the bundle's own latent loop."""
+    from tqdm import tqdm
+
+    out = []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(rows), batch), desc="states", unit="batch"):
+            part = rows[i : i + batch]
+            images = [Image.open(root / r["image"]).convert("RGB") for r in part]
+            enc = model.encode(images, [r["question"] for r in part])
+            out.append(model(enc, k, max_new_tokens=1).latents.float())
+    return torch.cat(out)
+
+
+def _probe(xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor, classes: int, l2: float) -> torch.Tensor:
+    """Predicted validation labels of a multinomial logistic regression fitted on (xtr, ytr)."""
+    mu, sd = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+    xtr, xva = (xtr - mu) / sd, (xva - mu) / sd
+    w = torch.zeros(xtr.shape[1], classes, requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(xtr @ w + b, ytr) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (xva @ w + b).argmax(-1)
+
+
+def _pct(hits: int, n: int) -> dict:
+    lo, hi = wilson(hits, n)
+    return {"acc": round(100 * hits / n, 1), "ci95": [round(100 * lo, 1), round(100 * hi, 1)], "n": n}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle")
+    p.add_argument("--train", required=True, type=Path, help="manifest whose train-split rows fit the probe")
+    p.add_argument("--val", required=True, type=Path, help="manifest of the questions the probe is scored on")
+    p.add_argument("--k", type=int, default=4, help="latent steps to run (states h_0..h_K are probed)")
+    p.add_argument("--n-train", type=int, default=1200)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--l2", type=float, default=1e-3)
+    p.add_argument("--out", type=Path, help="write the report here as JSON")
+    a = p.parse_args()
+    from vital_core.bundle import load_bundle
+
+    train = _rows(a.train, "train", a.n_train)
+    val = _rows(a.val, None, None)
+    model = load_bundle(a.bundle).eval()
+    xtr = _states(model, train, a.train.parent, a.k, a.batch)
+    xva = _states(model, val, a.val.parent, a.k, a.batch)
+    report: dict = {"bundle": a.bundle, "k": a.k, "n_train": len(train), "n_val": len(val), "labels": {}}
+    for name, get in (("hop1", _hop1), ("answer", lambda r: r["answer"])):
+        names = sorted({get(r) for r in train + val})
+        idx = {s: i for i, s in enumerate(names)}
+        ytr = torch.tensor([idx[get(r)] for r in train])
+        yva = torch.tensor([idx[get(r)] for r in val])
+        majority = Counter(ytr.tolist()).most_common(1)[0][0]
+        by_q: dict[str, Counter] = {}
+        for r, y in zip(train, ytr.tolist()):
+            by_q.setdefault(r["question"], Counter())[y] += 1
+        q_only = [
+            by_q[r["question"]].most_common(1)[0][0] if r["question"] in by_q else majority for r in val
+        ]
+        entry = {
+            "classes": len(names),
+            "majority": _pct(int((yva == majority).sum()), len(val)),
+            "question_only": _pct(sum(int(q == y) for q, y in zip(q_only, yva.tolist())), len(val)),
+            "states": {},
+        }
+        for s in range(a.k + 1):
+            pred = _probe(xtr[:, s], ytr, xva[:, s], len(names), a.l2)
+            entry["states"][f"h{s}"] = _pct(int((pred == yva).sum()), len(val))
+        report["labels"][name] = entry
+    for name, e in report["labels"].items():
+        print(
+            f"{name} ({e['classes']} classes): majority {e['majority']['acc']} %, question only "
+            f"{e['question_only']['acc']} %"
+        )
+        for s, v in e["states"].items():
+            print(f"  probe on {s}: {v['acc']} % [{v['ci95'][0]}, {v['ci95'][1]}]")
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
