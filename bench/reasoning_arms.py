@@ -69,6 +69,12 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-r64  # the same with LoRA rank 64 (alpha 128) instead of 8
     python bench/reasoning_arms.py e28-stage1-full  # e28-stage1 with every backbone weight trained (Coconut's setting)
     python bench/reasoning_arms.py e28-latent-full  # e28-latent's whole curriculum with the backbone trained
+    python bench/reasoning_arms.py e28-stage1-sem10  # e28-stage1-full with the semantic loss weighted 10x: does
+                                               # direct supervision make h_1 hold hop 1's structure?
+    python bench/reasoning_arms.py e28-stage1-rms  # e28-stage1 with the fed state at the token-embedding norm
+                                               # (E25 tried it only on a chain whose stage 1 needs no latent)
+    python bench/reasoning_arms.py e28-stage1-cont  # two more epochs of stage 1 on e28-stage1-full (its heads
+                                               # kept: the decoder had not yet learned to read its prefix)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -137,6 +143,9 @@ ARMS = (
     "e28-stage1-r64",
     "e28-stage1-full",
     "e28-latent-full",
+    "e28-stage1-sem10",
+    "e28-stage1-rms",
+    "e28-stage1-cont",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -740,7 +749,12 @@ def main() -> None:
             ],
             "e28-stage1-full": ["curriculum.epochs=[1]", "train_backbone=true"],
             "e28-latent-full": ["train_backbone=true"],
+            "e28-stage1-sem10": ["curriculum.epochs=[1]", "train_backbone=true", "loss.lambda_sem=10.0"],
+            "e28-stage1-rms": ["curriculum.epochs=[1]", "model.overrides.latent.feed=embed_rms"],
+            "e28-stage1-cont": ["curriculum.epochs=[2]", "train_backbone=true"],
         }.get(a.arm, [])
+        if a.arm == "e28-stage1-cont":  # two more epochs of stage 1 from e28-stage1-full, its heads kept
+            init = WORK22 / "latent-e28-stage1-full" / "bundle"
         out = WORK22 / ("latent-e28" if a.arm == "e28-latent" else f"latent-{a.arm}")
         tb._train("configs/tiny.yaml", out, questions, roi, args, init=init, sets=sets)
     elif a.arm.startswith("e27-latent"):

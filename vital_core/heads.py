@@ -119,16 +119,21 @@ class Scaffold(nn.Module):
         """
         if not bool(valid.any()):
             return latents.sum() * 0.0
-        h = latents[valid].to(self.pj_in.weight.dtype)  # (N, H) in the head's dtype (backbone may be bf16)
         ids, mask = step_ids[valid], step_mask[valid]  # (N, T)
+        tok_loss = self.token_losses(latents[valid], ids, mask)
+        per_step = tok_loss.sum(1) / mask.sum(1).clamp(min=1)
+        return per_step.mean()
+
+    def token_losses(self, h: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(N, T) teacher-forced cross-entropy of each sentence token given pj_in(h) as a one-vector prefix
+        (0 on padding). h: (N, H) latents; ids, mask: (N, T) sentence tokens ending in EOS, right-padded."""
+        h = h.to(self.pj_in.weight.dtype)  # in the head's dtype (the backbone may be bf16)
         prefix = self.pj_in(h).unsqueeze(1)  # (N, 1, Hd)
         emb = self.decoder.get_input_embeddings()(ids[:, :-1])  # (N, T-1, Hd)
         inputs = torch.cat([prefix.to(emb.dtype), emb], dim=1)  # (N, T, Hd)
         attn = torch.cat([mask.new_ones(mask.shape[0], 1), mask[:, :-1]], dim=1)
         logits = self.decoder(inputs_embeds=inputs, attention_mask=attn).logits  # (N, T, V)
-        tok_loss = F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none")  # (N, T)
-        per_step = (tok_loss * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return per_step.mean()
+        return F.cross_entropy(logits.float().transpose(1, 2), ids, reduction="none") * mask
 
     def visual_loss(self, latents: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """L1 between VP(h_k) and the L2-normalised ROI target, mean over valid steps.
