@@ -1,13 +1,15 @@
 """Is hop 1's result in the fed-back states at all? A linear probe on h_0..h_K of organ-hop questions.
 
-    python bench/latent_probe.py BUNDLE --train MANIFEST --val VAL_MANIFEST [--k 4] [--n-train 1200] [--out F]
+    python bench/latent_probe.py BUNDLE --train MANIFEST --val VAL_MANIFEST [--k 4] [--n-train 1200]
+        [--labels hop1 answer direction modality] [--out F]
 
 The latent route needs the state fed back to hold what the written chain would have said: for an organ-hop
 question ("which lesion ... lies in the leftmost organ?") hop 1's result is the structure sentence 1 names
 ("The leftmost organ is the kidney."). This runs the bundle's latent loop on the first N compositional
 train questions of MANIFEST and on VAL_MANIFEST, fits one multinomial logistic regression per state h_s
 (standardised on the train states; L2-regularised, full-batch L-BFGS) to two labels, hop 1's structure and
-the final answer, and reports validation accuracy with a 95 % Wilson interval next to two baselines fitted on
+the final answer (`--labels`; the direction word and the modality are controls, both stated by the question),
+and reports validation accuracy with a 95 % Wilson interval next to two baselines fitted on
 the same train rows: the majority label, and the most frequent label per question text (what the question
 alone gives). A state whose probe beats the question-only baseline holds image-specific hop information;
 one at the baseline holds none that a linear read can find.
@@ -33,6 +35,14 @@ def _hop1(row: dict) -> str:
     if " is the " not in first:
         raise SystemExit(f"{row['id']}: sentence 1 does not resolve a structure: {first!r}")
     return first.split(" is the ", 1)[1].rstrip(".").strip()
+
+
+LABELS = {
+    "hop1": _hop1,
+    "answer": lambda r: r["answer"],
+    "direction": lambda r: r["reasoning"][0].split()[1],  # "The leftmost organ is …" → "leftmost"
+    "modality": lambda r: r["modality"],
+}
 
 
 def _rows(path: Path, split: str | None, n: int | None) -> list[dict]:
@@ -92,6 +102,13 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=1200)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--l2", type=float, default=1e-3)
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        choices=sorted(LABELS),
+        default=["hop1", "answer"],
+        help="what to probe for (direction and modality: what the question states, a control)",
+    )
     p.add_argument("--out", type=Path, help="write the report here as JSON")
     a = p.parse_args()
     from vital_core.bundle import load_bundle
@@ -102,7 +119,8 @@ def main() -> None:
     xtr = _states(model, train, a.train.parent, a.k, a.batch)
     xva = _states(model, val, a.val.parent, a.k, a.batch)
     report: dict = {"bundle": a.bundle, "k": a.k, "n_train": len(train), "n_val": len(val), "labels": {}}
-    for name, get in (("hop1", _hop1), ("answer", lambda r: r["answer"])):
+    for name in a.labels:
+        get = LABELS[name]
         names = sorted({get(r) for r in train + val})
         idx = {s: i for i, s in enumerate(names)}
         ytr = torch.tensor([idx[get(r)] for r in train])

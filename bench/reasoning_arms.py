@@ -75,6 +75,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
                                                # (E25 tried it only on a chain whose stage 1 needs no latent)
     python bench/reasoning_arms.py e28-stage1-cont  # two more epochs of stage 1 on e28-stage1-full (its heads
                                                # kept: the decoder had not yet learned to read its prefix)
+    python bench/reasoning_arms.py e28-stage1-warm  # stage 1 alone, 1.5 epochs, the first 100 steps heads only
+    python bench/reasoning_arms.py e28-stage1-c4  # the same with sentence 1 as four fed-back states (score at K = 4)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -146,6 +148,8 @@ ARMS = (
     "e28-stage1-sem10",
     "e28-stage1-rms",
     "e28-stage1-cont",
+    "e28-stage1-warm",
+    "e28-stage1-c4",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -752,6 +756,13 @@ def main() -> None:
             "e28-stage1-sem10": ["curriculum.epochs=[1]", "train_backbone=true", "loss.lambda_sem=10.0"],
             "e28-stage1-rms": ["curriculum.epochs=[1]", "model.overrides.latent.feed=embed_rms"],
             "e28-stage1-cont": ["curriculum.epochs=[2]", "train_backbone=true"],
+            # the heads learn to read the latents first (100 steps), then 351 joint steps: c = 1 and c = 4
+            "e28-stage1-warm": ["curriculum.epochs=[1.5]", "optim.heads_warmup_steps=100"],
+            "e28-stage1-c4": [
+                "curriculum.epochs=[1.5]",
+                "optim.heads_warmup_steps=100",
+                "thoughts_per_sentence=4",
+            ],
         }.get(a.arm, [])
         if a.arm == "e28-stage1-cont":  # two more epochs of stage 1 from e28-stage1-full, its heads kept
             init = WORK22 / "latent-e28-stage1-full" / "bundle"

@@ -85,8 +85,15 @@ class OptimSpec:
     """Max global gradient norm (0 disables)."""
     scaffold_lr: float | None = None
     """Learning rate of the scaffolding heads (default: lr)."""
+    heads_warmup_steps: int = 0
+    """Latent stage (ours): the run's first N optimizer steps update only the scaffolding (the backbone's
+    learning rate is held at 0), so the auxiliary decoder and the projector learn to read the latents
+    before the backbone is trained toward them. Fresh heads otherwise spend the first stage's budget learning
+    the sentences' prior (experiment log §13)."""
 
     def __post_init__(self) -> None:
+        if self.heads_warmup_steps < 0:
+            raise ConfigError("optim.heads_warmup_steps must be >= 0")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ConfigError("optim.schedule: cosine, linear or constant")
         if not 0 <= self.warmup_ratio < 1:
@@ -193,6 +200,10 @@ class Recipe:
     train_backbone: bool = False
     """Latent stage: train every backbone weight too (Coconut's setting: the whole model learns to use its
     fed-back states), not only LoRA + scaffolding. Checkpoints then hold the whole backbone."""
+    thoughts_per_sentence: int = 1
+    """Latent stage: fed-back states per reasoning sentence made latent (Coconut's c). A sample with k latent
+    sentences runs c·k latent steps; the semantic and visual losses supervise the last state of each
+    sentence's group. Score and serve such a bundle with K = c × sentences."""
     direct_share: float = 0.0
     """Latent stage: this share of each phase's samples (drawn per phase, deterministically) trains at
     K = 0 on the answer alone, so K = 0 stays a direct-answer mode of the latent model (ours)."""
@@ -206,6 +217,8 @@ class Recipe:
             raise ConfigError("distributed: ddp or fsdp")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("batch_size and grad_accum must be >= 1")
+        if self.thoughts_per_sentence < 1:
+            raise ConfigError("thoughts_per_sentence must be >= 1")
         if self.train_backbone and self.stage != "latent":
             raise ConfigError("train_backbone: only for stage latent (stage backbone trains it anyway)")
         if not 0.0 <= self.direct_share < 1.0:

@@ -68,14 +68,17 @@ class TrainStep(nn.Module):
         self.recipe = recipe
 
     def forward(self, prompts, k: int, answers, answer_mask, step_ids, step_mask, step_has, target):
+        """k latent sentences: c·k latent steps (c = `thoughts_per_sentence`), each sentence's last state
+        supervised."""
         r = self.recipe.loss
-        out = self.model(prompts, k, answer_ids=answers, answer_mask=answer_mask)
+        c = self.recipe.thoughts_per_sentence
+        out = self.model(prompts, k * c, answer_ids=answers, answer_mask=answer_mask)
         losses = {"task": out.loss}
         total = out.loss
         sc = self.model.scaffold
         if sc is not None and k > 0:
-            lat = out.latents[:, 1:]  # (B, K, H): h_1..h_K
-            valid = out.step_valid & step_has  # (B, K): steps that exist and have a sentence
+            lat = out.latents[:, c::c]  # (B, K, H): h_c, h_2c, .., h_cK, each sentence's last state
+            valid = out.step_valid[:, c - 1 :: c] & step_has  # (B, K): steps that exist and have a sentence
             if r.semantic:
                 losses["sem"] = sc.semantic_loss(lat, step_ids, step_mask, valid)
                 total = total + r.lambda_sem * losses["sem"]
@@ -242,7 +245,8 @@ class Trainer:
         p = self.recipe.precision
         return p == "bf16" or (p == "auto" and self.device.type == "cuda")
 
-    def _optimizer(self, model: VitalModel, total_steps: int):
+    def _optimizer(self, model: VitalModel, total_steps: int, heads_only: int = 0):
+        """AdamW and its schedule; `heads_only`: the first steps leave the backbone group at lr 0."""
         o = self.recipe.optim
         backbone = [p for p in model.backbone.parameters() if p.requires_grad]
         groups = [{"params": backbone, "lr": o.lr}]
@@ -268,7 +272,11 @@ class Trainer:
                 else max(0.0, 1 - frac)
             )
 
-        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        def backbone_factor(step: int) -> float:
+            return 0.0 if step < heads_only else factor(step)
+
+        factors = [backbone_factor] + [factor] * (len(groups) - 1)
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, factors)
 
     def _phase_batches(
         self, samples: list[Sample], phase_idx: int, phase: PhaseSpec, rule: KRule
@@ -391,6 +399,7 @@ class Trainer:
             resume.restore_rng()
         step_fn = TrainStep(model, r)
         wrapped = self._wrap(step_fn)
+        self.model, self.wrapped = model, wrapped  # also after a run stopped early (stop_after_steps)
         phases = phases_for(r.curriculum)
         metrics_path = self.out / "metrics.jsonl"
         if self.is_main:
@@ -408,7 +417,8 @@ class Trainer:
                 continue
             seq = self._phase_batches(subset, pi, phase, rule)
             total_steps = math.ceil(len(seq) / r.grad_accum)
-            opt, sched = self._optimizer(model, total_steps)
+            heads_only = r.optim.heads_warmup_steps if pi == 0 and r.stage == "latent" else 0
+            opt, sched = self._optimizer(model, total_steps, heads_only)
             if resume is not None and state.phase == pi and (state.batch_pos or state.phase_step):
                 resume.load_optimizer(wrapped, opt, sched)
             resume = None
@@ -459,7 +469,6 @@ class Trainer:
         final = {k: _full(v) for k, v in trainable_state(model, r).items()}
         if self.is_main:
             save_file(final, self.out / "final.safetensors")
-        self.model, self.wrapped = model, wrapped
         return {"steps": state.step, **last}
 
     def full_state(self) -> dict[str, torch.Tensor] | None:

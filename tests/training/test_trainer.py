@@ -346,3 +346,50 @@ def test_train_backbone_trains_every_weight_and_checkpoints_them(tmp_path, phant
     torch.testing.assert_close(served.float(), after.detach().float())
     with pytest.raises(Exception, match="train_backbone"):
         Recipe.from_dict({"stage": "backbone", "train_backbone": True})
+
+
+def test_thoughts_per_sentence_runs_c_latent_steps_per_sentence(
+    tmp_path, phantom_dir, roi_store, monkeypatch
+):
+    """Coconut's c: a sentence made latent becomes c fed-back states, the heads supervise each group's last."""
+    from training.trainer import Trainer
+    from vital_core.model import VitalModel
+
+    seen: list[int] = []
+    forward = VitalModel.forward
+
+    def spy(self, batch, k, *args, **kwargs):
+        seen.append(int(k))
+        return forward(self, batch, k, *args, **kwargs)
+
+    monkeypatch.setattr(VitalModel, "forward", spy)
+    extra = {"data.target": "chain", "curriculum.kind": "coconut", "curriculum.epochs": [0.25]}
+    path = _recipe(tmp_path, phantom_dir, roi_store, thoughts_per_sentence=3, **extra)
+    out = Trainer(Recipe.from_yaml(path)).run()
+    assert seen and set(seen) == {3}, seen  # stage 1: one sentence latent, three states
+    assert torch.isfinite(torch.tensor(out["sem"])) and torch.isfinite(torch.tensor(out["vis"]))
+    with pytest.raises(Exception, match="thoughts_per_sentence"):
+        Recipe.from_dict({"thoughts_per_sentence": 0})
+
+
+def test_heads_warmup_trains_only_the_heads_first(tmp_path, phantom_dir, roi_store):
+    """optim.heads_warmup_steps: the backbone's learning rate is 0 for the run's first steps (LoRA stays at its
+    init), while the scaffolding trains."""
+    from training.trainer import Trainer, build_training_model
+
+    path = _recipe(tmp_path, phantom_dir, roi_store, **{"optim.heads_warmup_steps": 3})
+    trainer = Trainer(Recipe.from_yaml(path), stop_after_steps=3)
+    init = build_training_model(trainer.recipe, torch.device("cpu"))  # the same recipe and seed, untrained
+    trainer.run()
+    model = trainer.model
+    lora_b = [p for n, p in model.backbone.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().sum()) == 0.0 for p in lora_b)  # LoRA B starts at 0 and has not moved
+    before = dict(init.scaffold.named_parameters())
+    moved = [
+        n for n, p in model.scaffold.named_parameters() if not torch.equal(p.detach(), before[n].detach())
+    ]
+    assert any(n.startswith("pj_in") for n in moved) and any(n.startswith("vp") for n in moved)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows[:3]] == [0.0, 0.0, 0.0]  # the logged lr is the backbone group's
+    with pytest.raises(Exception, match="heads_warmup_steps"):
+        Recipe.from_dict({"optim": {"heads_warmup_steps": -1}})
