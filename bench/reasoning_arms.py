@@ -77,6 +77,9 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
                                                # kept: the decoder had not yet learned to read its prefix)
     python bench/reasoning_arms.py e28-stage1-warm  # stage 1 alone, 1.5 epochs, the first 100 steps heads only
     python bench/reasoning_arms.py e28-stage1-c4  # the same with sentence 1 as four fed-back states (score at K = 4)
+    python bench/reasoning_arms.py e28-stage1-words  # e28-stage1 with loss.lambda_words=1: h_1's LM head must
+                                               # spread its mass over sentence 1's words (the organ among them)
+    python bench/reasoning_arms.py e28-stage1-words-full  # the same with the whole backbone trained
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -150,6 +153,8 @@ ARMS = (
     "e28-stage1-cont",
     "e28-stage1-warm",
     "e28-stage1-c4",
+    "e28-stage1-words",
+    "e28-stage1-words-full",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -762,6 +767,13 @@ def main() -> None:
                 "curriculum.epochs=[1.5]",
                 "optim.heads_warmup_steps=100",
                 "thoughts_per_sentence=4",
+            ],
+            # the fed state must "say" sentence 1's words through the backbone's own LM head
+            "e28-stage1-words": ["curriculum.epochs=[1]", "loss.lambda_words=1.0"],
+            "e28-stage1-words-full": [
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "train_backbone=true",
             ],
         }.get(a.arm, [])
         if a.arm == "e28-stage1-cont":  # two more epochs of stage 1 from e28-stage1-full, its heads kept

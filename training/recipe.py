@@ -117,12 +117,19 @@ class LossSpec:
     """False drops the auxiliary-decoder loss (ablation)."""
     visual: bool = True
     """False drops the visual-projector loss (ablation)."""
+    lambda_words: float = 0.0
+    """Ours, off by default: weight of a words loss on each supervised latent state through the backbone's
+    own LM head, a cross-entropy against the uniform distribution over its sentence's distinct tokens (the
+    state must "say" its sentence's words, including the one its hop resolves, with no decoder to train
+    first). 0 disables."""
     visual_target: str = "shared"
     """shared (paper default), per_step (§C.5: interpolate global → ROI feature over the steps) or per_hop
     (ours: step k regresses the ROI feature of its own mask, the manifest's `step_masks`; steps without
     one fall back to the sample's mask, so on a manifest without step masks it equals shared)."""
 
     def __post_init__(self) -> None:
+        if self.lambda_words < 0:
+            raise ConfigError("loss.lambda_words must be >= 0")
         if self.visual_target not in VISUAL_TARGETS:
             raise ConfigError(f"loss.visual_target: one of {', '.join(VISUAL_TARGETS)}")
 

@@ -85,8 +85,31 @@ class TrainStep(nn.Module):
             if r.visual and target is not None:
                 losses["vis"] = sc.visual_loss(lat, target, valid)
                 total = total + r.lambda_vis * losses["vis"]
+        if r.lambda_words > 0 and k > 0:
+            lat = out.latents[:, c::c]
+            valid = out.step_valid[:, c - 1 :: c] & step_has
+            losses["words"] = words_loss(self.model.core.lm_head, lat, step_ids, step_mask, valid)
+            total = total + r.lambda_words * losses["words"]
         losses["total"] = total
         return losses
+
+
+def words_loss(
+    lm_head: nn.Module,
+    lat: torch.Tensor,
+    step_ids: torch.Tensor,
+    step_mask: torch.Tensor,
+    valid: torch.Tensor,
+) -> torch.Tensor:
+    """`loss.lambda_words`: cross-entropy of each valid latent's LM-head distribution against the uniform
+    distribution over its sentence's distinct tokens. lat (B, K, H); step_ids, step_mask (B, K, T); valid (B, K)."""
+    if not bool(valid.any()):
+        return lat.sum() * 0.0
+    logp = torch.log_softmax(lm_head(lat[valid]).float(), dim=-1)  # (N, V)
+    ids, mask = step_ids[valid], step_mask[valid]  # (N, T)
+    bag = torch.zeros_like(logp).scatter_add_(1, ids, mask.to(logp.dtype)).clamp_(max=1.0)  # distinct tokens
+    bag = bag / bag.sum(-1, keepdim=True).clamp(min=1.0)
+    return -(bag * logp).sum(-1).mean()
 
 
 def setup_distributed() -> tuple[int, int, int]:

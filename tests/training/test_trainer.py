@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -364,10 +365,11 @@ def test_thoughts_per_sentence_runs_c_latent_steps_per_sentence(
 
     monkeypatch.setattr(VitalModel, "forward", spy)
     extra = {"data.target": "chain", "curriculum.kind": "coconut", "curriculum.epochs": [0.25]}
+    extra["loss.lambda_words"] = 1.0
     path = _recipe(tmp_path, phantom_dir, roi_store, thoughts_per_sentence=3, **extra)
     out = Trainer(Recipe.from_yaml(path)).run()
     assert seen and set(seen) == {3}, seen  # stage 1: one sentence latent, three states
-    assert torch.isfinite(torch.tensor(out["sem"])) and torch.isfinite(torch.tensor(out["vis"]))
+    assert all(torch.isfinite(torch.tensor(out[key])) for key in ("sem", "vis", "words"))
     with pytest.raises(Exception, match="thoughts_per_sentence"):
         Recipe.from_dict({"thoughts_per_sentence": 0})
 
@@ -393,3 +395,21 @@ def test_heads_warmup_trains_only_the_heads_first(tmp_path, phantom_dir, roi_sto
     assert [r["lr"] for r in rows[:3]] == [0.0, 0.0, 0.0]  # the logged lr is the backbone group's
     with pytest.raises(Exception, match="heads_warmup_steps"):
         Recipe.from_dict({"optim": {"heads_warmup_steps": -1}})
+
+
+def test_words_loss_is_the_cross_entropy_to_a_sentences_distinct_tokens():
+    from training.trainer import words_loss
+
+    head = torch.nn.Identity()  # the latent is the logits: V = H = 6
+    ids = torch.tensor([[[2, 3, 3, 5, 0]]])  # one step: tokens 2, 3 (twice), 5, then padding (id 0)
+    mask = torch.tensor([[[1, 1, 1, 1, 0]]])
+    valid = torch.tensor([[True]])
+    right = torch.full((1, 1, 6), -30.0)
+    right[0, 0, [2, 3, 5]] = 0.0  # all mass spread evenly on the three distinct tokens
+    assert abs(float(words_loss(head, right, ids, mask, valid)) - math.log(3)) < 1e-4
+    wrong = torch.full((1, 1, 6), -30.0)
+    wrong[0, 0, 0] = 0.0  # all mass on the padding id
+    assert float(words_loss(head, wrong, ids, mask, valid)) > 25
+    assert float(words_loss(head, right, ids, mask, torch.tensor([[False]]))) == 0.0
+    with pytest.raises(Exception, match="lambda_words"):
+        Recipe.from_dict({"loss": {"lambda_words": -1}})
