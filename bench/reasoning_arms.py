@@ -80,6 +80,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-words  # e28-stage1 with loss.lambda_words=1: h_1's LM head must
                                                # spread its mass over sentence 1's words (the organ among them)
     python bench/reasoning_arms.py e28-stage1-words-full  # the same with the whole backbone trained
+    python bench/reasoning_arms.py e28-stage1-words-c2  # two states for sentence 1: h_1 says its words, h_2
+                                               # predicts the written rest's first token (score at K = 2)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -155,6 +157,7 @@ ARMS = (
     "e28-stage1-c4",
     "e28-stage1-words",
     "e28-stage1-words-full",
+    "e28-stage1-words-c2",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -770,6 +773,11 @@ def main() -> None:
             ],
             # the fed state must "say" sentence 1's words through the backbone's own LM head
             "e28-stage1-words": ["curriculum.epochs=[1]", "loss.lambda_words=1.0"],
+            "e28-stage1-words-c2": [  # two states: h_1 says the words, h_2 starts the written rest
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "thoughts_per_sentence=2",
+            ],
             "e28-stage1-words-full": [
                 "curriculum.epochs=[1]",
                 "loss.lambda_words=1.0",

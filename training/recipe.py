@@ -118,10 +118,11 @@ class LossSpec:
     visual: bool = True
     """False drops the visual-projector loss (ablation)."""
     lambda_words: float = 0.0
-    """Ours, off by default: weight of a words loss on each supervised latent state through the backbone's
-    own LM head, a cross-entropy against the uniform distribution over its sentence's distinct tokens (the
-    state must "say" its sentence's words, including the one its hop resolves, with no decoder to train
-    first). 0 disables."""
+    """Ours, off by default: weight of a words loss on the first latent state of each sentence's group
+    (`thoughts_per_sentence`) through the backbone's own LM head, a cross-entropy against the uniform
+    distribution over the sentence's distinct tokens: the state must "say" its sentence's words, including
+    the one its hop resolves, with no decoder to train first. With c = 1 that state is also the one whose LM
+    head predicts the next written token, and the two targets compete; c ≥ 2 separates them. 0 disables."""
     visual_target: str = "shared"
     """shared (paper default), per_step (§C.5: interpolate global → ROI feature over the steps) or per_hop
     (ours: step k regresses the ROI feature of its own mask, the manifest's `step_masks`; steps without
