@@ -82,6 +82,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-words-full  # the same with the whole backbone trained
     python bench/reasoning_arms.py e28-stage1-words-c2  # two states for sentence 1: h_1 says its words, h_2
                                                # predicts the written rest's first token (score at K = 2)
+    python bench/reasoning_arms.py e28-stage1-words-c2-full  # the same with the whole backbone trained
+    python bench/reasoning_arms.py e28-stage1-words-c2-cont  # two more epochs of it (does the rest learn to read?)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -158,6 +160,8 @@ ARMS = (
     "e28-stage1-words",
     "e28-stage1-words-full",
     "e28-stage1-words-c2",
+    "e28-stage1-words-c2-full",
+    "e28-stage1-words-c2-cont",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -778,6 +782,18 @@ def main() -> None:
                 "loss.lambda_words=1.0",
                 "thoughts_per_sentence=2",
             ],
+            "e28-stage1-words-c2-full": [
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+            ],
+            "e28-stage1-words-c2-cont": [
+                "curriculum.epochs=[2]",
+                "loss.lambda_words=1.0",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+            ],
             "e28-stage1-words-full": [
                 "curriculum.epochs=[1]",
                 "loss.lambda_words=1.0",
@@ -786,6 +802,8 @@ def main() -> None:
         }.get(a.arm, [])
         if a.arm == "e28-stage1-cont":  # two more epochs of stage 1 from e28-stage1-full, its heads kept
             init = WORK22 / "latent-e28-stage1-full" / "bundle"
+        if a.arm == "e28-stage1-words-c2-cont":  # two more epochs from e28-stage1-words-c2-full
+            init = WORK22 / "latent-e28-stage1-words-c2-full" / "bundle"
         out = WORK22 / ("latent-e28" if a.arm == "e28-latent" else f"latent-{a.arm}")
         tb._train("configs/tiny.yaml", out, questions, roi, args, init=init, sets=sets)
     elif a.arm.startswith("e27-latent"):
