@@ -385,7 +385,9 @@ def test_heads_warmup_trains_only_the_heads_first(tmp_path, phantom_dir, roi_sto
     trainer.run()
     model = trainer.model
     lora_b = [p for n, p in model.backbone.named_parameters() if "lora_B" in n]
-    assert lora_b and all(float(p.detach().abs().sum()) == 0.0 for p in lora_b)  # LoRA B starts at 0 and has not moved
+    assert lora_b and all(
+        float(p.detach().abs().sum()) == 0.0 for p in lora_b
+    )  # LoRA B starts at 0 and has not moved
     before = dict(init.scaffold.named_parameters())
     moved = [
         n for n, p in model.scaffold.named_parameters() if not torch.equal(p.detach(), before[n].detach())
