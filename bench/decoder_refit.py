@@ -16,17 +16,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 from pathlib import Path
 
 import torch
-
-
-def _probe_module():
-    spec = importlib.util.spec_from_file_location("latent_probe", Path(__file__).with_name("latent_probe.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> None:
@@ -40,16 +32,17 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    from latent_probe import compositional_rows, loop_states  # bench/ is on sys.path when run as a script
+
     from vital_core.bundle import load_bundle
     from vital_core.heads import build_scaffold, encode_steps
 
-    lp = _probe_module()
     torch.manual_seed(a.seed)
-    train = lp._rows(a.train, "train", a.n_train)
-    val = lp._rows(a.val, None, None)
+    train = compositional_rows(a.train, "train", a.n_train)
+    val = compositional_rows(a.val, None, None)
     model = load_bundle(a.bundle, scaffold=a.heads == "bundle").eval()
-    htr = lp._states(model, train, a.train.parent, 1, 32)[:, 1]
-    hva = lp._states(model, val, a.val.parent, 1, 32)[:, 1]
+    htr = loop_states(model, train, a.train.parent, 1, 32)[:, 1]
+    hva = loop_states(model, val, a.val.parent, 1, 32)[:, 1]
     sc = (
         copy.deepcopy(model.scaffold)
         if a.heads == "bundle"

@@ -45,7 +45,7 @@ LABELS = {
 }
 
 
-def _rows(path: Path, split: str | None, n: int | None) -> list[dict]:
+def compositional_rows(path: Path, split: str | None, n: int | None) -> list[dict]:
     from training.phantom.compose import is_compositional
 
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
@@ -55,7 +55,7 @@ def _rows(path: Path, split: str | None, n: int | None) -> list[dict]:
     return rows[:n] if n else rows
 
 
-def _states(model, rows: list[dict], root: Path, k: int, batch: int) -> torch.Tensor:
+def loop_states(model, rows: list[dict], root: Path, k: int, batch: int) -> torch.Tensor:
     """(N, K+1, H) fp32 states h_0..h_K of the bundle's own latent loop."""
     from tqdm import tqdm
 
@@ -113,11 +113,11 @@ def main() -> None:
     a = p.parse_args()
     from vital_core.bundle import load_bundle
 
-    train = _rows(a.train, "train", a.n_train)
-    val = _rows(a.val, None, None)
+    train = compositional_rows(a.train, "train", a.n_train)
+    val = compositional_rows(a.val, None, None)
     model = load_bundle(a.bundle).eval()
-    xtr = _states(model, train, a.train.parent, a.k, a.batch)
-    xva = _states(model, val, a.val.parent, a.k, a.batch)
+    xtr = loop_states(model, train, a.train.parent, a.k, a.batch)
+    xva = loop_states(model, val, a.val.parent, a.k, a.batch)
     report: dict = {"bundle": a.bundle, "k": a.k, "n_train": len(train), "n_val": len(val), "labels": {}}
     for name in a.labels:
         get = LABELS[name]

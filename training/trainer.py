@@ -85,9 +85,8 @@ class TrainStep(nn.Module):
             if r.visual and target is not None:
                 losses["vis"] = sc.visual_loss(lat, target, valid)
                 total = total + r.lambda_vis * losses["vis"]
-        if (
-            r.lambda_words > 0 and k > 0
-        ):  # each group's first state: the last one's LM head predicts the next token
+        if r.lambda_words > 0 and k > 0:
+            # each group's first state (the last one's LM head predicts the next written token)
             lat = out.latents[:, 1::c][:, :k]  # (B, K, H): h_1, h_(c+1), ..
             valid = out.step_valid[:, ::c][:, :k] & step_has
             losses["words"] = words_loss(self.model.core.lm_head, lat, step_ids, step_mask, valid)
