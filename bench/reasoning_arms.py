@@ -84,6 +84,9 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
                                                # predicts the written rest's first token (score at K = 2)
     python bench/reasoning_arms.py e28-stage1-words-c2-full  # the same with the whole backbone trained
     python bench/reasoning_arms.py e28-stage1-words-c2-cont  # two more epochs of it (does the rest learn to read?)
+    python bench/reasoning_arms.py e28-stage1-distill  # words c = 2 full, and the written rest's states distilled
+                                               # from the K = 0 written chain's (loss.lambda_distill, CODI)
+    python bench/reasoning_arms.py e28-stage1-distill-only  # the same without the words loss
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -162,6 +165,8 @@ ARMS = (
     "e28-stage1-words-c2",
     "e28-stage1-words-c2-full",
     "e28-stage1-words-c2-cont",
+    "e28-stage1-distill",
+    "e28-stage1-distill-only",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -797,6 +802,20 @@ def main() -> None:
             "e28-stage1-words-full": [
                 "curriculum.epochs=[1]",
                 "loss.lambda_words=1.0",
+                "train_backbone=true",
+            ],
+            # the read side (CODI): the rest's states must match the K = 0 written chain's at the same tokens
+            "e28-stage1-distill": [
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "loss.lambda_distill=1.0",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+            ],
+            "e28-stage1-distill-only": [  # the same without the words loss: does distillation write too?
+                "curriculum.epochs=[1]",
+                "loss.lambda_distill=1.0",
+                "thoughts_per_sentence=2",
                 "train_backbone=true",
             ],
         }.get(a.arm, [])

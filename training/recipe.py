@@ -123,6 +123,13 @@ class LossSpec:
     distribution over the sentence's distinct tokens: the state must "say" its sentence's words, including
     the one its hop resolves, with no decoder to train first. With c = 1 that state is also the one whose LM
     head predicts the next written token, and the two targets compete; c ≥ 2 separates them. 0 disables."""
+    lambda_distill: float = 0.0
+    """Ours, off by default, after CODI (arXiv 2502.21074): in a latent run, the same model also reads each
+    sample with every sentence written (K = 0, no gradient: the teacher), and the student's states at the
+    tokens it still writes must match the teacher's at the same tokens, at every decoder layer (aligned
+    from the end; relative squared error, mean over layers). The teacher read the resolved hop in words,
+    so its states hold what the latent steps must pass on: a dense target for the written rest to take it
+    from the fed states. One more forward per step. 0 disables."""
     visual_target: str = "shared"
     """shared (paper default), per_step (§C.5: interpolate global → ROI feature over the steps) or per_hop
     (ours: step k regresses the ROI feature of its own mask, the manifest's `step_masks`; steps without
@@ -131,6 +138,8 @@ class LossSpec:
     def __post_init__(self) -> None:
         if self.lambda_words < 0:
             raise ConfigError("loss.lambda_words must be >= 0")
+        if self.lambda_distill < 0:
+            raise ConfigError("loss.lambda_distill must be >= 0")
         if self.visual_target not in VISUAL_TARGETS:
             raise ConfigError(f"loss.visual_target: one of {', '.join(VISUAL_TARGETS)}")
 

@@ -67,12 +67,27 @@ class TrainStep(nn.Module):
         self.model = model
         self.recipe = recipe
 
-    def forward(self, prompts, k: int, answers, answer_mask, step_ids, step_mask, step_has, target):
+    def forward(
+        self,
+        prompts,
+        k: int,
+        answers,
+        answer_mask,
+        step_ids,
+        step_mask,
+        step_has,
+        target,
+        teacher=None,
+        teacher_mask=None,
+    ):
         """k latent sentences: c·k latent steps (c = `thoughts_per_sentence`), each sentence's last state
-        supervised."""
+        supervised. teacher, teacher_mask: (B, T') every sentence written, then the answer
+        (`loss.lambda_distill`)."""
         r = self.recipe.loss
         c = self.recipe.thoughts_per_sentence
-        out = self.model(prompts, k * c, answer_ids=answers, answer_mask=answer_mask)
+        distill = r.lambda_distill > 0 and k > 0 and teacher is not None
+        with LayerStates(self.model.core, enabled=distill) as student:
+            out = self.model(prompts, k * c, answer_ids=answers, answer_mask=answer_mask)
         losses = {"task": out.loss}
         total = out.loss
         sc = self.model.scaffold
@@ -91,8 +106,72 @@ class TrainStep(nn.Module):
             valid = out.step_valid[:, ::c][:, :k] & step_has
             losses["words"] = words_loss(self.model.core.lm_head, lat, step_ids, step_mask, valid)
             total = total + r.lambda_words * losses["words"]
+        if distill:
+            # the same weights with every sentence written (K = 0): the target, not trained
+            with torch.no_grad(), LayerStates(self.model.core) as ref:
+                self.model(prompts, 0, answer_ids=teacher, answer_mask=teacher_mask)
+            per_layer = [
+                distill_loss(h, answers, answer_mask, t, teacher, teacher_mask)
+                for h, t in zip(student.answer_states(), ref.answer_states())
+            ]
+            losses["distill"] = torch.stack(per_layer).mean()
+            total = total + r.lambda_distill * losses["distill"]
         losses["total"] = total
         return losses
+
+
+class LayerStates:
+    """Records every decoder layer's output (the residual stream after it) for each call of the language
+    model inside the `with` block: prefill, latent steps, then the teacher-forced answer, in that order.
+    `answer_states()` gives, per layer, the (B, T, H) states that predict each answer token (state j predicts
+    token j: the last state before the answer, then one per fed answer token), as `LatentOutput.hidden` does
+    for the last layer. Disabled, it records nothing."""
+
+    def __init__(self, core: nn.Module, enabled: bool = True):
+        self.layers = list(core.model.language_model.layers) if enabled else []
+        self.calls: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        self._hooks: list = []
+
+    def __enter__(self) -> LayerStates:
+        for i, layer in enumerate(self.layers):
+            self._hooks.append(layer.register_forward_hook(lambda _m, _a, y, i=i: self.calls[i].append(y)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def answer_states(self) -> list[torch.Tensor]:
+        """Per layer, the call before the answer's last state, then the answer call's states."""
+        return [torch.cat([calls[-2][:, -1:], calls[-1]], dim=1) for calls in self.calls]
+
+
+def distill_loss(
+    hidden: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    ref: torch.Tensor,
+    ref_ids: torch.Tensor,
+    ref_mask: torch.Tensor,
+) -> torch.Tensor:
+    """`loss.lambda_distill`: relative squared error ||h - h'||² / ||h'||² between the student's state and
+    the teacher's at the same written token, mean over tokens. hidden (B, T, H) and ids, mask (B, T): the
+    student's states (state j predicts token j) and tokens; ref, ref_ids, ref_mask the teacher's (B, T', ·).
+    Rows are aligned from their ends (the student writes a suffix of the teacher's text); only positions
+    whose predicted token is the same in both count, so a suffix that tokenizes differently at its start,
+    or a truncated row, adds nothing wrong."""
+    n, m = mask.sum(1), ref_mask.sum(1)  # (B,)
+    j = torch.arange(ids.shape[1], device=ids.device)[None, :]  # (1, T)
+    rj = j + (m - n)[:, None]  # (B, T): the teacher's position of the student's token j
+    inside = (mask > 0) & (rj >= 0) & (rj < ref_ids.shape[1])
+    rj = rj.clamp(0, ref_ids.shape[1] - 1)
+    same = inside & (ref_ids.gather(1, rj) == ids) & (ref_mask.gather(1, rj) > 0)
+    if not bool(same.any()):
+        return hidden.sum() * 0.0
+    target = ref.gather(1, rj[..., None].expand(-1, -1, ref.shape[-1]))[same].detach().float()  # (N, H)
+    err = (hidden[same].float() - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp_min(1e-6)
+    return err.mean()
 
 
 def words_loss(
@@ -546,6 +625,10 @@ class Trainer:
             for s in batch.samples
         ]
         answers, amask = encode_answers(texts, tok, r.data.max_answer_tokens)
+        teacher = tmask = None
+        if r.loss.lambda_distill > 0 and k > 0:  # every sentence written (room to keep the ends aligned)
+            full = [target_text(s.reasoning, s.answer, 0, "chain") for s in batch.samples]
+            teacher, tmask = encode_answers(full, tok, 2 * r.data.max_answer_tokens)
         sid, smask, shas = encode_steps(
             [list(s.reasoning) for s in batch.samples],
             tok,
@@ -566,6 +649,8 @@ class Trainer:
                 to(smask[:, :k]),
                 to(shas[:, :k]),
                 to(target),
+                to(teacher),
+                to(tmask),
             )
         (losses["total"] / r.grad_accum).backward()
         return {k_: v.detach() for k_, v in losses.items()}

@@ -50,6 +50,7 @@ class LatentOutput:
     latents: torch.Tensor  # (B, Kmax+1, H): h_0 (prefix) .. h_Kmax; rows past a sample's K are unused
     k: torch.Tensor  # (B,) long, each sample's K
     logits: torch.Tensor | None = None  # (B, T, V) teacher-forced answer logits (training)
+    hidden: torch.Tensor | None = None  # (B, T, H) the states the logits come from: h_K, one per fed token
     loss: torch.Tensor | None = None  # scalar next-token CE over answer tokens (training)
     tokens: list[list[int]] | None = None  # greedy answer tokens without the stop token (inference)
     prefix_hits: list[bool] | None = None  # per sample: image prefix reused from the prefix cache
@@ -195,15 +196,15 @@ def _teacher_forced(core, text, seq, h_k, start, lat, ks, answer_ids, answer_mas
     if answer_mask is None:
         answer_mask = torch.ones_like(answer_ids)
     with timer("decode"):
-        logits = [core.lm_head(h_k)]  # (B, 1, V)
+        hidden = h_k  # (B, 1, H)
         if t > 1:
             seq.mask[:, seq.seen : seq.seen + t - 1] = answer_mask[:, :-1]
             hid = seq.step(text.embed_tokens(answer_ids[:, :-1]), start)  # (B, T-1, H)
-            logits.append(core.lm_head(hid))
-        logits = torch.cat(logits, dim=1)  # (B, T, V)
+            hidden = torch.cat([h_k, hid], dim=1)
+        logits = core.lm_head(hidden)  # (B, T, V): state j predicts answer token j
         labels = answer_ids.masked_fill(answer_mask == 0, -100)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-    return LatentOutput(latents=lat, k=ks, logits=logits, loss=loss)
+    return LatentOutput(latents=lat, k=ks, logits=logits, loss=loss, hidden=hidden)
 
 
 def _greedy(core, text, seq, h_k, start, max_new_tokens, stop_ids, pad_id, timer, on_tokens=None):

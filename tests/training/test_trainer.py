@@ -415,3 +415,86 @@ def test_words_loss_is_the_cross_entropy_to_a_sentences_distinct_tokens():
     assert float(words_loss(head, right, ids, mask, torch.tensor([[False]]))) == 0.0
     with pytest.raises(Exception, match="lambda_words"):
         Recipe.from_dict({"loss": {"lambda_words": -1}})
+
+
+def test_distill_loss_aligns_the_written_rest_with_the_teachers_tail():
+    """Student tokens are the teacher's last tokens; only positions predicting the same token count."""
+    from training.trainer import distill_loss
+
+    h = 4
+    ref_ids = torch.tensor([[7, 8, 9, 10, 11, 1]])  # teacher: sentence 1 (7, 8), the rest (9, 10, 11), stop 1
+    ref_mask = torch.ones_like(ref_ids)
+    ref = torch.randn(1, 6, h)
+    ids = torch.tensor([[5, 10, 11, 1, 0, 0]])  # student: the rest, its first token tokenized apart (5 ≠ 9)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    hidden = torch.zeros(1, 6, h)
+    hidden[0, 1:4] = ref[0, 3:6]  # equal to the teacher at the three shared tokens
+    hidden[0, 0] = 100.0  # the first token differs in id: never compared
+    hidden[0, 4:] = 100.0  # padding: never compared
+    assert float(distill_loss(hidden, ids, mask, ref, ref_ids, ref_mask)) < 1e-10
+    off = hidden.clone()
+    off[0, 2] = 0.0  # one shared token's state at 0: relative error 1 there, 1/3 on average
+    assert abs(float(distill_loss(off, ids, mask, ref, ref_ids, ref_mask)) - 1 / 3) < 1e-5
+    none = torch.tensor([[2, 2, 2, 2, 0, 0]])  # no shared token: zero, still a graph
+    zero = distill_loss(hidden.requires_grad_(), none, mask, ref, ref_ids, ref_mask)
+    assert zero.requires_grad and float(zero.detach()) == 0.0
+    with pytest.raises(Exception, match="lambda_distill"):
+        Recipe.from_dict({"loss": {"lambda_distill": -1}})
+
+
+def test_distill_gradient_reaches_the_fed_states(tmp_path, phantom_dir, roi_store, monkeypatch):
+    """loss.lambda_distill: a latent run logs the distillation term, and its gradient alone reaches the state
+    fed to the loop (the written rest's states depend on what was fed back)."""
+    from training.trainer import Trainer, TrainStep
+    from vital_core.model import VitalModel
+
+    fed: list[torch.Tensor] = []
+    grads: list[float] = []
+    vm_forward, step_forward = VitalModel.forward, TrainStep.forward
+
+    def keep(self, batch, k, *args, **kwargs):
+        if int(k) > 0 and torch.is_grad_enabled():  # the student: remember what each latent step is fed
+            fed.clear()
+            kwargs["feed_override"] = lambda i, h: fed.append(h) or h
+        return vm_forward(self, batch, k, *args, **kwargs)
+
+    def spy(self, *args, **kwargs):
+        losses = step_forward(self, *args, **kwargs)
+        if "distill" in losses:
+            (g,) = torch.autograd.grad(losses["distill"], fed[0], retain_graph=True)
+            grads.append(float(g.norm()))
+        return losses
+
+    monkeypatch.setattr(VitalModel, "forward", keep)
+    monkeypatch.setattr(TrainStep, "forward", spy)
+    extra = {"data.target": "chain", "curriculum.kind": "coconut", "curriculum.epochs": [0.25]}
+    extra["loss.lambda_distill"] = 1.0
+    out = Trainer(Recipe.from_yaml(_recipe(tmp_path, phantom_dir, roi_store, **extra))).run()
+    assert math.isfinite(out["distill"]) and out["distill"] > 0
+    assert grads and all(g > 0 for g in grads), grads
+
+
+def test_layer_states_are_the_states_that_predict_each_answer_token(tiny_model, images):
+    """LayerStates' last layer, normed, is LatentOutput.hidden (state j predicts token j, at K = 0 and K = 2);
+    a call it does not wrap records nothing, and reading the same sample twice distils to zero."""
+    from training.trainer import LayerStates, distill_loss
+    from vital_core.preprocess import encode_answers
+
+    batch = tiny_model.encode(images[:2], ["Which organ?", "Is it dark?"])
+    ids, mask = encode_answers(["The liver is left. So: the abscess", "no"], tiny_model.tokenizer, 32)
+    norm = tiny_model.core.model.language_model.norm
+    with torch.no_grad():
+        for k in (0, 2):
+            with LayerStates(tiny_model.core) as rec:
+                out = tiny_model(batch, k, answer_ids=ids, answer_mask=mask)
+            states = rec.answer_states()
+            assert len(states) == len(tiny_model.core.model.language_model.layers)
+            assert all(s.shape == out.hidden.shape for s in states)
+            torch.testing.assert_close(norm(states[-1]), out.hidden)
+        with LayerStates(tiny_model.core) as again:
+            tiny_model(batch, 2, answer_ids=ids, answer_mask=mask)
+        tiny_model(batch, 1, answer_ids=ids, answer_mask=mask)  # outside: not recorded
+        assert all(len(c) == len(rec.calls[0]) for c in again.calls)
+        for h, t in zip(again.answer_states(), rec.answer_states()):
+            assert float(distill_loss(h, ids, mask, t, ids, mask)) < 1e-10
+    assert not LayerStates(tiny_model.core, enabled=False).calls
