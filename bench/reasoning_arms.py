@@ -87,6 +87,9 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-distill  # words c = 2 full, and the written rest's states distilled
                                                # from the K = 0 written chain's (loss.lambda_distill, CODI)
     python bench/reasoning_arms.py e28-stage1-distill-only  # the same without the words loss
+    python bench/reasoning_arms.py e28-stage1-distill10  # distill-only, loss.lambda_distill=10
+    python bench/reasoning_arms.py e28-stage1-distill-teacher  # distill-only, the teacher trained too (CODI)
+    python bench/reasoning_arms.py e28-latent-distill  # the whole curriculum with it (score at K = 8)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
     python bench/reasoning_arms.py e18-numbers # the same, and the replayed captions give every lesion's
@@ -167,6 +170,9 @@ ARMS = (
     "e28-stage1-words-c2-cont",
     "e28-stage1-distill",
     "e28-stage1-distill-only",
+    "e28-stage1-distill10",
+    "e28-stage1-distill-teacher",
+    "e28-latent-distill",
 )
 WORK13 = Path("data/e13/work")
 WORK22 = Path("data/e22/work")
@@ -176,6 +182,15 @@ def _base(args: argparse.Namespace) -> tuple[Path, Path]:
     """Phantom data (12,000, seed 0), the held-out set and its gates, the tiny MedSigLIP: the bundle's own."""
     manifest = WORK / "phantom" / "manifest.jsonl"
     if not manifest.is_file():  # the arms are pinned to E5's data, whatever format later versions write
+        from training.phantom.generate import FORMAT_VERSION
+
+        if FORMAT_VERSION != 2:
+            logging.getLogger("vital.bench").warning(
+                "%s is missing: generating it in phantom format %d, not E5's format 2; E13's perception and "
+                "every arm built on it will differ from the log (log §14: the E28 chain 44.5 %% vs 71.8 %%)",
+                manifest,
+                FORMAT_VERSION,
+            )
         manifest = tb._phantom(WORK / "phantom", args)
     tb._heldout(WORK, manifest, args)
     return manifest, tb._encoder(manifest, WORK / "encoder", args)
@@ -817,6 +832,27 @@ def main() -> None:
                 "loss.lambda_distill=1.0",
                 "thoughts_per_sentence=2",
                 "train_backbone=true",
+            ],
+            "e28-stage1-distill10": [  # distill-only with the distillation weighted 10x
+                "curriculum.epochs=[1]",
+                "loss.lambda_distill=10.0",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+            ],
+            "e28-stage1-distill-teacher": [  # distill-only, the teacher trained on its chain too (CODI)
+                "curriculum.epochs=[1]",
+                "loss.lambda_distill=1.0",
+                "loss.distill_teacher=true",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+            ],
+            "e28-latent-distill": [  # the whole curriculum with e28-stage1-distill's recipe (K = 2 per sentence)
+                "loss.lambda_words=1.0",
+                "loss.lambda_distill=1.0",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.k_max=8",
+                "model.overrides.latent.k_default=8",
             ],
         }.get(a.arm, [])
         if a.arm == "e28-stage1-cont":  # two more epochs of stage 1 from e28-stage1-full, its heads kept

@@ -130,6 +130,10 @@ class LossSpec:
     from the end; relative squared error, mean over layers). The teacher read the resolved hop in words,
     so its states hold what the latent steps must pass on: a dense target for the written rest to take it
     from the fed states. One more forward per step. 0 disables."""
+    distill_teacher: bool = False
+    """With lambda_distill: also train the teacher pass on its written chain (its task loss joins the total,
+    as in CODI), so the shared weights cannot make the target generic; the target itself is never
+    differentiated. Off: the teacher runs without gradient."""
     visual_target: str = "shared"
     """shared (paper default), per_step (§C.5: interpolate global → ROI feature over the steps) or per_hop
     (ours: step k regresses the ROI feature of its own mask, the manifest's `step_masks`; steps without

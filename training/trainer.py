@@ -107,9 +107,13 @@ class TrainStep(nn.Module):
             losses["words"] = words_loss(self.model.core.lm_head, lat, step_ids, step_mask, valid)
             total = total + r.lambda_words * losses["words"]
         if distill:
-            # the same weights with every sentence written (K = 0): the target, not trained
-            with torch.no_grad(), LayerStates(self.model.core) as ref:
-                self.model(prompts, 0, answer_ids=teacher, answer_mask=teacher_mask)
+            # the same weights with every sentence written (K = 0): the target (trained on its own chain only
+            # with loss.distill_teacher, as CODI does, so that its states stay those of a working reader)
+            with nullcontext() if r.distill_teacher else torch.no_grad(), LayerStates(self.model.core) as ref:
+                tout = self.model(prompts, 0, answer_ids=teacher, answer_mask=teacher_mask)
+            if r.distill_teacher:
+                losses["teacher"] = tout.loss
+                total = total + tout.loss
             per_layer = [
                 distill_loss(h, answers, answer_mask, t, teacher, teacher_mask)
                 for h, t in zip(student.answer_states(), ref.answer_states())

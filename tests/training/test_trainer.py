@@ -470,8 +470,14 @@ def test_distill_gradient_reaches_the_fed_states(tmp_path, phantom_dir, roi_stor
     extra = {"data.target": "chain", "curriculum.kind": "coconut", "curriculum.epochs": [0.25]}
     extra["loss.lambda_distill"] = 1.0
     out = Trainer(Recipe.from_yaml(_recipe(tmp_path, phantom_dir, roi_store, **extra))).run()
-    assert math.isfinite(out["distill"]) and out["distill"] > 0
+    assert math.isfinite(out["distill"]) and out["distill"] > 0 and "teacher" not in out
     assert grads and all(g > 0 for g in grads), grads
+    # loss.distill_teacher: the teacher pass's own chain loss joins the total (CODI's joint training)
+    extra["loss.distill_teacher"] = True
+    path = _recipe(tmp_path / "joint", phantom_dir, roi_store, **extra)
+    joint = Trainer(Recipe.from_yaml(path), stop_after_steps=1).run()
+    assert math.isfinite(joint["teacher"]) and joint["teacher"] > 0
+    assert joint["total"] > joint["task"] + joint["teacher"]  # + sem, vis, distill
 
 
 def test_layer_states_are_the_states_that_predict_each_answer_token(tiny_model, images):
