@@ -31,8 +31,10 @@ from PIL import Image
 
 def mean_ci(xs: list[float]) -> tuple[float, float, float]:
     """Mean and its normal 95 % interval."""
+    from training.eval.stats import Z95
+
     t = torch.tensor(xs, dtype=torch.float64)
-    m, half = float(t.mean()), 1.96 * float(t.std()) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
+    m, half = float(t.mean()), Z95 * float(t.std()) / len(xs) ** 0.5 if len(xs) > 1 else 0.0
     return m, m - half, m + half
 
 
