@@ -89,6 +89,9 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-distill-only  # the same without the words loss
     python bench/reasoning_arms.py e28-stage1-distill10  # distill-only, loss.lambda_distill=10
     python bench/reasoning_arms.py e28-stage1-distill-teacher  # distill-only, the teacher trained too (CODI)
+    python bench/reasoning_arms.py e28-stage1-soft  # words c = 2 full, the fed state the expected token embedding
+                                               # under its LM head (latent.feed: soft)
+    python bench/reasoning_arms.py e28-stage1-soft-only  # the same without the words loss
     python bench/reasoning_arms.py e28-latent-distill  # the whole curriculum with it (score at K = 8)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
@@ -172,6 +175,8 @@ ARMS = (
     "e28-stage1-distill-only",
     "e28-stage1-distill10",
     "e28-stage1-distill-teacher",
+    "e28-stage1-soft",
+    "e28-stage1-soft-only",
     "e28-latent-distill",
 )
 WORK13 = Path("data/e13/work")
@@ -848,6 +853,21 @@ def main() -> None:
                 "loss.distill_teacher=true",
                 "thoughts_per_sentence=2",
                 "train_backbone=true",
+            ],
+            # the fed state as the expected token embedding under its LM head (latent.feed: soft): the rest
+            # reads the latent "words" in the input space it already reads written chains in
+            "e28-stage1-soft": [
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
+            ],
+            "e28-stage1-soft-only": [  # the same without the words loss
+                "curriculum.epochs=[1]",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
             ],
             "e28-latent-distill": [  # the whole curriculum with e28-stage1-distill's recipe (K = 2 per sentence)
                 "loss.lambda_words=1.0",

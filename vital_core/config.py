@@ -25,7 +25,7 @@ QUESTION_TYPES: tuple[str, ...] = (
     "reasoning",
 )
 
-FEEDS: tuple[str, ...] = ("hidden", "embed_rms")
+FEEDS: tuple[str, ...] = ("hidden", "embed_rms", "soft")
 """What the latent loop feeds back (`latent.feed`)."""
 
 VP_VARIANTS: tuple[str, ...] = ("res_mlp_ln", "linear", "mlp", "mlp_ln", "transformer")
@@ -108,7 +108,13 @@ class LatentConfig:
     """What each latent step is fed: `hidden`, the last hidden state as it comes out of the final norm (the
     paper); or `embed_rms`, that state rescaled to the mean L2 norm of the token embeddings (ours, after
     GAP, arXiv 2605.12374: a fed-back hidden state is otherwise many times a token embedding's norm;
-    `vital eval --mode latent` reports the ratio). Latents h_k given to the heads are never rescaled."""
+    `vital eval --mode latent` reports the ratio); or `soft`, the expected token embedding under the LM head's
+    distribution at that state, softmax(lm_head(h) / soft_temperature) · E (ours, after Soft Thinking, arXiv
+    2505.15778: the fed input lies in the span of the embeddings the backbone was trained to read, so a
+    backbone that reads written chains reads its own latent "words" without learning a new input space).
+    Latents h_k given to the heads are never changed."""
+    soft_temperature: float = 1.0
+    """Softmax temperature of `feed: soft` (lower: nearer the argmax token's embedding)."""
 
     def __post_init__(self) -> None:
         if self.k_max < 0 or not 0 <= self.k_default <= self.k_max:
@@ -116,6 +122,8 @@ class LatentConfig:
         if self.max_new_tokens <= 0:
             raise ConfigError("latent: max_new_tokens must be positive")
         _check_choice("latent.feed", self.feed, FEEDS)
+        if not self.soft_temperature > 0:
+            raise ConfigError("latent: soft_temperature must be positive")
 
 
 @dataclass

@@ -90,6 +90,7 @@ def latent_forward(
     on_tokens: TokenCallback | None = None,
     feed_norm: float | None = None,
     feed_override: FeedOverride | None = None,
+    feed_map: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LatentOutput:
     """Run prefix → K latent steps → answer on one left-padded batch.
 
@@ -113,7 +114,9 @@ def latent_forward(
             extra sync). A truthy return stops decoding early (every consumer went away).
         feed_norm: rescale every fed state to this L2 norm (`latent.feed: embed_rms`); None feeds h as is.
         feed_override: `(i, h) -> x`: what step i+1 is fed instead of h_i (the latent-usage tests: another
-            sample's latents, or noise of equal norm); applied before `feed_norm`.
+            sample's latents, or noise of equal norm); applied before `feed_norm` and `feed_map`.
+        feed_map: `(B, 1, H) -> (B, 1, H)` applied to every fed state (`latent.feed: soft`, the expected token
+            embedding); None feeds h as is.
     """
     vl = core.model
     text = vl.language_model
@@ -146,6 +149,8 @@ def latent_forward(
                 x = h if feed_override is None else feed_override(i, h)
                 if feed_norm is not None:  # (B, 1, H) at the token embeddings' norm
                     x = x * (feed_norm / x.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)).to(x.dtype)
+                if feed_map is not None:
+                    x = feed_map(x)
                 h = seq.step(x, pre.next_pos + i)  # (B, 1, H)
                 latents.append(h)
         lat = torch.cat(latents, dim=1)  # (B, Kmax+1, H)

@@ -112,8 +112,16 @@ class VitalModel(nn.Module):
             pad_id=self.tokenizer.pad_token_id or 0,
             timer=timer,
             feed_norm=self.feed_norm() if self.config.latent.feed == "embed_rms" else None,
+            feed_map=self.soft_feed if self.config.latent.feed == "soft" else None,
             **serving,
         )
+
+    def soft_feed(self, h: torch.Tensor) -> torch.Tensor:
+        """`latent.feed: soft`: the expected token embedding under the LM head's distribution at h,
+        softmax(lm_head(h) / T) · E, for (B, 1, H) states (differentiable; one (H, V) and one (V, H) matmul)."""
+        emb = self.core.model.language_model.embed_tokens.weight
+        logits = self.core.lm_head(h).float() / self.config.latent.soft_temperature
+        return (torch.softmax(logits, dim=-1) @ emb.float()).to(h.dtype)
 
     def feed_norm(self) -> float:
         """Mean L2 norm of the token embeddings (what `latent.feed: embed_rms` rescales fed states to);

@@ -314,3 +314,53 @@ def test_embed_rms_feed_is_a_config_setting(images, questions):
     cfg2 = tiny()
     b = build_model(cfg2).answer(images[:1], questions[:1], k=2)[0]
     assert torch.allclose(a.latents[0], b.latents[0]) and not torch.allclose(a.latents[1:], b.latents[1:])
+
+
+def test_soft_feed_is_the_expected_token_embedding(images, questions):
+    """`latent.feed: soft` feeds softmax(lm_head(h) / T) · E: the same as a hidden-feed model whose fed states
+    are mapped so by hand; the fed vector is a convex mix of token embeddings; T must be positive."""
+    from vital_core.config import ConfigError, LatentConfig
+    from vital_core.model import build_model
+    from vital_core.presets import tiny
+
+    with pytest.raises(ConfigError, match="soft_temperature"):
+        LatentConfig(feed="soft", soft_temperature=0.0)
+    cfg = tiny()
+    cfg.latent.feed, cfg.latent.soft_temperature = "soft", 0.5
+    soft = build_model(cfg)
+    plain = build_model(tiny())  # same seed, same weights, feed: hidden
+    emb = plain.core.model.language_model.embed_tokens.weight
+
+    def by_hand(i, h):
+        p = torch.softmax(plain.core.lm_head(h).float() / 0.5, dim=-1)
+        return (p @ emb.float()).to(h.dtype)
+
+    fed = []
+    a = soft.answer(
+        images[:2], questions[:2], k=3, feed_override=lambda i, h: fed.append(soft.soft_feed(h)) or h
+    )
+    b = plain.answer(images[:2], questions[:2], k=3, feed_override=by_hand)
+    c = plain.answer(images[:2], questions[:2], k=3)
+    for x, y, z in zip(a, b, c):
+        assert x.tokens == y.tokens and torch.allclose(x.latents, y.latents, atol=1e-5)
+        assert not torch.allclose(x.latents[1:], z.latents[1:])  # a hidden feed is something else
+    norms = torch.cat(fed).float().norm(dim=-1)
+    assert float(norms.max()) <= float(emb.float().norm(dim=-1).max()) + 1e-5
+
+
+def test_soft_feed_is_differentiable_through_the_lm_head(images, questions):
+    """Training through a soft feed: h_2 depends on the LM head (through what h_1 fed) only with feed: soft."""
+    from vital_core.model import build_model
+    from vital_core.presets import tiny
+
+    grads = {}
+    for feed in ("soft", "hidden"):
+        cfg = tiny()
+        cfg.latent.feed = feed
+        m = build_model(cfg)
+        m.core.requires_grad_(True)
+        out = m(m.encode(images[:1], questions[:1]), 2, max_new_tokens=1)
+        w = m.core.lm_head.weight
+        (g,) = torch.autograd.grad(out.latents[:, 2].sum(), w, allow_unused=True)
+        grads[feed] = 0.0 if g is None else float(g.abs().sum())
+    assert grads["soft"] > 0 and grads["hidden"] == 0.0

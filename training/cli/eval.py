@@ -297,7 +297,12 @@ def _extra_lines(report: dict) -> str:
             f"latent usage at K = {u['k']} (closed questions): natural {fmt_acc(u['natural'])}, "
             f"donor latents {fmt_acc(u['donor'])} ({fmt_diff(u['drop_donor'])} drop), noise of equal norm "
             f"{fmt_acc(u['noise'])} ({fmt_diff(u['drop_noise'])} drop); fed ||h|| / ||token embedding|| = "
-            f"{u['norm_ratio']} (feed: {u['feed']})",
+            f"{u['norm_ratio']} (feed: {u['feed']})"
+            + (
+                f"; ||fed soft input|| / ||token embedding|| = {u['fed_input_norm'] / u['embedding_norm']:.2f}"
+                if "fed_input_norm" in u
+                else ""
+            ),
         ]
     return "\n".join(lines) + "\n"
 

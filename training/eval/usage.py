@@ -11,7 +11,8 @@ times at the same K, on the same images and questions:
 
 A model that uses its latents loses accuracy under both; one that ignores them does not. Also reported:
 ||h|| / ||token embedding|| of the fed states (hidden states fed back can be many times a token
-embedding's norm; `latent.feed: embed_rms` rescales them).
+embedding's norm; `latent.feed: embed_rms` rescales them), and, with `latent.feed: soft`, of the expected
+token embeddings actually fed (`fed_input_norm`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def latent_usage(
     gen = torch.Generator().manual_seed(seed)
     hits: dict[str, list[bool]] = {"natural": [], "donor": [], "noise": []}
     norms: list[float] = []
+    inputs: list[float] = []  # feed: soft, the norms of what is fed
     model.eval()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -55,6 +57,8 @@ def latent_usage(
             for key in hits:
                 hits[key].pop()
             norms.pop()
+            if inputs:
+                inputs.pop()
         images, prompts = [it.load_image() for it in chunk], [it.prompt for it in chunk]
         natural = model.answer(images, prompts, k=k, max_new_tokens=max_new_tokens)
         lat = torch.stack([a.latents[:k] for a in natural])  # (B, K, H): h_0..h_{K-1}, the fed states
@@ -77,6 +81,9 @@ def latent_usage(
         for key, answers in runs.items():
             hits[key] += [item_correct(a.text, it) for a, it in zip(answers, chunk)]
         norms += lat.float().norm(dim=-1).mean(1).tolist()
+        if model.config.latent.feed == "soft":
+            with torch.inference_mode():
+                inputs += model.soft_feed(lat.to(model.device)).float().norm(dim=-1).mean(1).tolist()
     emb = model.feed_norm()
     report: dict[str, Any] = {"k": k, **{key: accuracy(v) for key, v in hits.items()}}
     report["drop_donor"] = paired_difference(hits["natural"], hits["donor"])
@@ -85,4 +92,6 @@ def latent_usage(
     report["embedding_norm"] = round(emb, 4)
     report["norm_ratio"] = round(report["fed_norm"] / emb, 2)
     report["feed"] = model.config.latent.feed
+    if inputs:
+        report["fed_input_norm"] = round(sum(inputs) / len(inputs), 4)
     return report

@@ -32,3 +32,23 @@ def test_latent_usage_runs_decode_to_the_callers_token_cap(tiny_model, phantom_s
     assert all(n <= cap for _, lens in calls for n in lens)
     assert max(n for _, lens in calls for n in lens) == cap  # a random model writes to the cap
     assert report["natural"]["n"] == 4 and report["k"] == 1
+
+
+def test_latent_usage_reports_the_soft_feeds_input_norm(tiny_model, phantom_samples) -> None:
+    """With `latent.feed: soft` the report also gives the norm of what is fed (a mix of token embeddings, at
+    most the largest embedding's norm), not only that of the hidden states it is computed from."""
+    from training.eval.items import from_sample
+    from training.eval.usage import latent_usage
+
+    closed = [s for s in phantom_samples if from_sample(s).kind != "open"][:3]
+    feed = tiny_model.config.latent.feed
+    tiny_model.config.latent.feed = "soft"
+    try:
+        report = latent_usage(tiny_model, closed, k=2, batch_size=2, max_new_tokens=2)
+    finally:
+        tiny_model.config.latent.feed = feed
+    emb = tiny_model.core.model.language_model.embed_tokens.weight.float().norm(dim=-1)
+    assert report["feed"] == "soft" and 0 < report["fed_input_norm"] <= float(emb.max()) + 1e-4
+    assert report["fed_input_norm"] < report["fed_norm"]  # the hidden states are far larger than embeddings
+    plain = latent_usage(tiny_model, closed, k=2, batch_size=2, max_new_tokens=2)
+    assert "fed_input_norm" not in plain
