@@ -92,6 +92,8 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-soft  # words c = 2 full, the fed state the expected token embedding
                                                # under its LM head (latent.feed: soft)
     python bench/reasoning_arms.py e28-stage1-soft-only  # the same without the words loss
+    python bench/reasoning_arms.py e28-stage1-soft-content  # e28-stage1-soft, the words loss on content words only
+                                               # (loss.words_content: not in the question, not common in the batch)
     python bench/reasoning_arms.py e28-latent-distill  # the whole curriculum with it (score at K = 8)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
@@ -177,6 +179,7 @@ ARMS = (
     "e28-stage1-distill-teacher",
     "e28-stage1-soft",
     "e28-stage1-soft-only",
+    "e28-stage1-soft-content",
     "e28-latent-distill",
 )
 WORK13 = Path("data/e13/work")
@@ -859,6 +862,14 @@ def main() -> None:
             "e28-stage1-soft": [
                 "curriculum.epochs=[1]",
                 "loss.lambda_words=1.0",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
+            ],
+            "e28-stage1-soft-content": [  # the soft feed, h_1 saying only its sentence's content words
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "loss.words_content=true",
                 "thoughts_per_sentence=2",
                 "train_backbone=true",
                 "model.overrides.latent.feed=soft",

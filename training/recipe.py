@@ -123,6 +123,12 @@ class LossSpec:
     distribution over the sentence's distinct tokens: the state must "say" its sentence's words, including
     the one its hop resolves, with no decoder to train first. With c = 1 that state is also the one whose LM
     head predicts the next written token, and the two targets compete; c ≥ 2 separates them. 0 disables."""
+    words_content: bool = False
+    """With lambda_words: the target is only the sentence's content tokens, those not in its own prompt and
+    found in at most half of the batch's sentences at the same step (an in-batch IDF cut: "The", "is", ".",
+    "organ" go, the structure the hop resolves stays). A row left with nothing keeps its whole sentence.
+    Off: every distinct token of the sentence. Made for `latent.feed: soft`, where what the LM head says
+    at the state is what is fed."""
     lambda_distill: float = 0.0
     """Ours, off by default, after CODI (arXiv 2502.21074): in a latent run, the same model also reads each
     sample with every sentence written (K = 0, no gradient: the teacher), and the student's states at the

@@ -104,7 +104,14 @@ class TrainStep(nn.Module):
             # each group's first state (the last one's LM head predicts the next written token)
             lat = out.latents[:, 1::c][:, :k]  # (B, K, H): h_1, h_(c+1), ..
             valid = out.step_valid[:, ::c][:, :k] & step_has
-            losses["words"] = words_loss(self.model.core.lm_head, lat, step_ids, step_mask, valid)
+            losses["words"] = words_loss(
+                self.model.core.lm_head,
+                lat,
+                step_ids,
+                step_mask,
+                valid,
+                prompt_ids=prompts.input_ids if r.words_content else None,
+            )
             total = total + r.lambda_words * losses["words"]
         if distill:
             # the same weights with every sentence written (K = 0): the target (trained on its own chain only
@@ -184,14 +191,26 @@ def words_loss(
     step_ids: torch.Tensor,
     step_mask: torch.Tensor,
     valid: torch.Tensor,
+    prompt_ids: torch.Tensor | None = None,
+    max_share: float = 0.5,
 ) -> torch.Tensor:
     """`loss.lambda_words`: cross-entropy of each valid latent's LM-head distribution against the uniform
-    distribution over its sentence's distinct tokens. lat (B, K, H); step_ids, step_mask (B, K, T); valid (B, K)."""
+    distribution over its sentence's distinct tokens. lat (B, K, H); step_ids, step_mask (B, K, T); valid (B, K).
+    prompt_ids (B, L) given (`loss.words_content`): only content tokens count, those not in the row's prompt
+    and in at most `max_share` of the valid sentences at the same step; a row left empty keeps its bag."""
     if not bool(valid.any()):
         return lat.sum() * 0.0
     logp = torch.log_softmax(lm_head(lat[valid]).float(), dim=-1)  # (N, V)
     ids, mask = step_ids[valid], step_mask[valid]  # (N, T)
     bag = torch.zeros_like(logp).scatter_add_(1, ids, mask.to(logp.dtype)).clamp_(max=1.0)  # distinct tokens
+    if prompt_ids is not None:
+        rows, steps = valid.nonzero(as_tuple=True)  # (N,): each bag's sample and step
+        content = bag.scatter(1, prompt_ids[rows], 0.0)  # not in its own question
+        counts = torch.zeros(valid.shape[1], bag.shape[1], dtype=bag.dtype, device=bag.device)
+        counts.index_add_(0, steps, bag)
+        share = counts / torch.bincount(steps, minlength=valid.shape[1]).clamp(min=1)[:, None].to(bag.dtype)
+        content = content * (share[steps] <= max_share)  # not common to the batch's sentences at that step
+        bag = torch.where(content.sum(-1, keepdim=True) > 0, content, bag)
     bag = bag / bag.sum(-1, keepdim=True).clamp(min=1.0)
     return -(bag * logp).sum(-1).mean()
 

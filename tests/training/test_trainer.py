@@ -366,6 +366,8 @@ def test_thoughts_per_sentence_runs_c_latent_steps_per_sentence(
     monkeypatch.setattr(VitalModel, "forward", spy)
     extra = {"data.target": "chain", "curriculum.kind": "coconut", "curriculum.epochs": [0.25]}
     extra["loss.lambda_words"] = 1.0
+    extra["loss.words_content"] = True  # the content target on real batches: prompts, step sentences
+    extra["model.overrides.latent.feed"] = "soft"  # and training through the soft feed
     path = _recipe(tmp_path, phantom_dir, roi_store, thoughts_per_sentence=3, **extra)
     out = Trainer(Recipe.from_yaml(path)).run()
     assert seen and set(seen) == {3}, seen  # stage 1: one sentence latent, three states
@@ -415,6 +417,35 @@ def test_words_loss_is_the_cross_entropy_to_a_sentences_distinct_tokens():
     assert float(words_loss(head, right, ids, mask, torch.tensor([[False]]))) == 0.0
     with pytest.raises(Exception, match="lambda_words"):
         Recipe.from_dict({"loss": {"lambda_words": -1}})
+
+
+def test_words_content_keeps_only_what_the_question_and_the_batch_do_not_share():
+    """loss.words_content: a token in the row's prompt, or in more than half of the step's sentences in the
+    batch, leaves the target; a row with nothing left keeps its whole sentence."""
+    from training.trainer import words_loss
+
+    head = torch.nn.Identity()  # V = H = 8
+    # step 1 of three rows: "4 5 6" / "4 5 7" / "4 5 6"; token 4 is in every sentence, 5 in row 0's prompt
+    ids = torch.tensor([[[4, 5, 6]], [[4, 5, 7]], [[4, 5, 6]]])
+    mask = torch.ones_like(ids)
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    prompts = torch.tensor([[5, 1], [1, 1], [1, 1]])
+
+    def on(*toks):
+        x = torch.full((1, 8), -30.0)
+        x[0, list(toks)] = 0.0
+        return x
+
+    # row 0: 4 shared by all, 5 in its prompt, 6 in 2 of 3 sentences (> half): nothing left, whole bag kept
+    # row 1: 4 shared, 5 in 3 of 3, 7 in 1 of 3 -> {7}; row 2 as row 0 but 5 not in its prompt (3 of 3) -> bag
+    lat = torch.stack([on(4, 5, 6), on(7), on(4, 5, 6)])  # (3, 1, 8): each row's expected target
+    got = float(words_loss(head, lat, ids, mask, valid, prompt_ids=prompts))
+    assert abs(got - (math.log(3) + 0.0 + math.log(3)) / 3) < 1e-4
+    # a share cut of 0.7 keeps token 6 (2 of 3 sentences): rows 0 and 2 -> {6}, row 1 -> {7}
+    lat2 = torch.stack([on(6), on(7), on(6)])
+    assert float(words_loss(head, lat2, ids, mask, valid, prompt_ids=prompts, max_share=0.7)) < 1e-4
+    assert float(words_loss(head, lat2, ids, mask, valid)) > 1.0  # the plain target is the whole sentence
+    assert Recipe.from_dict({"loss": {"words_content": True}}).loss.words_content
 
 
 def test_distill_loss_aligns_the_written_rest_with_the_teachers_tail():
