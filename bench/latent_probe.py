@@ -13,6 +13,11 @@ and reports validation accuracy with a 95 % Wilson interval next to two baseline
 the same train rows: the majority label, and the most frequent label per question text (what the question
 alone gives). A state whose probe beats the question-only baseline holds image-specific hop information;
 one at the baseline holds none that a linear read can find.
+
+It also reports what each state *says* about hop 1 through the backbone's own LM head, with no probe
+trained (what `latent.feed: soft` feeds): how often the first token of hop 1's structure (" kidney") is
+among the head's top 3 tokens, and how often it ranks first among the first tokens of every hop-1 structure
+in the sets (`says_hop1`).
 """
 
 from __future__ import annotations
@@ -88,6 +93,26 @@ def _probe(xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor, classes: int
         return (xva @ w + b).argmax(-1)
 
 
+def _says(model, states: torch.Tensor, val: list[dict], train: list[dict]) -> dict:
+    """Per state of `states` (N, K+1, H), the LM head's top-3 hit rate for hop 1's structure's first token,
+    and the rate at which it ranks that token first among all hop-1 structures' first tokens (no training)."""
+    tok = model.tokenizer
+    first = {n: tok.encode(" " + n, add_special_tokens=False)[0] for n in {_hop1(r) for r in train + val}}
+    cand = torch.tensor(sorted(set(first.values())))
+    want = torch.tensor([first[_hop1(r)] for r in val])
+    out = {}
+    with torch.inference_mode():
+        for s in range(states.shape[1]):
+            logits = model.core.lm_head(states[:, s].to(model.device)).float().cpu()  # (N, V)
+            top3 = (logits.topk(3, dim=-1).indices == want[:, None]).any(-1)
+            best = cand[logits[:, cand].argmax(-1)]
+            out[f"h{s}"] = {
+                "top3": _pct(int(top3.sum()), len(val)),
+                "first": _pct(int((best == want).sum()), len(val)),
+            }
+    return out
+
+
 def _pct(hits: int, n: int) -> dict:
     lo, hi = wilson(hits, n)
     return {"acc": round(100 * hits / n, 1), "ci95": [round(100 * lo, 1), round(100 * hi, 1)], "n": n}
@@ -142,6 +167,8 @@ def main() -> None:
             pred = _probe(xtr[:, s], ytr, xva[:, s], len(names), a.l2)
             entry["states"][f"h{s}"] = _pct(int((pred == yva).sum()), len(val))
         report["labels"][name] = entry
+    if "hop1" in a.labels:
+        report["says_hop1"] = _says(model, xva, val, train)
     for name, e in report["labels"].items():
         print(
             f"{name} ({e['classes']} classes): majority {e['majority']['acc']} %, question only "
@@ -149,6 +176,11 @@ def main() -> None:
         )
         for s, v in e["states"].items():
             print(f"  probe on {s}: {v['acc']} % [{v['ci95'][0]}, {v['ci95'][1]}]")
+    for s, v in report.get("says_hop1", {}).items():
+        print(
+            f"  LM head at {s}: hop 1's structure in its top 3 {v['top3']['acc']} %, first among the "
+            f"structures {v['first']['acc']} % [{v['first']['ci95'][0]}, {v['first']['ci95'][1]}]"
+        )
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(report, indent=2) + "\n")
