@@ -94,6 +94,11 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-soft-only  # the same without the words loss
     python bench/reasoning_arms.py e28-stage1-soft-content  # e28-stage1-soft, the words loss on content words only
                                                # (loss.words_content: not in the question, not common in the batch)
+    python bench/reasoning_arms.py e28-stage1-soft-content-cont  # two more epochs of it
+    python bench/reasoning_arms.py e28-stage1-soft-content-cont2  # two more epochs again (5 in all)
+    python bench/reasoning_arms.py e28-stage1-soft-content-teacher  # one epoch from -cont, the K = 0 written
+                                               # chain trained alongside (loss.distill_teacher, CODI)
+    python bench/reasoning_arms.py e28-stage1-soft-content-t05  # soft-content at latent.soft_temperature 0.5
     python bench/reasoning_arms.py e28-latent-distill  # the whole curriculum with it (score at K = 8)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
                                                # attribute of every lesion in numbers, sentence 2 compares them
@@ -180,6 +185,10 @@ ARMS = (
     "e28-stage1-soft",
     "e28-stage1-soft-only",
     "e28-stage1-soft-content",
+    "e28-stage1-soft-content-cont",
+    "e28-stage1-soft-content-t05",
+    "e28-stage1-soft-content-cont2",
+    "e28-stage1-soft-content-teacher",
     "e28-latent-distill",
 )
 WORK13 = Path("data/e13/work")
@@ -874,6 +883,43 @@ def main() -> None:
                 "train_backbone=true",
                 "model.overrides.latent.feed=soft",
             ],
+            "e28-stage1-soft-content-cont": [  # two more epochs of it, from its bundle (does the rest learn to read?)
+                "curriculum.epochs=[2]",
+                "loss.lambda_words=1.0",
+                "loss.words_content=true",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
+            ],
+            "e28-stage1-soft-content-cont2": [  # two more again, from e28-stage1-soft-content-cont (5 in all)
+                "curriculum.epochs=[2]",
+                "loss.lambda_words=1.0",
+                "loss.words_content=true",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
+            ],
+            # one more epoch from e28-stage1-soft-content-cont with the written chain trained alongside (the
+            # K = 0 teacher pass of CODI, loss.distill_teacher): does the rest's organ -> lesion lookup come back?
+            "e28-stage1-soft-content-teacher": [
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "loss.words_content=true",
+                "loss.lambda_distill=1.0",
+                "loss.distill_teacher=true",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
+            ],
+            "e28-stage1-soft-content-t05": [  # soft-content with the softmax at temperature 0.5 (sharper words)
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "loss.words_content=true",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
+                "model.overrides.latent.soft_temperature=0.5",
+            ],
             "e28-stage1-soft-only": [  # the same without the words loss
                 "curriculum.epochs=[1]",
                 "thoughts_per_sentence=2",
@@ -891,6 +937,10 @@ def main() -> None:
         }.get(a.arm, [])
         if a.arm == "e28-stage1-cont":  # two more epochs of stage 1 from e28-stage1-full, its heads kept
             init = WORK22 / "latent-e28-stage1-full" / "bundle"
+        if a.arm == "e28-stage1-soft-content-cont":  # two more epochs from e28-stage1-soft-content
+            init = WORK22 / "latent-e28-stage1-soft-content" / "bundle"
+        if a.arm in ("e28-stage1-soft-content-cont2", "e28-stage1-soft-content-teacher"):
+            init = WORK22 / "latent-e28-stage1-soft-content-cont" / "bundle"
         if a.arm == "e28-stage1-words-c2-cont":  # two more epochs from e28-stage1-words-c2-full
             init = WORK22 / "latent-e28-stage1-words-c2-full" / "bundle"
         out = WORK22 / ("latent-e28" if a.arm == "e28-latent" else f"latent-{a.arm}")
