@@ -98,6 +98,7 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-soft-content-cont2  # two more epochs again (5 in all)
     python bench/reasoning_arms.py e28-stage1-soft-content-teacher  # one epoch from -cont, the K = 0 written
                                                # chain trained alongside (loss.distill_teacher, CODI)
+    python bench/reasoning_arms.py e28-stage1-soft-content-teacher-fresh  # the same from the stage 0, one epoch
     python bench/reasoning_arms.py e28-stage1-soft-content-t05  # soft-content at latent.soft_temperature 0.5
     python bench/reasoning_arms.py e28-latent-distill  # the whole curriculum with it (score at K = 8)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
@@ -189,6 +190,7 @@ ARMS = (
     "e28-stage1-soft-content-t05",
     "e28-stage1-soft-content-cont2",
     "e28-stage1-soft-content-teacher",
+    "e28-stage1-soft-content-teacher-fresh",
     "e28-latent-distill",
 )
 WORK13 = Path("data/e13/work")
@@ -902,6 +904,16 @@ def main() -> None:
             # one more epoch from e28-stage1-soft-content-cont with the written chain trained alongside (the
             # K = 0 teacher pass of CODI, loss.distill_teacher): does the rest's organ -> lesion lookup come back?
             "e28-stage1-soft-content-teacher": [
+                "curriculum.epochs=[1]",
+                "loss.lambda_words=1.0",
+                "loss.words_content=true",
+                "loss.lambda_distill=1.0",
+                "loss.distill_teacher=true",
+                "thoughts_per_sentence=2",
+                "train_backbone=true",
+                "model.overrides.latent.feed=soft",
+            ],
+            "e28-stage1-soft-content-teacher-fresh": [  # the same from the stage 0 (one epoch of stage 1)
                 "curriculum.epochs=[1]",
                 "loss.lambda_words=1.0",
                 "loss.words_content=true",
