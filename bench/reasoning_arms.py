@@ -798,6 +798,15 @@ def main() -> None:
         roi = tb._roi_store(v4, WORK22 / "roi-e27", args.seed, enc)
         init = WORK22 / "stage0-chain-e28" / "bundle"
         # stage 1 alone (sentence 1 latent, the rest written): does one fed state carry hop 1's organ?
+        # the soft feed, h_1 saying only its sentence's content words (loss.words_content), whole backbone
+        soft_content = [
+            "loss.lambda_words=1.0",
+            "loss.words_content=true",
+            "thoughts_per_sentence=2",
+            "train_backbone=true",
+            "model.overrides.latent.feed=soft",
+        ]
+        teacher = ["loss.lambda_distill=1.0", "loss.distill_teacher=true"]
         sets = {
             "e28-stage1": ["curriculum.epochs=[1]"],
             "e28-stage1-r64": [
@@ -877,59 +886,19 @@ def main() -> None:
                 "train_backbone=true",
                 "model.overrides.latent.feed=soft",
             ],
-            "e28-stage1-soft-content": [  # the soft feed, h_1 saying only its sentence's content words
-                "curriculum.epochs=[1]",
-                "loss.lambda_words=1.0",
-                "loss.words_content=true",
-                "thoughts_per_sentence=2",
-                "train_backbone=true",
-                "model.overrides.latent.feed=soft",
-            ],
-            "e28-stage1-soft-content-cont": [  # two more epochs of it, from its bundle (does the rest learn to read?)
+            "e28-stage1-soft-content": ["curriculum.epochs=[1]", *soft_content],
+            "e28-stage1-soft-content-cont": [
                 "curriculum.epochs=[2]",
-                "loss.lambda_words=1.0",
-                "loss.words_content=true",
-                "thoughts_per_sentence=2",
-                "train_backbone=true",
-                "model.overrides.latent.feed=soft",
-            ],
-            "e28-stage1-soft-content-cont2": [  # two more again, from e28-stage1-soft-content-cont (5 in all)
-                "curriculum.epochs=[2]",
-                "loss.lambda_words=1.0",
-                "loss.words_content=true",
-                "thoughts_per_sentence=2",
-                "train_backbone=true",
-                "model.overrides.latent.feed=soft",
-            ],
-            # one more epoch from e28-stage1-soft-content-cont with the written chain trained alongside (the
-            # K = 0 teacher pass of CODI, loss.distill_teacher): does the rest's organ -> lesion lookup come back?
-            "e28-stage1-soft-content-teacher": [
+                *soft_content,
+            ],  # from its bundle (below)
+            "e28-stage1-soft-content-cont2": ["curriculum.epochs=[2]", *soft_content],  # from -cont: 5 in all
+            # one more epoch from -cont with the written chain trained alongside (the K = 0 teacher pass of CODI,
+            # loss.distill_teacher): does the rest's organ -> lesion lookup come back? -fresh: from the stage 0
+            "e28-stage1-soft-content-teacher": ["curriculum.epochs=[1]", *soft_content, *teacher],
+            "e28-stage1-soft-content-teacher-fresh": ["curriculum.epochs=[1]", *soft_content, *teacher],
+            "e28-stage1-soft-content-t05": [  # the softmax at temperature 0.5 (sharper words)
                 "curriculum.epochs=[1]",
-                "loss.lambda_words=1.0",
-                "loss.words_content=true",
-                "loss.lambda_distill=1.0",
-                "loss.distill_teacher=true",
-                "thoughts_per_sentence=2",
-                "train_backbone=true",
-                "model.overrides.latent.feed=soft",
-            ],
-            "e28-stage1-soft-content-teacher-fresh": [  # the same from the stage 0 (one epoch of stage 1)
-                "curriculum.epochs=[1]",
-                "loss.lambda_words=1.0",
-                "loss.words_content=true",
-                "loss.lambda_distill=1.0",
-                "loss.distill_teacher=true",
-                "thoughts_per_sentence=2",
-                "train_backbone=true",
-                "model.overrides.latent.feed=soft",
-            ],
-            "e28-stage1-soft-content-t05": [  # soft-content with the softmax at temperature 0.5 (sharper words)
-                "curriculum.epochs=[1]",
-                "loss.lambda_words=1.0",
-                "loss.words_content=true",
-                "thoughts_per_sentence=2",
-                "train_backbone=true",
-                "model.overrides.latent.feed=soft",
+                *soft_content,
                 "model.overrides.latent.soft_temperature=0.5",
             ],
             "e28-stage1-soft-only": [  # the same without the words loss
