@@ -99,6 +99,7 @@ Validation only; scoring is `vital eval --split val` (commands in the log).
     python bench/reasoning_arms.py e28-stage1-soft-content-teacher  # one epoch from -cont, the K = 0 written
                                                # chain trained alongside (loss.distill_teacher, CODI)
     python bench/reasoning_arms.py e28-stage1-soft-content-teacher-fresh  # the same from the stage 0, one epoch
+    python bench/reasoning_arms.py e28-stage1-soft-content-lr1e4  # soft-content at lr 1e-4 (does the lookup survive?)
     python bench/reasoning_arms.py e28-stage1-soft-content-t05  # soft-content at latent.soft_temperature 0.5
     python bench/reasoning_arms.py e28-latent-distill  # the whole curriculum with it (score at K = 8)
     python bench/reasoning_arms.py e18-chain   # E13's stage 0 with chain v2: sentence 1 reads the compared
@@ -191,6 +192,7 @@ ARMS = (
     "e28-stage1-soft-content-cont2",
     "e28-stage1-soft-content-teacher",
     "e28-stage1-soft-content-teacher-fresh",
+    "e28-stage1-soft-content-lr1e4",
     "e28-latent-distill",
 )
 WORK13 = Path("data/e13/work")
@@ -896,6 +898,8 @@ def main() -> None:
             # loss.distill_teacher): does the rest's organ -> lesion lookup come back? -fresh: from the stage 0
             "e28-stage1-soft-content-teacher": ["curriculum.epochs=[1]", *soft_content, *teacher],
             "e28-stage1-soft-content-teacher-fresh": ["curriculum.epochs=[1]", *soft_content, *teacher],
+            # does a lower learning rate keep the stage 0's organ -> lesion lookup (bench/lookup_forms.py)?
+            "e28-stage1-soft-content-lr1e4": ["curriculum.epochs=[1]", *soft_content, "optim.lr=1.0e-4"],
             "e28-stage1-soft-content-t05": [  # the softmax at temperature 0.5 (sharper words)
                 "curriculum.epochs=[1]",
                 *soft_content,
