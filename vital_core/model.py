@@ -118,10 +118,11 @@ class VitalModel(nn.Module):
 
     def soft_feed(self, h: torch.Tensor) -> torch.Tensor:
         """`latent.feed: soft`: the expected token embedding under the LM head's distribution at h,
-        softmax(lm_head(h) / T) · E, for (B, 1, H) states (differentiable; one (H, V) and one (V, H) matmul)."""
+        softmax(lm_head(h) / T) · E, for (B, 1, H) states (differentiable; one (H, V) and one (V, H) matmul).
+        The softmax runs in fp32; the mix in the table's own dtype (no fp32 copy of a V×H table per step)."""
         emb = self.core.model.language_model.embed_tokens.weight
         logits = self.core.lm_head(h).float() / self.config.latent.soft_temperature
-        return (torch.softmax(logits, dim=-1) @ emb.float()).to(h.dtype)
+        return (torch.softmax(logits, dim=-1).to(emb.dtype) @ emb).to(h.dtype)
 
     def feed_norm(self) -> float:
         """Mean L2 norm of the token embeddings (what `latent.feed: embed_rms` rescales fed states to);
