@@ -15,29 +15,15 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-from latent_probe import _hop1
-from PIL import Image
+from latent_probe import loop_states, says_hop1
 
 
 def _latent_hop1(bundle: str, rows: list[dict], root: Path, k: int) -> list[bool]:
     from vital_core.bundle import load_bundle
 
     model = load_bundle(bundle).eval()
-    tok = model.tokenizer
-    first = {n: tok.encode(" " + n, add_special_tokens=False)[0] for n in {_hop1(r) for r in rows}}
-    cand = torch.tensor(sorted(set(first.values())))
-    right = []
-    with torch.inference_mode():
-        for i in range(0, len(rows), 32):
-            part = rows[i : i + 32]
-            enc = model.encode(
-                [Image.open(root / r["image"]).convert("RGB") for r in part], [r["question"] for r in part]
-            )
-            logits = model.core.lm_head(model(enc, k, max_new_tokens=1).latents[:, 1]).float()
-            best = cand[logits[:, cand].argmax(-1)].tolist()
-            right += [b == first[_hop1(r)] for b, r in zip(best, part)]
-    return right
+    states = loop_states(model, rows, root, k, 32)[:, 1:2]  # h_1
+    return says_hop1(model, states, rows, rows)[1][:, 0].tolist()
 
 
 def main() -> None:

@@ -93,24 +93,35 @@ def _probe(xtr: torch.Tensor, ytr: torch.Tensor, xva: torch.Tensor, classes: int
         return (xva @ w + b).argmax(-1)
 
 
-def _says(model, states: torch.Tensor, val: list[dict], train: list[dict]) -> dict:
-    """Per state of `states` (N, K+1, H), the LM head's top-3 hit rate for hop 1's structure's first token,
-    and the rate at which it ranks that token first among all hop-1 structures' first tokens (no training)."""
+def says_hop1(
+    model, states: torch.Tensor, rows: list[dict], names: list[dict]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What each state of `states` (N, S, H) says about hop 1 through the LM head, with no training: (N, S) bool,
+    hop 1's structure's first token in the head's top 3, and (N, S) bool, that token ranked first among the
+    first tokens of every hop-1 structure of `names` (rows whose structures are the candidates)."""
     tok = model.tokenizer
-    first = {n: tok.encode(" " + n, add_special_tokens=False)[0] for n in {_hop1(r) for r in train + val}}
+    first = {n: tok.encode(" " + n, add_special_tokens=False)[0] for n in {_hop1(r) for r in names}}
     cand = torch.tensor(sorted(set(first.values())))
-    want = torch.tensor([first[_hop1(r)] for r in val])
-    out = {}
+    want = torch.tensor([first[_hop1(r)] for r in rows])
+    top3, best = [], []
     with torch.inference_mode():
         for s in range(states.shape[1]):
             logits = model.core.lm_head(states[:, s].to(model.device)).float().cpu()  # (N, V)
-            top3 = (logits.topk(3, dim=-1).indices == want[:, None]).any(-1)
-            best = cand[logits[:, cand].argmax(-1)]
-            out[f"h{s}"] = {
-                "top3": _pct(int(top3.sum()), len(val)),
-                "first": _pct(int((best == want).sum()), len(val)),
-            }
-    return out
+            top3.append((logits.topk(3, dim=-1).indices == want[:, None]).any(-1))
+            best.append(cand[logits[:, cand].argmax(-1)] == want)
+    return torch.stack(top3, 1), torch.stack(best, 1)
+
+
+def _says(model, states: torch.Tensor, val: list[dict], train: list[dict]) -> dict:
+    """Per state, the top-3 and ranked-first rates of `says_hop1` on the val rows."""
+    top3, first = says_hop1(model, states, val, train + val)
+    return {
+        f"h{s}": {
+            "top3": _pct(int(top3[:, s].sum()), len(val)),
+            "first": _pct(int(first[:, s].sum()), len(val)),
+        }
+        for s in range(states.shape[1])
+    }
 
 
 def _pct(hits: int, n: int) -> dict:
